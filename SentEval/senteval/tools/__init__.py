@@ -1,0 +1,1 @@
+"""Classifiers and validation schemes of SentEval (CPU or GPU)."""
