@@ -8,6 +8,7 @@ from .base import EncodedViews, Objective, ObjectiveOutput
 # name -> "module:Class", imported lazily so one method's imports never slow another's start-up.
 OBJECTIVES: dict[str, str] = {
     "infonce": "clusterns.objectives.infonce:InfoNCEObjective",
+    "clusterns": "clusterns.objectives.clusterns:ClusterNSObjective",
     "mixcse": "clusterns.objectives.mixcse:MixCSEObjective",
 }
 

@@ -1,0 +1,125 @@
+"""Command-line flags as dataclasses (HfArgumentParser), named as in SimCSE's train.py.
+
+Method-specific flags live beside each objective (``arguments_class``) and are
+collected by the registry, so adding a method never touches this file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+POOLERS = ("cls", "cls_before_pooler", "avg", "avg_top2", "avg_first_last", "mask")
+PROJECTORS = ("auto", "none", "simcse_mlp", "bn_mlp")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Backbone checkpoint (BERT or RoBERTa folder or hub name) to start from."}
+    )
+    config_name: str | None = field(default=None, metadata={"help": "Config to use instead of the model's own."})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer to use instead of the model's own."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache downloaded models."})
+    use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use a fast (Rust) tokenizer."})
+    model_revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit)."})
+    objective: str = field(
+        default="infonce",
+        metadata={"help": "Training objective: infonce (SimCSE), clusterns, mixcse, diffcse (see clusterns/objectives)."},
+    )
+    temp: float = field(default=0.05, metadata={"help": "Temperature of the softmax over cosine logits."})
+    pooler_type: str = field(
+        default="cls",
+        metadata={"help": "Pooler: cls (CLS + MLP projector), cls_before_pooler, avg, avg_top2, avg_first_last, mask (prompt)."},
+    )
+    first_layer_index: int = field(
+        default=1,
+        metadata={
+            "help": "Which hidden state is 'first' in avg_first_last: 1 = first transformer layer (SimCSE HEAD), "
+            "0 = embedding output (SimCSE paper, ClusterNS, MixCSE, DiffCSE)."
+        },
+    )
+    projector: str = field(
+        default="auto",
+        metadata={
+            "help": "Projector on top of the pooler in training: auto (simcse_mlp for cls, bn_mlp for --batchnorm, else none), "
+            "none, simcse_mlp (Linear+tanh), bn_mlp (DiffCSE Linear-BN-ReLU-Linear-BN)."
+        },
+    )
+    mlp_only_train: bool = field(
+        default=False, metadata={"help": "Use the projector only in training; evaluate on the raw pooler output."}
+    )
+    hard_negative_weight: float = field(
+        default=0.0, metadata={"help": "Logit offset added to each anchor's own hard negative (supervised / hard-negative columns)."}
+    )
+    dropout_prob: float | None = field(
+        default=None, metadata={"help": "Override hidden and attention dropout of the backbone (default: the model's own)."}
+    )
+    trust_pickle: bool = field(
+        default=False,
+        metadata={"help": "Allow loading .bin (pickle) weights. Off by default: only safetensors are read."},
+    )
+
+
+@dataclass
+class DataTrainingArguments:
+    train_file: str | None = field(
+        default=None, metadata={"help": "Training corpus: .txt (one sentence a line), .csv/.tsv (1-3 columns), .json/.jsonl."}
+    )
+    sentence_columns: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated column names (anchor[,positive[,hard_negative]]); default: sent0,sent1,hard_neg if present, else the first 1-3 columns."},
+    )
+    max_seq_length: int = field(
+        default=32, metadata={"help": "Truncate training sentences to this many tokens, special tokens included."}
+    )
+    pad_to_max_length: bool = field(
+        default=False, metadata={"help": "Pad every batch to max_seq_length instead of the longest sentence (slower)."}
+    )
+    overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenize instead of using the datasets cache."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
+    eval_data_dir: str = field(
+        default="SentEval/data/downstream",
+        metadata={"help": "SentEval 'downstream' folder holding STS/STSBenchmark and SICK (dev sets for evaluation during training)."},
+    )
+    korsts_dir: str | None = field(
+        default=None, metadata={"help": "KorSTS folder (sts-dev.tsv) used by --eval_korsts."}
+    )
+
+
+@dataclass
+class ContrastiveTrainingArguments(TrainingArguments):
+    """HF TrainingArguments with SimCSE's defaults and the framework's own switches."""
+
+    output_dir: str = field(default="result/run", metadata={"help": "Where checkpoints and the final model go."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow writing into an output_dir that already holds another run."}
+    )
+    eval_transfer: bool = field(
+        default=False, metadata={"help": "Also evaluate the transfer tasks' dev accuracy during training."}
+    )
+    eval_korsts: bool = field(
+        default=False, metadata={"help": "Select checkpoints on KorSTS dev Spearman (Korean runs) instead of STS-B dev."}
+    )
+    early_stop: int | None = field(
+        default=None, metadata={"help": "Stop after this many evaluations without improvement of metric_for_best_model."}
+    )
+    nan_policy: str = field(
+        default="stop",
+        metadata={"help": "On a non-finite loss: stop (save nothing, raise) or skip (drop that step's update and go on)."},
+    )
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator needs every column."})
+    logging_steps: float = field(default=500, metadata={"help": "Log every N steps (SimCSE: 500)."})
+
+
+# SimCSE-era flag names that current transformers renamed.
+FLAG_ALIASES = {"--evaluation_strategy": "--eval_strategy", "--no_cuda": "--use_cpu"}
+
+
+def normalise_argv(argv: list[str]) -> list[str]:
+    """Rename legacy flags (also in --flag=value form) so a SimCSE command line runs unchanged."""
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        out.append(FLAG_ALIASES.get(name, name) + eq + value if name in FLAG_ALIASES else arg)
+    return out

@@ -1,0 +1,193 @@
+"""The training entry point behind train.py (and the `clusterns-train` console script)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+
+import transformers
+from transformers import EarlyStoppingCallback, HfArgumentParser, set_seed
+
+from .arguments import ContrastiveTrainingArguments, DataTrainingArguments, ModelArguments, normalise_argv
+from .data import ContrastiveCollator, CorpusError, load_corpus, tokenize_corpus
+from .encoder import CONFIG_NAME, EncoderConfig, SentenceEncoder, max_positions
+from .model import ContrastiveModel
+from .objectives import get_objective_class, objective_argument_classes, objective_names
+from .projectors import resolve_projector
+
+logger = logging.getLogger("clusterns")
+
+RUN_MARKER = "run_args.json"  # what produced an output_dir, to refuse mixing two runs in one folder
+
+
+class UsageError(SystemExit):
+    """A bad flag or input: printed as one line, exit code 2, no traceback."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+
+def parse_args(argv: list[str] | None = None):
+    argv = normalise_argv(list(sys.argv[1:] if argv is None else argv))
+    # SimCSE (HF 4.2.1) saved at every evaluation when selecting the best model; `best` keeps that
+    # meaning without writing a checkpoint that is not an improvement.
+    if any(a.split("=")[0] == "--load_best_model_at_end" for a in argv) and not any(a.split("=")[0] == "--save_strategy" for a in argv):
+        argv += ["--save_strategy", "best"]
+    extra_classes = objective_argument_classes()
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, *extra_classes, ContrastiveTrainingArguments))
+    parsed = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, *objective_args, training_args = parsed
+    by_class = {type(a): a for a in objective_args}
+    return model_args, data_args, by_class, training_args
+
+
+def check_output_dir(training_args, model_args, data_args) -> None:
+    out = training_args.output_dir
+    if not os.path.isdir(out) or not os.listdir(out) or training_args.overwrite_output_dir:
+        return
+    if training_args.resume_from_checkpoint:
+        return
+    marker = os.path.join(out, RUN_MARKER)
+    current = {"model_name_or_path": model_args.model_name_or_path, "objective": model_args.objective, "train_file": data_args.train_file}
+    if os.path.isfile(marker):
+        try:
+            previous = json.load(open(marker))
+        except (OSError, ValueError):
+            previous = None
+        if previous == current:
+            return
+    raise UsageError(
+        f"--output_dir {out!r} already holds another run; pass --overwrite_output_dir to replace it, "
+        "--resume_from_checkpoint to continue it, or choose another folder"
+    )
+
+
+def build_encoder(model_args, data_args, objective_args) -> SentenceEncoder:
+    if not model_args.model_name_or_path:
+        raise UsageError("--model_name_or_path is required (a BERT or RoBERTa checkpoint folder or hub name)")
+    batchnorm = bool(getattr(objective_args, "batchnorm", False))
+    config = EncoderConfig(
+        pooler_type=model_args.pooler_type,
+        first_layer_index=model_args.first_layer_index,
+        projector=resolve_projector(model_args.projector, model_args.pooler_type, batchnorm),
+        mlp_only_train=model_args.mlp_only_train,
+        objective=model_args.objective,
+    )
+    encoder = SentenceEncoder.from_backbone(
+        model_args.model_name_or_path, config, tokenizer_name=model_args.tokenizer_name, dropout_prob=model_args.dropout_prob,
+        trust_pickle=model_args.trust_pickle, cache_dir=model_args.cache_dir, revision=model_args.model_revision,
+    )
+    limit = max_positions(encoder.backbone.config, encoder.tokenizer)
+    if data_args.max_seq_length > limit:
+        raise UsageError(f"--max_seq_length {data_args.max_seq_length} exceeds the model's limit of {limit} tokens")
+    return encoder
+
+
+def build_dev_evaluator(data_args, training_args):
+    needs_eval = training_args.eval_strategy != "no" or training_args.do_eval
+    if not needs_eval:
+        return None
+    from .dev_evaluator import SentEvalDevEvaluator
+
+    korsts_dir = data_args.korsts_dir if training_args.eval_korsts else None
+    if training_args.eval_korsts and not korsts_dir:
+        raise UsageError("--eval_korsts needs --korsts_dir (the folder with KorSTS sts-dev.tsv)")
+    return SentEvalDevEvaluator(data_dir=data_args.eval_data_dir, transfer=training_args.eval_transfer, korsts_dir=korsts_dir)
+
+
+def train_main(argv: list[str] | None = None) -> dict:
+    try:
+        return _train(argv)
+    except UsageError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        raise
+    except (CorpusError, FileNotFoundError, ValueError) as err:
+        if os.environ.get("CLUSTERNS_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _train(argv: list[str] | None) -> dict:
+    model_args, data_args, objective_args_by_class, training_args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO if training_args.should_log else logging.WARN)
+    transformers.utils.logging.set_verbosity_warning() if training_args.should_log else transformers.utils.logging.set_verbosity_error()
+
+    if model_args.objective not in objective_names():
+        raise UsageError(f"--objective {model_args.objective!r} is not known; choose one of: {', '.join(objective_names())}")
+    if training_args.nan_policy not in ("stop", "skip"):
+        raise UsageError(f"--nan_policy must be stop or skip, got {training_args.nan_policy!r}")
+    objective_cls = get_objective_class(model_args.objective)
+    objective_args = objective_args_by_class.get(objective_cls.arguments_class) if objective_cls.arguments_class else None
+    if training_args.do_train and not data_args.train_file:
+        raise UsageError("--train_file is required with --do_train")
+    check_output_dir(training_args, model_args, data_args)
+
+    set_seed(training_args.seed)
+    encoder = build_encoder(model_args, data_args, objective_args)
+    objective = objective_cls(model_args, objective_args, encoder)
+    model = ContrastiveModel(encoder, objective)
+
+    train_dataset = None
+    num_views = 2
+    if data_args.train_file:
+        with training_args.main_process_first(desc="corpus loading and tokenization"):
+            corpus = load_corpus(data_args.train_file, data_args.sentence_columns, model_args.cache_dir)
+            num_views = 3 if "hard_neg" in corpus.column_names else 2
+            train_dataset = tokenize_corpus(
+                corpus, encoder.tokenizer, data_args.max_seq_length, data_args.preprocessing_num_workers, data_args.overwrite_cache
+            )
+        logger.info("training corpus: %s (%d examples, %d views each)", data_args.train_file, len(train_dataset), num_views)
+    collator = ContrastiveCollator(
+        pad_token_id=encoder.tokenizer.pad_token_id,
+        num_views=num_views,
+        max_length=data_args.max_seq_length if data_args.pad_to_max_length else None,
+        batch_transform=objective.batch_transform(encoder.tokenizer),
+    )
+    dev_evaluator = build_dev_evaluator(data_args, training_args)
+    run_config = {
+        "model": dataclasses.asdict(model_args),
+        "data": dataclasses.asdict(data_args),
+        "objective_args": dataclasses.asdict(objective_args) if objective_args is not None else {},
+    }
+    from .trainer import ContrastiveTrainer
+
+    callbacks = [EarlyStoppingCallback(early_stopping_patience=training_args.early_stop)] if training_args.early_stop else []
+    trainer = ContrastiveTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        data_collator=collator,
+        processing_class=encoder.tokenizer,
+        callbacks=callbacks,
+        dev_evaluator=dev_evaluator,
+        run_config=run_config,
+    )
+    results: dict = {}
+    if training_args.do_train or train_dataset is not None:
+        if trainer.is_world_process_zero():
+            os.makedirs(training_args.output_dir, exist_ok=True)
+            with open(os.path.join(training_args.output_dir, RUN_MARKER), "w") as f:
+                json.dump({"model_name_or_path": model_args.model_name_or_path, "objective": model_args.objective, "train_file": data_args.train_file}, f)
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()  # the best model when --load_best_model_at_end
+        results.update(train_result.metrics)
+        if trainer.is_world_process_zero():
+            write_results(os.path.join(training_args.output_dir, "train_results.txt"), train_result.metrics)
+            trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))
+            logger.info("model saved to %s (load it with SentenceEncoder.from_pretrained or AutoModel.from_pretrained)", training_args.output_dir)
+    if training_args.do_eval and dev_evaluator is not None:
+        metrics = trainer.evaluate()
+        results.update(metrics)
+        if trainer.is_world_process_zero():
+            write_results(os.path.join(training_args.output_dir, "eval_results.txt"), metrics)
+    return results
+
+
+def write_results(path: str, metrics: dict) -> None:
+    with open(path, "w") as f:
+        for key in sorted(metrics):
+            f.write(f"{key} = {metrics[key]}\n")
