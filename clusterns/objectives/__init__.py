@@ -10,6 +10,7 @@ OBJECTIVES: dict[str, str] = {
     "infonce": "clusterns.objectives.infonce:InfoNCEObjective",
     "clusterns": "clusterns.objectives.clusterns:ClusterNSObjective",
     "mixcse": "clusterns.objectives.mixcse:MixCSEObjective",
+    "diffcse": "clusterns.objectives.diffcse:DiffCSEObjective",
 }
 
 
