@@ -34,7 +34,7 @@ def scan_text_corpus(path: str) -> tuple[int, int]:
         raise CorpusError(f"--train_file {path!r} does not exist")
     with open(path, "rb") as f:
         data = f.read()
-    if not data.strip():
+    if not data:
         raise CorpusError(f"--train_file {path!r} is empty")
     try:
         data.decode("utf-8")
