@@ -259,13 +259,42 @@ class ClusterNSObjective(Objective):
         self.cluster.initialise(centroids, step)
         logger.info("ClusterNS: clustering started at training forward %d (K=%d, batch %d)", step, self.k, batch)
 
+    def logit_blocks(self, z1: Tensor, z2: Tensor, cos: Tensor, z3: Tensor | None = None, hard: Tensor | None = None,
+                     fn_mask: Tensor | None = None) -> list[Tensor]:
+        """The logits as a sequence of [B, *] column blocks (labels arange(B): the positive is column i of the first).
+
+        1. S = cos(z1_i, z2_j)/tau, with false negatives set to -inf under --fn_handling mask_denominator;
+        2. the dataset hard negatives cos(z1_i, z3_j)/tau (3-column data), unless the centroid block overwrites them;
+        3. the centroid hard negatives (when `hard` is given and --enable_hardneg): cos(z1_i, h_j)/tau for all j
+           (batch_block) or cos(z1_i, h_i)/tau (own_only);
+        4. MixCSE's mixed negatives under --mix_negatives.
+        hard_negative_weight is added at each anchor's own column of every hard-negative block.
+        """
+        args = self.args
+        positives = cos / self.temp
+        if fn_mask is not None and args.fn_handling == "mask_denominator":
+            positives = positives.masked_fill(fn_mask, float("-inf"))
+        blocks = [positives]
+        use_centroids = hard is not None and args.enable_hardneg
+        if z3 is not None and not (use_centroids and args.dataset_hardneg == "overwrite"):
+            blocks.append(_add_own_offset(cosine_matrix(z1, z3) / self.temp, self.hard_negative_weight, "diag"))
+        if use_centroids:
+            if args.hardneg_scope == "batch_block":
+                blocks.append(_add_own_offset(cosine_matrix(z1, hard) / self.temp, self.hard_negative_weight, "diag"))
+            else:
+                blocks.append(_add_own_offset(_row_cos(z1, hard)[:, None] / self.temp, self.hard_negative_weight, "col"))
+        if args.mix_negatives:
+            from .mixcse import mixed_negative_blocks
+
+            blocks.extend(mixed_negative_blocks(z1, z2, args.mix_lambdas, self.temp, self.hard_negative_weight))
+        return blocks
+
     # ------------------------------------------------------------------------------------------
     def forward(self, views: EncodedViews, batch: dict[str, Tensor], encoder: nn.Module) -> ObjectiveOutput:
         z = views.gathered
         model_dtype = z.dtype
         z1, z2 = z[:, 0].float(), z[:, 1].float()
         z3 = z[:, 2].float() if z.shape[1] > 2 else None
-        bsz = z1.shape[0]
         args = self.args
         state = self.cluster
 
@@ -294,25 +323,7 @@ class ClusterNSObjective(Objective):
                 fn_mask = C.false_negative_mask(assignments)
                 sizes = C.cluster_sizes(assignments, self.k)
 
-        # ---- logits as a sequence of [B, *] column blocks; labels arange(B) -----------------------
-        positives = cos / self.temp
-        if active and args.fn_handling == "mask_denominator":
-            positives = positives.masked_fill(fn_mask, float("-inf"))
-        blocks = [positives]
-        use_centroids = active and args.enable_hardneg
-        if z3 is not None and not (use_centroids and args.dataset_hardneg == "overwrite"):
-            blocks.append(_add_own_offset(cosine_matrix(z1, z3) / self.temp, self.hard_negative_weight, "diag"))
-        if use_centroids:
-            if args.hardneg_scope == "batch_block":
-                block = _add_own_offset(cosine_matrix(z1, hard) / self.temp, self.hard_negative_weight, "diag")
-            else:
-                block = _add_own_offset(_row_cos(z1, hard)[:, None] / self.temp, self.hard_negative_weight, "col")
-            blocks.append(block)
-        if args.mix_negatives:
-            from .mixcse import mixed_negative_blocks
-
-            blocks.extend(mixed_negative_blocks(z1, z2, args.mix_lambdas, self.temp, self.hard_negative_weight))
-        logits = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
+        logits = torch.cat(self.logit_blocks(z1, z2, cos, z3, hard, fn_mask if active else None), dim=1)
         loss = infonce_loss(logits)
 
         bml = zero
