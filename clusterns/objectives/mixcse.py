@@ -238,6 +238,8 @@ class MixCSEObjective(Objective):
 
     name = "mixcse"
     arguments_class = MixCSEArguments
+    # Mixing needs a next sentence: a global batch of 1 raises BATCH_OF_ONE_MESSAGE at its forward.
+    min_global_batch_size = 2
 
     def __init__(self, model_args, objective_args: MixCSEArguments | None = None, encoder: nn.Module | None = None):
         super().__init__(model_args, objective_args if objective_args is not None else MixCSEArguments(), encoder)

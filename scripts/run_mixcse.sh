@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# MixCSE recipes (BDBC-KG-NLP/MixCSE_AAAI2022, run_unsup_example.sh; see shared/specs/mixcse.md §6-§7, §12).
+#
+#   bash scripts/run_mixcse.sh [CONFIG] [--dry_run] [extra train.py flags...]
+#
+# CONFIG:
+#   bert-base            (default) the published script, faithful: bert-base-uncased, --lambdas 0.2, global batch 64,
+#                        lr 3e-5, 1 epoch, max_seq_length 32, eval every 125 steps, seed 42, no fp16, repo mode with
+#                        masked logits multiplied by 0. Train pooler cls (+MLP), selection on the MLP output (no
+#                        --mlp_only_train), test pooler cls_before_pooler.
+#   bert-base-lambda0.6  the script before 2022-06-14 (--lambdas 0.6), otherwise as bert-base.
+#   bert-base-corrected  the corrected switches: --mask_fill neginf, selection on raw CLS (--mlp_only_train), test
+#                        pooler cls_before_pooler (= selection), fp16 on GPU (SimCSE's precision).
+#   bert-base-paper      --mixcse_mode paper (one mixed negative per anchor; unverified), otherwise as bert-base.
+#   bert-base-sup        the deleted supervised script: NLI triples, --lambdas 0.3, global batch 512 (128 x 4 GPUs),
+#                        lr 5e-5, 3 epochs, fp16, pooler cls with MLP at test.
+#
+# Environment overrides: MODEL, TRAIN_FILE, OUTPUT_DIR, NUM_GPU (default 1; 0 = CPU; >1 = torchrun DDP, the
+# per-device batch is the global batch / NUM_GPU so the gathered batch matches the published one),
+# EVAL_DATA_DIR (SentEval downstream folder for dev evaluation), TEST_DATA_DIR (evaluation.py --data_dir),
+# TASK_SET (evaluation.py --task_set, default sts; the original script used full), SEED (default 42).
+set -euo pipefail
+
+CONFIG=bert-base
+DRY_RUN=0
+EXTRA=()
+for arg in "$@"; do
+    case "$arg" in
+        --dry_run) DRY_RUN=1 ;;
+        bert-base|bert-base-lambda0.6|bert-base-corrected|bert-base-paper|bert-base-sup) CONFIG="$arg" ;;
+        -*) EXTRA+=("$arg") ;;
+        *)
+            if [ ${#EXTRA[@]} -gt 0 ]; then EXTRA+=("$arg")  # the value of an extra flag
+            else echo "error: unknown configuration '$arg' (bert-base, bert-base-lambda0.6, bert-base-corrected, bert-base-paper, bert-base-sup)" >&2; exit 2; fi ;;
+    esac
+done
+
+# Published values (run_unsup_example.sh at 884145e).
+MODEL_DEFAULT=bert-base-uncased
+TRAIN_FILE_DEFAULT=data/wiki1m_for_simcse.txt
+GLOBAL_BATCH=64
+LR=3e-5
+EPOCHS=1
+MAX_LEN=32
+EVAL_STEPS=125
+TEMP=0.05
+LAMBDAS=0.2
+MODE=repo
+MASK_FILL=zero
+TRAIN_POOLER=cls            # CLS + MLP projector in training
+MLP_ONLY_TRAIN=0            # 0: dev selection on the MLP output (original); 1: on raw CLS
+TEST_POOLER=cls_before_pooler
+FP16=0
+case "$CONFIG" in
+    bert-base) ;;
+    bert-base-lambda0.6) LAMBDAS=0.6 ;;
+    bert-base-corrected) MASK_FILL=neginf; MLP_ONLY_TRAIN=1; FP16=1 ;;
+    bert-base-paper) MODE=paper ;;
+    bert-base-sup)
+        TRAIN_FILE_DEFAULT=data/nli_for_simcse.csv; LAMBDAS=0.3; GLOBAL_BATCH=512; LR=5e-5; EPOCHS=3
+        FP16=1; TEST_POOLER=cls ;;
+esac
+
+MODEL=${MODEL:-$MODEL_DEFAULT}
+TRAIN_FILE=${TRAIN_FILE:-$TRAIN_FILE_DEFAULT}
+OUTPUT_DIR=${OUTPUT_DIR:-result/mixcse-${CONFIG}}
+NUM_GPU=${NUM_GPU:-1}
+SEED=${SEED:-42}
+TASK_SET=${TASK_SET:-sts}
+
+if ! [[ "$NUM_GPU" =~ ^[0-9]+$ ]]; then echo "error: NUM_GPU must be a non-negative integer, got '$NUM_GPU'" >&2; exit 2; fi
+DEVICES=$(( NUM_GPU > 0 ? NUM_GPU : 1 ))
+if (( GLOBAL_BATCH % DEVICES != 0 )); then
+    echo "error: the global batch $GLOBAL_BATCH is not divisible by NUM_GPU=$NUM_GPU" >&2; exit 2
+fi
+PER_DEVICE_BATCH=$(( GLOBAL_BATCH / DEVICES ))
+if (( NUM_GPU == 0 )); then FP16=0; fi  # no fp16 on CPU
+
+if (( NUM_GPU > 1 )); then LAUNCH=(torchrun --nproc_per_node "$NUM_GPU" train.py); else LAUNCH=(python train.py); fi
+
+ARGS=(
+    --model_name_or_path "$MODEL"
+    --train_file "$TRAIN_FILE"
+    --output_dir "$OUTPUT_DIR"
+    --objective mixcse
+    --lambdas "$LAMBDAS"
+    --mixcse_mode "$MODE"
+    --mask_fill "$MASK_FILL"
+    --num_train_epochs "$EPOCHS"
+    --per_device_train_batch_size "$PER_DEVICE_BATCH"
+    --learning_rate "$LR"
+    --max_seq_length "$MAX_LEN"
+    --eval_strategy steps
+    --eval_steps "$EVAL_STEPS"
+    --metric_for_best_model stsb_spearman
+    --load_best_model_at_end
+    --pooler_type "$TRAIN_POOLER"
+    --first_layer_index 0
+    --temp "$TEMP"
+    --seed "$SEED"
+    --overwrite_output_dir
+    --do_train
+    --do_eval
+)
+if (( MLP_ONLY_TRAIN )); then ARGS+=(--mlp_only_train); fi
+if (( FP16 )); then ARGS+=(--fp16); fi
+if (( NUM_GPU == 0 )); then ARGS+=(--use_cpu); fi
+if [ -n "${EVAL_DATA_DIR:-}" ]; then ARGS+=(--eval_data_dir "$EVAL_DATA_DIR"); fi
+ARGS+=("${EXTRA[@]+"${EXTRA[@]}"}")
+
+EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --pooler "$TEST_POOLER" --task_set "$TASK_SET" --mode test)
+if [ -n "${TEST_DATA_DIR:-}" ]; then EVAL_ARGS+=(--data_dir "$TEST_DATA_DIR"); fi
+
+if (( MLP_ONLY_TRAIN )); then SELECT_POOLER="cls_before_pooler (raw CLS, --mlp_only_train)"; else SELECT_POOLER="cls (CLS + MLP output)"; fi
+
+print_command() {  # one `--flag value` per line
+    local first=1 line=""
+    echo "$1"; shift
+    for a in "$@"; do
+        if [[ "$a" == --* ]]; then
+            [ -n "$line" ] && echo "  $line"
+            line="$a"
+        else
+            line="$line $(printf '%q' "$a")"
+        fi
+    done
+    [ -n "$line" ] && echo "  $line"
+    return 0
+}
+
+if (( DRY_RUN )); then
+    echo "config=$CONFIG"
+    echo "model=$MODEL"
+    echo "train_file=$TRAIN_FILE"
+    echo "output_dir=$OUTPUT_DIR"
+    echo "num_gpu=$NUM_GPU"
+    echo "global_batch_size=$GLOBAL_BATCH"
+    echo "per_device_train_batch_size=$PER_DEVICE_BATCH"
+    echo "learning_rate=$LR"
+    echo "num_train_epochs=$EPOCHS"
+    echo "max_seq_length=$MAX_LEN"
+    echo "eval_steps=$EVAL_STEPS"
+    echo "temp=$TEMP"
+    echo "lambdas=$LAMBDAS"
+    echo "mixcse_mode=$MODE"
+    echo "mask_fill=$MASK_FILL"
+    echo "fp16=$FP16"
+    echo "train_pooler=$TRAIN_POOLER"
+    echo "select_pooler=$SELECT_POOLER"
+    echo "test_pooler=$TEST_POOLER"
+    echo "task_set=$TASK_SET"
+    print_command "${LAUNCH[*]}" "${ARGS[@]}"
+    print_command "python evaluation.py" "${EVAL_ARGS[@]}"
+    exit 0
+fi
+
+"${LAUNCH[@]}" "${ARGS[@]}"
+python evaluation.py "${EVAL_ARGS[@]}"
