@@ -129,6 +129,11 @@ class DiffCSEArguments:
 # ---------------------------------------------------------------------------------------------
 
 
+def at_least_fp32(x: Tensor) -> Tensor:
+    """fp16/bf16 -> fp32 for the losses; fp32 and fp64 stay as they are (the golden tests run in fp64)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def generator_replacement(logits: Tensor, mode: str = "argmax", vocab_limit: int | None = None) -> Tensor:
     """Token ids the generator puts at every position: argmax (original) or a sample of softmax(logits).
 
@@ -165,7 +170,7 @@ def rtd_loss(logits: Tensor, labels: Tensor, attention_mask: Tensor, reduction: 
     exclude_padding: mean over positions with attention_mask 1.
     sum_over_views: KoDiffCSE - rows are ordered (sentence, view); one all-positions mean per view,
     summed over the ``num_views`` views."""
-    per_token = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1).long(), reduction="none")
+    per_token = F.cross_entropy(at_least_fp32(logits).reshape(-1, logits.shape[-1]), labels.reshape(-1).long(), reduction="none")
     per_token = per_token.view(labels.shape)
     if reduction == "all_positions":
         return per_token.mean()
@@ -378,7 +383,7 @@ class DiffCSEObjective(Objective):
         g = self.corrupt(mlm_ids, attn)
         disc_ids, replaced = rtd_inputs(g, ids, attn, self.cls_token_id)
         hidden = self.discriminator(disc_ids, attn, cond, token_type_ids)
-        rtd_logits = self.rtd_head(hidden).float()
+        rtd_logits = at_least_fp32(self.rtd_head(hidden))
         rtd = rtd_loss(rtd_logits, replaced, attn, self.args.rtd_reduction, num_views)
         loss = contrastive + self.lambda_weight * rtd
 
