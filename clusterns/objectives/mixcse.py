@@ -254,6 +254,7 @@ class MixCSEObjective(Objective):
         """The full widened logit matrix [A (| z3 block) | mixed blocks] in fp32 (labels arange(B))."""
         if z1.shape[0] < 2:
             raise ValueError(BATCH_OF_ONE_MESSAGE)
+        z1, z2 = z1.float(), z2.float()  # one fp32 matrix, as infonce_logits
         with torch.autocast(device_type=z1.device.type, enabled=False):
             base = infonce_logits(z1, z2, self.temp, z3, self.hard_negative_weight)
         blocks = mixed_negative_blocks(
