@@ -32,7 +32,8 @@ MASK_FILLS = ("zero", "neginf")
 MIXCSE_MODES = ("repo", "paper")
 
 BATCH_OF_ONE_MESSAGE = (
-    "mixcse got a global batch of 1 sentence, but mixing needs at least 2 sentences: every mixture "
+    "MixCSE's mixed negatives (--objective mixcse, or --mix_negatives) got a global batch of 1 sentence, "
+    "but mixing needs at least 2 sentences: every mixture "
     "combines a sentence's embedding with the next sentence's in the batch, and with a single sentence "
     "there is no other sentence to form negatives from. If this is the last, partial batch of an epoch "
     "(number of training sentences = 1 mod the global batch size), pass --dataloader_drop_last or choose "
@@ -119,8 +120,9 @@ def mixed_negative_blocks(
     """
     if z1.dim() != 2 or z1.shape != z2.shape:
         raise ValueError(f"mixed_negative_blocks expects z1, z2 of the same shape [B, H]; got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    mask_fill = _parse_mask_fill(mask_fill)
     if mask_fill not in MASK_FILLS:
-        raise ValueError(f"mask_fill must be one of {MASK_FILLS}, got {mask_fill!r}")
+        raise ValueError(f"mask_fill must be one of {MASK_FILLS} (or '-inf'), got {mask_fill!r}")
     if mode not in MIXCSE_MODES:
         raise ValueError(f"mode must be one of {MIXCSE_MODES}, got {mode!r}")
     batch_size = z1.shape[0]
