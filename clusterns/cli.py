@@ -16,6 +16,7 @@ from .encoder import CONFIG_NAME, EncoderConfig, SentenceEncoder, max_positions
 from .model import ContrastiveModel
 from .objectives import get_objective_class, objective_argument_classes, objective_names
 from .projectors import resolve_projector
+from .prompts import PromptArguments, attach_prompt, enable_prompt, get_spec, prompt_projector
 
 logger = logging.getLogger("clusterns")
 
@@ -36,7 +37,7 @@ def parse_args(argv: list[str] | None = None):
     # meaning without writing a checkpoint that is not an improvement.
     if any(a.split("=")[0] == "--load_best_model_at_end" for a in argv) and not any(a.split("=")[0] == "--save_strategy" for a in argv):
         argv += ["--save_strategy", "best"]
-    extra_classes = objective_argument_classes()
+    extra_classes = [*objective_argument_classes(), PromptArguments]
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, *extra_classes, ContrastiveTrainingArguments))
     parsed = parser.parse_args_into_dataclasses(args=argv)
     model_args, data_args, *objective_args, training_args = parsed
@@ -65,14 +66,15 @@ def check_output_dir(training_args, model_args, data_args) -> None:
     )
 
 
-def build_encoder(model_args, data_args, objective_args) -> SentenceEncoder:
+def build_encoder(model_args, data_args, objective_args, prompt_args=None) -> SentenceEncoder:
     if not model_args.model_name_or_path:
         raise UsageError("--model_name_or_path is required (a BERT or RoBERTa checkpoint folder or hub name)")
     batchnorm = bool(getattr(objective_args, "batchnorm", False))
+    prompt_args = enable_prompt(model_args, prompt_args)  # --mask_embedding_sentence: pooler_type -> mask
     config = EncoderConfig(
         pooler_type=model_args.pooler_type,
         first_layer_index=model_args.first_layer_index,
-        projector=resolve_projector(model_args.projector, model_args.pooler_type, batchnorm),
+        projector=prompt_projector(model_args.projector) if prompt_args else resolve_projector(model_args.projector, model_args.pooler_type, batchnorm),
         mlp_only_train=model_args.mlp_only_train,
         objective=model_args.objective,
     )
@@ -83,6 +85,8 @@ def build_encoder(model_args, data_args, objective_args) -> SentenceEncoder:
     limit = max_positions(encoder.backbone.config, encoder.tokenizer)
     if data_args.max_seq_length > limit:
         raise UsageError(f"--max_seq_length {data_args.max_seq_length} exceeds the model's limit of {limit} tokens")
+    if prompt_args is not None:
+        attach_prompt(encoder, prompt_args, data_args.max_seq_length)  # template tokens + max_seq_length must fit
     return encoder
 
 
@@ -127,7 +131,7 @@ def _train(argv: list[str] | None) -> dict:
     check_output_dir(training_args, model_args, data_args)
 
     set_seed(training_args.seed)
-    encoder = build_encoder(model_args, data_args, objective_args)
+    encoder = build_encoder(model_args, data_args, objective_args, objective_args_by_class.get(PromptArguments))
     objective = objective_cls(model_args, objective_args, encoder)
     model = ContrastiveModel(encoder, objective)
 
@@ -138,7 +142,8 @@ def _train(argv: list[str] | None) -> dict:
             corpus = load_corpus(data_args.train_file, data_args.sentence_columns, model_args.cache_dir)
             num_views = 3 if "hard_neg" in corpus.column_names else 2
             train_dataset = tokenize_corpus(
-                corpus, encoder.tokenizer, data_args.max_seq_length, data_args.preprocessing_num_workers, data_args.overwrite_cache
+                corpus, encoder.tokenizer, data_args.max_seq_length, data_args.preprocessing_num_workers, data_args.overwrite_cache,
+                prompt=get_spec(encoder) if encoder.config.prompt else None,
             )
         logger.info("training corpus: %s (%d examples, %d views each)", data_args.train_file, len(train_dataset), num_views)
     collator = ContrastiveCollator(
@@ -160,6 +165,8 @@ def _train(argv: list[str] | None) -> dict:
         model=model,
         args=training_args,
         train_dataset=train_dataset,
+        # evaluate() reads the SentEval dev sets itself; the Trainer only needs to know evaluation is wanted.
+        eval_dataset=["senteval-dev"] if dev_evaluator is not None else None,
         data_collator=collator,
         processing_class=encoder.tokenizer,
         callbacks=callbacks,
