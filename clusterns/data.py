@@ -114,8 +114,12 @@ def select_columns(available: list[str], requested: str | None, path: str) -> li
     return wanted
 
 
-def tokenize_function(tokenizer, max_seq_length: int) -> Callable[[dict], dict]:
-    """Batched map: each sentence column -> `<role>_ids` (truncated, unpadded). None becomes ' ' as in SimCSE."""
+def tokenize_function(tokenizer, max_seq_length: int, prompt=None) -> Callable[[dict], dict]:
+    """Batched map: each sentence column -> `<role>_ids` (truncated, unpadded). None becomes ' ' as in SimCSE.
+
+    `prompt` (a clusterns.prompts.PromptSpec): the PromptBERT views instead (template 1 / template 2)."""
+    if prompt is not None:
+        return prompt.tokenize_function(tokenizer, max_seq_length)
 
     def tokenize(examples: dict) -> dict:
         out = {}
@@ -128,9 +132,10 @@ def tokenize_function(tokenizer, max_seq_length: int) -> Callable[[dict], dict]:
     return tokenize
 
 
-def tokenize_corpus(dataset, tokenizer, max_seq_length: int, num_proc: int | None = None, overwrite_cache: bool = False):
+def tokenize_corpus(dataset, tokenizer, max_seq_length: int, num_proc: int | None = None, overwrite_cache: bool = False,
+                    prompt=None):
     return dataset.map(
-        tokenize_function(tokenizer, max_seq_length),
+        tokenize_function(tokenizer, max_seq_length, prompt),
         batched=True,
         num_proc=num_proc,
         remove_columns=dataset.column_names,

@@ -143,6 +143,7 @@ class SentenceEncoder(nn.Module):
         pooler: str | None = None,
         device: str | torch.device | None = None,
         trust_pickle: bool = False,
+        prompt_convention: str | None = None,
         **overrides: Any,
     ) -> "SentenceEncoder":
         """Load one of our checkpoints, or a plain HF BERT/RoBERTa checkpoint, for evaluation.
@@ -150,6 +151,9 @@ class SentenceEncoder(nn.Module):
         `pooler` overrides the saved pooling, with evaluation.py's names: `cls` uses the
         checkpoint's pooler weights (our MLP, or HF's dense+tanh), `cls_before_pooler` the raw
         [CLS] state, `avg`, `avg_top2`, `avg_first_last` as in training.
+        Prompt checkpoints (pooler `mask`): `prompt_convention` = test (default: the recorded final-test
+        convention), original, dev / consistent (see clusterns/prompts.py); a plain checkpoint takes
+        `pooler="mask", prompt=clusterns.prompts.prompt_config(template)`.
         """
         path = str(path)
         if not os.path.isdir(path):
@@ -180,6 +184,11 @@ class SentenceEncoder(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(path)
         encoder = cls(backbone, tokenizer, config)
         encoder._load_projector(path, weights)
+        if config.pooler_type == "mask":  # prompt encoders: final-test convention unless asked otherwise
+            from .prompts import check_convention, get_spec
+
+            encoder.prompt_convention = check_convention(prompt_convention or "test")
+            get_spec(encoder)  # resolve (and validate) the recorded templates now
         if device is not None:
             encoder.to(device)
         encoder.eval()
@@ -225,8 +234,13 @@ class SentenceEncoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 
-    def pooled(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
-        """Pooler output before the projector, [N, H]."""
+    def pooled(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
+               num_views: int | None = None) -> Tensor:
+        """Pooler output before the projector, [N, H]. `num_views`: rows are flattened [B, V] views (prompts)."""
+        if self.config.pooler_type == "mask":  # PromptBERT: mask state (- template delta), clusterns/prompts.py
+            from .prompts import prompt_pooled
+
+            return prompt_pooled(self, input_ids, attention_mask, token_type_ids, num_views)
         need_all = self.config.pooler_type in NEEDS_HIDDEN_STATES
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         out = self.backbone(
@@ -245,6 +259,10 @@ class SentenceEncoder(nn.Module):
     # ---- encode -------------------------------------------------------------------------------
     def tokenize(self, sentences: list[str], max_seq_length: int | None = None) -> dict[str, list[list[int]]]:
         """Token ids without padding; truncated to max_seq_length (default: the model's limit)."""
+        if self.config.pooler_type == "mask":  # the saved template, per self.prompt_convention (prompts.py)
+            from .prompts import tokenize_for_encode
+
+            return tokenize_for_encode(self, sentences, max_seq_length)
         limit = max_positions(self.backbone.config, self.tokenizer)
         max_len = min(max_seq_length or self.config.max_seq_length or limit, limit)
         return self.tokenizer(list(sentences), truncation=True, max_length=max_len, padding=False)

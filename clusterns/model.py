@@ -20,7 +20,9 @@ class ContrastiveModel(nn.Module):
         batch_size, num_views, length = input_ids.shape
         flat_type_ids = token_type_ids.reshape(-1, length) if token_type_ids is not None else None
         # One pass over [B*V, L]: the two identical copies get different dropout masks.
-        pooled = self.encoder.pooled(input_ids.reshape(-1, length), attention_mask.reshape(-1, length), flat_type_ids)
+        pooled = self.encoder.pooled(
+            input_ids.reshape(-1, length), attention_mask.reshape(-1, length), flat_type_ids, num_views=num_views
+        )
         projected = self.encoder.projector(pooled)  # training: the projector is always applied
         hidden = pooled.shape[-1]
         local = projected.view(batch_size, num_views, hidden)
