@@ -74,10 +74,10 @@ python evaluation.py --model_name_or_path "$out" --pooler avg --mode dev --task_
 python - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]
-def score(name):
-    data = json.load(open(f"{out}/{name}"))
-    return data["scores"]["STSBenchmark"] if "scores" in data else data
-print("STS-B dev Spearman before:", score("stsb_dev_before.json"))
-print("STS-B dev Spearman after: ", score("stsb_dev_after.json"))
+def stsb_dev(name):
+    return json.load(open(f"{out}/{name}"))["results"]["STSBenchmark"]["dev"]["spearman"] * 100
+before, after = stsb_dev("stsb_dev_before.json"), stsb_dev("stsb_dev_after.json")
+print(f"STS-B dev Spearman before training: {before:.2f}")
+print(f"STS-B dev Spearman after training:  {after:.2f}")
 PY
 echo "outputs: $out (trained encoder, checkpoints, trainer_state.json, evaluation JSON)"
