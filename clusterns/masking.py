@@ -18,6 +18,14 @@ Two schemes, both applied to the padded ``input_ids`` of a batch, shape [B, V, L
   (seed, view index, the row's non-pad token ids), so a sentence gets the same masks in every epoch
   whatever batch it lands in, without precomputing anything.
 
+Randomness (``rng``): by default (``content``) each batch's draws come from a private ``torch.Generator``
+seeded with a hash of (seed, the batch's token ids). The masks are then still new for every batch (batches
+differ), but they neither consume nor depend on the global RNG that dropout uses: a run resumed from a
+checkpoint masks exactly as the uninterrupted run did (HF's DataLoader prefetches batches, so global-RNG
+draws in the collator interleave with dropout differently after a resume), and the result does not depend on
+the number of DataLoader workers. ``global`` draws from the global torch RNG exactly as HF's collator does
+(same sequence of bernoulli/bernoulli/bernoulli/randint calls), for bit-level comparisons with the original.
+
 Both are picklable callables holding only ints, so DataLoader workers can run them.
 """
 from __future__ import annotations
@@ -28,6 +36,7 @@ import torch
 from torch import Tensor
 
 SCHEMES = ("bert", "kodiffcse")
+RNG_MODES = ("content", "global")
 
 
 def special_token_mask(input_ids: Tensor, special_ids: Tensor | list[int]) -> Tensor:
@@ -133,17 +142,20 @@ class MLMMasking:
     sep_token_id: int | None = None
     pad_token_id: int = 0
     seed: int = 42
+    rng: str = "content"  # content: a generator seeded by (seed, batch ids); global: the global torch RNG
 
     def __post_init__(self):
         if self.scheme not in SCHEMES:
             raise ValueError(f"--masking_scheme must be one of {SCHEMES}, got {self.scheme!r}")
         if not 0.0 < float(self.masking_ratio) < 1.0:
             raise ValueError(f"--masking_ratio must lie in (0, 1), got {self.masking_ratio}")
+        if self.rng not in RNG_MODES:
+            raise ValueError(f"masking rng must be one of {RNG_MODES}, got {self.rng!r}")
         if self.scheme == "kodiffcse" and (self.cls_token_id is None or self.sep_token_id is None):
             raise ValueError("the kodiffcse masking scheme needs a tokenizer with CLS and SEP tokens")
 
     @classmethod
-    def from_tokenizer(cls, tokenizer, scheme: str, masking_ratio: float, seed: int = 42) -> "MLMMasking":
+    def from_tokenizer(cls, tokenizer, scheme: str, masking_ratio: float, seed: int = 42, rng: str = "content") -> "MLMMasking":
         if scheme == "bert" and tokenizer.mask_token_id is None:
             raise ValueError(f"the tokenizer {type(tokenizer).__name__} has no mask token: DiffCSE's bert masking needs one")
         return cls(
@@ -156,6 +168,7 @@ class MLMMasking:
             sep_token_id=tokenizer.sep_token_id,
             pad_token_id=int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else 0,
             seed=seed,
+            rng=rng,
         )
 
     def mask(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -165,7 +178,12 @@ class MLMMasking:
         attn = attention_mask.reshape(-1, shape[-1]) if attention_mask is not None else torch.ones_like(ids)
         special = special_token_mask(ids, self.special_ids)
         if self.scheme == "bert":
-            out, _ = bert_mask_tokens(ids, special, self.mask_token_id, self.vocab_size, self.masking_ratio)
+            generator = None
+            if self.rng == "content":
+                keys = row_keys(ids, attn, torch.arange(ids.shape[0]), self.seed)
+                batch_key = int(_mix((keys % (1 << 40)).sum().reshape(1) + ids.shape[0] * 7 + ids.shape[1])[0])
+                generator = torch.Generator().manual_seed(batch_key)
+            out, _ = bert_mask_tokens(ids, special, self.mask_token_id, self.vocab_size, self.masking_ratio, generator)
         else:
             view_index = torch.arange(ids.shape[0]) % views
             keys = row_keys(ids, attn, view_index, self.seed)

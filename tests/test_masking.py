@@ -62,7 +62,7 @@ def test_bert_scheme_matches_original_draws(which, bert_tok, roberta_tok):
     tok = bert_tok if which == "bert" else roberta_tok
     batch = batch_for(tok)
     flat = batch["input_ids"].reshape(-1, batch["input_ids"].shape[-1])
-    masking = MLMMasking.from_tokenizer(tok, "bert", 0.3)
+    masking = MLMMasking.from_tokenizer(tok, "bert", 0.3, rng="global")
     for seed in range(5):
         torch.manual_seed(seed)
         ours = masking(batch)["mlm_input_ids"]
@@ -72,36 +72,42 @@ def test_bert_scheme_matches_original_draws(which, bert_tok, roberta_tok):
         assert torch.equal(ours.reshape(-1, flat.shape[-1]), ref)
 
 
-def test_bert_scheme_statistics_and_specials(bert_tok):
+@pytest.mark.parametrize("rng", ["content", "global"])
+def test_bert_scheme_statistics_and_specials(bert_tok, rng):
     tok = bert_tok
-    batch = batch_for(tok, SENTENCES * 20)
+    batch = batch_for(tok, SENTENCES * 60)
     ids = batch["input_ids"]
     special = special_token_mask(ids, tok.all_special_ids)
-    masking = MLMMasking.from_tokenizer(tok, "bert", 0.3)
+    masking = MLMMasking.from_tokenizer(tok, "bert", 0.3, rng=rng)
     torch.manual_seed(0)
-    n_sel = n_mask = n_same = n_tok = 0
-    for _ in range(30):
-        out = masking(batch)["mlm_input_ids"]
-        assert torch.equal(out[special], ids[special])  # CLS, SEP, PAD never touched
-        changed = out != ids
-        n_mask += int((out == tok.mask_token_id).sum())
-        n_sel += int(changed.sum())
-        n_tok += int((~special).sum())
-        assert int(out.max()) < len(tok) and int(out.min()) >= 0
+    out = masking(batch)["mlm_input_ids"]
+    assert torch.equal(out[special], ids[special])  # CLS, SEP, PAD never touched
+    assert int(out.max()) < len(tok) and int(out.min()) >= 0
+    n_tok = int((~special).sum())
     # P(changed) = 0.3 * (0.8 + 0.1 * (1 - 1/|V|)) ~= 0.27; P(mask) = 0.24
-    assert abs(n_mask / n_tok - 0.24) < 0.02
-    assert abs(n_sel / n_tok - 0.27) < 0.02
+    assert abs(int((out == tok.mask_token_id).sum()) / n_tok - 0.24) < 0.02
+    assert abs(int((out != ids).sum()) / n_tok - 0.27) < 0.02
 
 
 def test_bert_scheme_is_dynamic_and_views_independent(bert_tok):
-    batch = batch_for(bert_tok, SENTENCES * 4)
+    sents = SENTENCES * 4
     masking = MLMMasking.from_tokenizer(bert_tok, "bert", 0.3)
-    torch.manual_seed(1)
+    batch = batch_for(bert_tok, sents)
+    rng_before = torch.get_rng_state()
     a = masking(batch)["mlm_input_ids"]
-    b = masking(batch)["mlm_input_ids"]
-    assert not torch.equal(a, b)  # new draws every batch
+    assert torch.equal(torch.get_rng_state(), rng_before)  # dropout's global RNG is neither used nor advanced
+    assert torch.equal(masking(batch)["mlm_input_ids"], a)  # a function of the batch: resumes reproduce it
     assert not torch.equal(a[:, 0], a[:, 1])  # the two views of a sentence are masked independently
     assert torch.equal(batch["input_ids"][:, 0], batch["input_ids"][:, 1])
+    # Dynamic: the same sentences in another batch (another epoch's shuffle) get new masks.
+    order = list(range(len(sents)))[::-1]
+    b = masking(batch_for(bert_tok, [sents[i] for i in order]))["mlm_input_ids"]
+    same = [torch.equal(a[i], b[j]) for j, i in enumerate(order)]
+    assert sum(same) < len(same) // 2
+    # The global mode draws from (and advances) the global RNG: two calls differ.
+    g = MLMMasking.from_tokenizer(bert_tok, "bert", 0.3, rng="global")
+    torch.manual_seed(1)
+    assert not torch.equal(g(batch)["mlm_input_ids"], g(batch)["mlm_input_ids"])
 
 
 def test_masking_is_picklable_and_validates(bert_tok):
@@ -113,6 +119,8 @@ def test_masking_is_picklable_and_validates(bert_tok):
             MLMMasking.from_tokenizer(bert_tok, "bert", bad)
     with pytest.raises(ValueError, match="masking_scheme"):
         MLMMasking.from_tokenizer(bert_tok, "electra", 0.3)
+    with pytest.raises(ValueError, match="rng"):
+        MLMMasking.from_tokenizer(bert_tok, "bert", 0.3, rng="numpy")
 
 
 # ---- KoDiffCSE fixed count, [SEP], static ---------------------------------------------------------
