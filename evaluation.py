@@ -33,7 +33,7 @@ from senteval.utils import DataFormatError, MissingDataError  # noqa: E402
 STS_TASKS = ["STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness"]
 TRANSFER_TASKS = ["MR", "CR", "MPQA", "SUBJ", "SST2", "TREC", "MRPC"]
 TRANSFER_TABLE = ["MR", "CR", "SUBJ", "MPQA", "SST2", "TREC", "MRPC"]  # SimCSE's print order
-POOLER_CHOICES = ["cls", "cls_before_pooler", "avg", "avg_top2", "avg_first_last"]
+POOLER_CHOICES = ["cls", "cls_before_pooler", "avg", "avg_top2", "avg_first_last", "mask"]
 KORSTS_COLUMNS = [("Cos P", "cosine_pearson"), ("Cos S", "cosine_spearman"),
                   ("Euc P", "euclidean_pearson"), ("Euc S", "euclidean_spearman"),
                   ("Man P", "manhattan_pearson"), ("Man S", "manhattan_spearman"),
@@ -68,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--korsts_per_batch", action="store_true",
                    help="also report KoDiffCSE's per-batch KorSTS protocol (shuffled batches of 256, averaged)")
     p.add_argument("--seed", type=int, default=1111, help="SentEval seed for the classifiers")
+    # PromptBERT checkpoints (clusterns/prompts.py): the recorded template is applied automatically.
+    p.add_argument("--prompt_convention", type=str, default=None, choices=["test", "original", "consistent", "dev"],
+                   help="prompt checkpoints: test (default: the final-test convention recorded at training, "
+                        "faithfully evaluation_prompt.py's), original (period appended, no delta), "
+                        "consistent/dev (the in-training selection: template ids, delta)")
+    p.add_argument("--mask_embedding_sentence", action="store_true",
+                   help="evaluate with a PromptBERT template (mask pooler), as evaluation_prompt.py")
+    p.add_argument("--mask_embedding_sentence_template", type=str, default=None,
+                   help="the template for --mask_embedding_sentence (default: the checkpoint's recorded one)")
+    p.add_argument("--mask_embedding_sentence_delta", action="store_true",
+                   help="with --mask_embedding_sentence: subtract the template delta at test")
     return p
 
 
@@ -135,11 +146,18 @@ def load_encoder(args):
     pooler = args.pooler
     if pooler is None and not os.path.isfile(os.path.join(args.model_name_or_path, CONFIG_NAME)):
         pooler = "cls"  # SimCSE's default for plain HF checkpoints
+    from clusterns.prompts import evaluation_load_kwargs
+
+    prompt_kwargs = evaluation_load_kwargs(
+        args.model_name_or_path, args.mask_embedding_sentence, args.mask_embedding_sentence_template,
+        args.mask_embedding_sentence_delta, args.prompt_convention,
+    )
+    pooler = prompt_kwargs.pop("pooler", pooler)
     device = args.device
     if device is None:
         import torch
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return SentenceEncoder.from_pretrained(args.model_name_or_path, pooler=pooler, device=device)
+    return SentenceEncoder.from_pretrained(args.model_name_or_path, pooler=pooler, device=device, **prompt_kwargs)
 
 
 def build_evaluations(tasks: list[str], params: dict) -> dict:

@@ -226,6 +226,47 @@ def attach_prompt(encoder, prompt_args: PromptArguments, max_seq_length: int) ->
     return spec
 
 
+def evaluation_load_kwargs(
+    path: str,
+    mask_embedding_sentence: bool = False,
+    template: str | None = None,
+    delta: bool = False,
+    convention: str | None = None,
+) -> dict[str, Any]:
+    """evaluation.py's prompt flags -> SentenceEncoder.from_pretrained keyword arguments.
+
+    Our prompt checkpoints need none of them (the template is recorded; --prompt_convention picks
+    test / original / consistent). --mask_embedding_sentence (+ --mask_embedding_sentence_template,
+    --mask_embedding_sentence_delta) evaluates any checkpoint with a template as evaluation_prompt.py
+    (the mask pooler replaces --pooler, as there); on one of our prompt checkpoints the template
+    flag replaces the recorded template and --mask_embedding_sentence_delta turns on the test delta."""
+    import os
+
+    from .encoder import CONFIG_NAME
+
+    kwargs: dict[str, Any] = {}
+    if convention is not None:
+        kwargs["prompt_convention"] = check_convention(convention)
+    if not mask_embedding_sentence:
+        if template is not None or delta:
+            raise ValueError("--mask_embedding_sentence_template / --mask_embedding_sentence_delta need --mask_embedding_sentence")
+        return kwargs
+    saved_file = os.path.join(path, CONFIG_NAME)
+    saved = json.load(open(saved_file)).get("prompt") if os.path.isfile(saved_file) else None
+    if saved:
+        settings = dict(saved)
+        if template is not None:
+            check_template_syntax(template, "--mask_embedding_sentence_template")
+            settings["template"] = template
+        settings["test_delta"] = bool(settings.get("test_delta")) or delta
+    else:
+        if template is None:
+            raise ValueError(f"{path!r} records no prompt: --mask_embedding_sentence needs --mask_embedding_sentence_template")
+        settings = prompt_config(template, test_delta=delta)
+    kwargs.update(pooler="mask", prompt=settings)
+    return kwargs
+
+
 # ---- templates -----------------------------------------------------------------------------------
 def check_template_syntax(template: str, flag: str) -> None:
     if not isinstance(template, str) or not template:
