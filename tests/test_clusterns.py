@@ -97,6 +97,18 @@ def test_non_positive_k_points_to_infonce(k):
         ClusterNSObjective(margs(), ClusterNSArguments(kmeans=k), hidden_size=8)
 
 
+def test_single_centroid_is_rejected():
+    with pytest.raises(ValueError, match="--kmeans must be at least 2"):
+        ClusterNSObjective(margs(), ClusterNSArguments(kmeans=1), hidden_size=8)
+
+
+def test_batch_of_one_after_start():
+    obj = make()
+    obj(views(batch()), {}, None)
+    out = obj(views(batch(b=1, seed=3)), {}, None)
+    assert torch.isfinite(out.loss) and out.logs["cluster/fn_pairs"].item() == 0
+
+
 def test_registered_and_parsed_by_train_py():
     assert get_objective_class("clusterns") is ClusterNSObjective
     assert ClusterNSArguments in objective_argument_classes()
@@ -338,3 +350,15 @@ def test_every_update_and_init_runs_and_moves_centroids(optim, init):
     out = obj(views(batch(seed=1, requires_grad=True)), {}, None)
     out.loss.backward()
     assert torch.isfinite(out.loss) and not torch.equal(c0, obj.centroids)
+
+
+def test_fp32_math_inside_autocast():
+    ref, amp = make(), make()
+    z0, z1 = batch(), batch(seed=1)
+    ref(views(z0), {}, None)
+    want = ref(views(z1), {}, None).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp(views(z0), {}, None)
+        got = amp(views(z1), {}, None).loss
+    assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-6)
+    assert torch.equal(amp.centroids, ref.centroids)

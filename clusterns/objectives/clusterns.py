@@ -200,6 +200,10 @@ class ClusterNSObjective(Objective):
                 f"--kmeans must be > 0 with --objective clusterns (got {args.kmeans}). The original's --kmeans 0 / -1 "
                 "meant plain SimCSE: use --objective infonce for that."
             )
+        if args.kmeans < 2:
+            raise ValueError(
+                f"--kmeans must be at least 2 (got {args.kmeans}): each anchor's hard negative is its second-nearest centroid"
+            )
         if hidden_size is None:
             if encoder is None:
                 raise ValueError("ClusterNSObjective needs the encoder (or hidden_size) to size the centroid buffer")
@@ -232,7 +236,11 @@ class ClusterNSObjective(Objective):
                     "or a larger batch."
                 )
             if not self._warned_small_batch:
-                logger.warning("ClusterNS: start condition met on a batch of %d < K=%d sentences; waiting for a full batch", batch, self.k)
+                logger.warning(
+                    "ClusterNS: the start condition is met on a (global) batch of %d < --kmeans=%d sentences; waiting for a "
+                    "batch of at least K sentences (if every batch is smaller, clustering never starts and the run is plain "
+                    "SimCSE: lower --kmeans or raise the batch size)", batch, self.k,
+                )
                 self._warned_small_batch = True
             decision = False
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -291,6 +299,12 @@ class ClusterNSObjective(Objective):
 
     # ------------------------------------------------------------------------------------------
     def forward(self, views: EncodedViews, batch: dict[str, Tensor], encoder: nn.Module) -> ObjectiveOutput:
+        # Logits, clustering and BML in fp32 even inside the trainer's autocast (which would run the
+        # matmuls of fp32 inputs in fp16/bf16).
+        with torch.autocast(device_type=views.gathered.device.type, enabled=False):
+            return self._forward(views)
+
+    def _forward(self, views: EncodedViews) -> ObjectiveOutput:
         z = views.gathered
         model_dtype = z.dtype
         z1, z2 = z[:, 0].float(), z[:, 1].float()
