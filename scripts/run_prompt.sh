@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# Prompt-based ClusterNS recipes (djz233/ClusterNS run_prompt.sh + README "Hyperparameters"; see
+# shared/specs/clusterns.md §10-§11, §13 item 8, §15). ClusterNS on PromptBERT embeddings: template pair,
+# mask-token pooler with template denoising (--mask_embedding_sentence_delta), MLP in training only.
+#
+#   bash scripts/run_prompt.sh [CONFIG] [--dry_run] [extra train.py flags...]
+#
+# CONFIG (the README table's prompt columns; published hyper-parameters):
+#   prompt-bert-base       (default) bert-base-uncased, global batch 512, lr 5e-5, K 96, kmeans_lr 5e-4,
+#                          kmean_cosine 0.4, hard negatives on, bml_weight 1e-2, alpha 0, beta 0.2.
+#   prompt-bert-large      bert-large-uncased, global batch 256 (64 x 4 GPUs), lr 3e-5, K 96, kmeans_lr 1e-4,
+#                          kmean_cosine 0.2, hard negatives on, bml_weight 5e-4, alpha 0.25, beta 0.3.
+#   prompt-roberta-base    roberta-base, global batch 512 (256 x 2 GPUs), lr 5e-5, K 128, kmeans_lr 1e-3,
+#                          kmean_cosine 0.4, hard negatives OFF (--no_enable_hardneg), bml_weight 1e-2, alpha 0.2, beta 0.6.
+#   prompt-bert-base-script  the shipped run_prompt.sh verbatim: bert-base-uncased, 2 x 256, K 128, kmeans_lr 1e-3,
+#                          kmean_cosine 0.4, --enable_hardneg, bml_weight 1e-5, alpha 0.1, beta 0.3, and the
+#                          RoBERTa template pair (the script's accident); differs from the README column.
+# Common: 1 epoch, max_seq_length 32 (sentence tokens; the template comes on top), temp 0.05, seed 42, fp16 on
+# GPU, dev evaluation (STS-B dev, SICK trial) every 125 steps selecting on stsb_spearman with template 1 and
+# the delta, early stop after 3 evaluations without improvement, --mlp_only_train.
+#
+# Templates: the correct pair per backbone (BERT: This sentence of/: "[X]" means [MASK].; RoBERTa: This/The
+# sentence : '[X]' means <mask>.). PROMPT_TEMPLATES=run_prompt_sh reproduces the shipped script's RoBERTa pair
+# on every backbone (spec §15 `prompt_templates`: faithful = run_prompt_sh, corrected = per_backbone).
+#
+# Final test: evaluation.py on the checkpoint's recorded template. TEST_CONVENTION=test (default) is the
+# original final test (evaluation_prompt.py: '.' appended, whole-string tokenisation, no delta);
+# TEST_CONVENTION=consistent tests exactly as the dev selection (template ids, delta).
+#
+# Environment overrides: MODEL, TRAIN_FILE, OUTPUT_DIR, NUM_GPU (default 1; 0 = CPU; >1 = torchrun DDP, the
+# per-device batch is the global batch / NUM_GPU so the gathered batch matches the published one),
+# EVAL_DATA_DIR (SentEval downstream folder for dev evaluation), TEST_DATA_DIR (evaluation.py --data_dir),
+# TASK_SET (default sts), SEED (default 42), PROMPT_TEMPLATES, TEST_CONVENTION.
+set -euo pipefail
+
+CONFIGS="prompt-bert-base prompt-bert-large prompt-roberta-base prompt-bert-base-script"
+CONFIG=prompt-bert-base
+DRY_RUN=0
+EXTRA=()
+for arg in "$@"; do
+    case "$arg" in
+        --dry_run) DRY_RUN=1 ;;
+        prompt-bert-base|prompt-bert-large|prompt-roberta-base|prompt-bert-base-script) CONFIG="$arg" ;;
+        -*) EXTRA+=("$arg") ;;
+        *)
+            if [ ${#EXTRA[@]} -gt 0 ]; then EXTRA+=("$arg")  # the value of an extra flag
+            else echo "error: unknown configuration '$arg' (${CONFIGS// /, })" >&2; exit 2; fi ;;
+    esac
+done
+
+# Template pairs (PromptBERT), as written in the original run_prompt.sh.
+BERT_TEMPLATE='*cls*_This_sentence_of_"*sent_0*"_means*mask*.*sep+*'
+BERT_TEMPLATE2='*cls*_This_sentence_:_"*sent_0*"_means*mask*.*sep+*'
+ROBERTA_TEMPLATE="*cls*_This_sentence_:_'_*sent_0*_'_means*mask*.*sep+*"
+ROBERTA_TEMPLATE2="*cls*_The_sentence_:_'_*sent_0*_'_means*mask*.*sep+*"
+
+# Shared settings of run_prompt.sh.
+TRAIN_FILE_DEFAULT=data/wiki1m_for_simcse.txt
+EPOCHS=1
+MAX_LEN=32
+EVAL_STEPS=125
+TEMP=0.05
+EARLY_STOP=3
+FP16=1
+case "$CONFIG" in
+    prompt-bert-base)
+        MODEL_DEFAULT=bert-base-uncased; BACKBONE=bert; GLOBAL_BATCH=512; LR=5e-5
+        KMEANS=96; KMEANS_LR=5e-4; KMEAN_COSINE=0.4; HARDNEG=1; BML_WEIGHT=1e-2; BML_ALPHA=0; BML_BETA=0.2
+        TEMPLATES_DEFAULT=per_backbone ;;
+    prompt-bert-large)
+        MODEL_DEFAULT=bert-large-uncased; BACKBONE=bert; GLOBAL_BATCH=256; LR=3e-5
+        KMEANS=96; KMEANS_LR=1e-4; KMEAN_COSINE=0.2; HARDNEG=1; BML_WEIGHT=5e-4; BML_ALPHA=0.25; BML_BETA=0.3
+        TEMPLATES_DEFAULT=per_backbone ;;
+    prompt-roberta-base)
+        MODEL_DEFAULT=roberta-base; BACKBONE=roberta; GLOBAL_BATCH=512; LR=5e-5
+        KMEANS=128; KMEANS_LR=1e-3; KMEAN_COSINE=0.4; HARDNEG=0; BML_WEIGHT=1e-2; BML_ALPHA=0.2; BML_BETA=0.6
+        TEMPLATES_DEFAULT=per_backbone ;;
+    prompt-bert-base-script)
+        MODEL_DEFAULT=bert-base-uncased; BACKBONE=bert; GLOBAL_BATCH=512; LR=5e-5
+        KMEANS=128; KMEANS_LR=1e-3; KMEAN_COSINE=0.4; HARDNEG=1; BML_WEIGHT=1e-5; BML_ALPHA=0.1; BML_BETA=0.3
+        TEMPLATES_DEFAULT=run_prompt_sh ;;
+esac
+
+MODEL=${MODEL:-$MODEL_DEFAULT}
+TRAIN_FILE=${TRAIN_FILE:-$TRAIN_FILE_DEFAULT}
+OUTPUT_DIR=${OUTPUT_DIR:-result/ClusterNS-${CONFIG}}
+NUM_GPU=${NUM_GPU:-1}
+SEED=${SEED:-42}
+TASK_SET=${TASK_SET:-sts}
+PROMPT_TEMPLATES=${PROMPT_TEMPLATES:-$TEMPLATES_DEFAULT}
+TEST_CONVENTION=${TEST_CONVENTION:-test}
+
+case "$PROMPT_TEMPLATES" in
+    per_backbone)
+        if [ "$BACKBONE" = roberta ]; then TEMPLATE=$ROBERTA_TEMPLATE; TEMPLATE2=$ROBERTA_TEMPLATE2
+        else TEMPLATE=$BERT_TEMPLATE; TEMPLATE2=$BERT_TEMPLATE2; fi ;;
+    run_prompt_sh) TEMPLATE=$ROBERTA_TEMPLATE; TEMPLATE2=$ROBERTA_TEMPLATE2 ;;
+    *) echo "error: PROMPT_TEMPLATES must be per_backbone or run_prompt_sh, got '$PROMPT_TEMPLATES'" >&2; exit 2 ;;
+esac
+case "$TEST_CONVENTION" in
+    test|original|consistent) ;;
+    *) echo "error: TEST_CONVENTION must be test, original or consistent, got '$TEST_CONVENTION'" >&2; exit 2 ;;
+esac
+
+if ! [[ "$NUM_GPU" =~ ^[0-9]+$ ]]; then echo "error: NUM_GPU must be a non-negative integer, got '$NUM_GPU'" >&2; exit 2; fi
+DEVICES=$(( NUM_GPU > 0 ? NUM_GPU : 1 ))
+if (( GLOBAL_BATCH % DEVICES != 0 )); then
+    echo "error: the global batch $GLOBAL_BATCH is not divisible by NUM_GPU=$NUM_GPU" >&2; exit 2
+fi
+PER_DEVICE_BATCH=$(( GLOBAL_BATCH / DEVICES ))
+if (( NUM_GPU == 0 )); then FP16=0; fi  # no fp16 on CPU
+
+if (( NUM_GPU > 1 )); then LAUNCH=(torchrun --nproc_per_node "$NUM_GPU" train.py); else LAUNCH=(python train.py); fi
+
+ARGS=(
+    --model_name_or_path "$MODEL"
+    --train_file "$TRAIN_FILE"
+    --output_dir "$OUTPUT_DIR"
+    --objective clusterns
+    --num_train_epochs "$EPOCHS"
+    --per_device_train_batch_size "$PER_DEVICE_BATCH"
+    --gradient_accumulation_steps 1
+    --learning_rate "$LR"
+    --max_seq_length "$MAX_LEN"
+    --eval_strategy steps
+    --eval_steps "$EVAL_STEPS"
+    --metric_for_best_model stsb_spearman
+    --load_best_model_at_end
+    --early_stop "$EARLY_STOP"
+    --pooler_type mask
+    --mlp_only_train
+    --temp "$TEMP"
+    --kmeans "$KMEANS"
+    --kmeans_lr "$KMEANS_LR"
+    --kmean_cosine "$KMEAN_COSINE"
+    --bml_weight "$BML_WEIGHT"
+    --bml_alpha "$BML_ALPHA"
+    --bml_beta "$BML_BETA"
+    --mask_embedding_sentence
+    --mask_embedding_sentence_delta
+    --mask_embedding_sentence_template "$TEMPLATE"
+    --mask_embedding_sentence_different_template "$TEMPLATE2"
+    --seed "$SEED"
+    --overwrite_output_dir
+    --do_train
+    --do_eval
+)
+if (( HARDNEG )); then ARGS+=(--enable_hardneg); else ARGS+=(--no_enable_hardneg); fi
+if [ "$TEST_CONVENTION" = consistent ]; then ARGS+=(--prompt_test_delta --no_prompt_test_add_period); fi
+if (( FP16 )); then ARGS+=(--fp16); fi
+if (( NUM_GPU == 0 )); then ARGS+=(--use_cpu); fi
+if [ -n "${EVAL_DATA_DIR:-}" ]; then ARGS+=(--eval_data_dir "$EVAL_DATA_DIR"); fi
+ARGS+=("${EXTRA[@]+"${EXTRA[@]}"}")
+
+# The checkpoint records the template and the test convention; --pooler mask is its recorded pooler.
+EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --pooler mask --prompt_convention "$TEST_CONVENTION" --task_set "$TASK_SET" --mode test)
+if [ -n "${TEST_DATA_DIR:-}" ]; then EVAL_ARGS+=(--data_dir "$TEST_DATA_DIR"); fi
+
+print_command() {  # one `--flag value` per line
+    local line=""
+    echo "$1"; shift
+    for a in "$@"; do
+        if [[ "$a" == --* ]]; then
+            [ -n "$line" ] && echo "  $line"
+            line="$a"
+        else
+            line="$line $(printf '%q' "$a")"
+        fi
+    done
+    [ -n "$line" ] && echo "  $line"
+    return 0
+}
+
+if (( DRY_RUN )); then
+    echo "config=$CONFIG"
+    echo "model=$MODEL"
+    echo "train_file=$TRAIN_FILE"
+    echo "output_dir=$OUTPUT_DIR"
+    echo "num_gpu=$NUM_GPU"
+    echo "global_batch_size=$GLOBAL_BATCH"
+    echo "per_device_train_batch_size=$PER_DEVICE_BATCH"
+    echo "learning_rate=$LR"
+    echo "num_train_epochs=$EPOCHS"
+    echo "max_seq_length=$MAX_LEN"
+    echo "eval_steps=$EVAL_STEPS"
+    echo "temp=$TEMP"
+    echo "kmeans=$KMEANS"
+    echo "kmeans_lr=$KMEANS_LR"
+    echo "kmean_cosine=$KMEAN_COSINE"
+    echo "enable_hardneg=$HARDNEG"
+    echo "bml_weight=$BML_WEIGHT"
+    echo "bml_alpha=$BML_ALPHA"
+    echo "bml_beta=$BML_BETA"
+    echo "fp16=$FP16"
+    echo "prompt_templates=$PROMPT_TEMPLATES"
+    echo "template=$TEMPLATE"
+    echo "template2=$TEMPLATE2"
+    echo "train_pooler=mask (prompt + delta, MLP in training)"
+    echo "select_pooler=mask (template 1, delta, no MLP)"
+    echo "test_pooler=mask"
+    echo "test_convention=$TEST_CONVENTION"
+    echo "task_set=$TASK_SET"
+    print_command "${LAUNCH[*]}" "${ARGS[@]}"
+    print_command "python evaluation.py" "${EVAL_ARGS[@]}"
+    exit 0
+fi
+
+"${LAUNCH[@]}" "${ARGS[@]}"
+python evaluation.py "${EVAL_ARGS[@]}"
