@@ -35,7 +35,7 @@ def resolve_downstream(task_path: str) -> str:
     sub = os.path.join(task_path, "downstream")
     if os.path.isdir(sub):
         return sub
-    if any(os.path.isdir(os.path.join(task_path, d)) for d in ("STS", "SICK", "MR", "KorSTS")):
+    if any(os.path.isdir(os.path.join(task_path, d)) for d in ("STS", "SICK", "MR", "CR", "SUBJ", "MPQA", "SST", "TREC", "MRPC", "KorSTS")):
         return task_path
     raise MissingDataError(
         f"SentEval data folder not found: neither {sub} nor a downstream folder at {task_path}.\n"

