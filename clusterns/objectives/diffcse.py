@@ -291,6 +291,11 @@ class DiffCSEObjective(Objective):
 
     name = "diffcse"
     arguments_class = DiffCSEArguments
+    # train.py calls this with the data flags (the objective never sees them): --pad_to_max_length is refused.
+    check_data_arguments = staticmethod(check_data_arguments)
+    # ContrastiveModel runs objectives outside autocast (fp32 losses); DiffCSE keeps the trainer's mixed precision
+    # for its generator and discriminator, and computes its logits / losses in fp32 itself (cosine_matrix, at_least_fp32).
+    keep_autocast = True
 
     def __init__(self, model_args: Any, objective_args: DiffCSEArguments | None = None, encoder: nn.Module | None = None,
                  generator: nn.Module | None = None, generator_tokenizer: Any = None):
