@@ -55,6 +55,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--json", default=None, help="write {suite_s, bare_encode_s, ratio, ...} here")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown snippet")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="alternate suite and bare runs N times and keep the fastest of each (noisy machines)")
     a = ap.parse_args(argv)
     model = a.model_name_or_path or default_model()
     args = evaluation.build_parser().parse_args(
@@ -72,23 +74,31 @@ def main(argv=None) -> int:
     # warm-up (allocator, kernels, lazy imports) so neither timing pays it
     encoder.encode(sentences[:256], batch_size=a.batch_size, max_seq_length=a.max_seq_length)
 
-    t0 = time.perf_counter()
-    evaluations = evaluation.build_evaluations(tasks, params)  # file loading is part of the suite
-    results = evaluation.run_tasks(evaluations, params, evaluation.CachedBatcher(encoder, a.batch_size, a.max_seq_length))
-    suite_s = time.perf_counter() - t0
+    suite_runs, bare_runs = [], []  # (wall s, process cpu s)
+    for _ in range(max(1, a.repeat)):
+        t0, c0 = time.perf_counter(), time.process_time()
+        evaluations = evaluation.build_evaluations(tasks, params)  # file loading is part of the suite
+        results = evaluation.run_tasks(evaluations, params,
+                                       evaluation.CachedBatcher(encoder, a.batch_size, a.max_seq_length))
+        suite_runs.append((time.perf_counter() - t0, time.process_time() - c0))
 
-    t0 = time.perf_counter()
-    encoder.encode(sentences, batch_size=a.batch_size, max_seq_length=a.max_seq_length)
-    bare_s = time.perf_counter() - t0
+        t0, c0 = time.perf_counter(), time.process_time()
+        encoder.encode(sentences, batch_size=a.batch_size, max_seq_length=a.max_seq_length)
+        bare_runs.append((time.perf_counter() - t0, time.process_time() - c0))
+    suite_s, suite_cpu = min(suite_runs)
+    bare_s, bare_cpu = min(bare_runs)
 
     tables = evaluation.build_tables(results, "test")
     sts_cells = dict(zip(tables[0][1], tables[0][2]))
     out = {"suite_s": round(suite_s, 3), "bare_encode_s": round(bare_s, 3), "ratio": round(suite_s / bare_s, 3),
+           "suite_cpu_s": round(suite_cpu, 3), "bare_encode_cpu_s": round(bare_cpu, 3),
+           "cpu_ratio": round(suite_cpu / bare_cpu, 3), "repeat": max(1, a.repeat),
            "distinct_sentences": len(sentences), "batch_size": a.batch_size, "model": model, "pooler": a.pooler,
            "torch_threads": torch.get_num_threads(), "device": str(encoder.device), "sts_test": sts_cells}
     print(f"STS suite (--mode test --task_set sts): {suite_s:.1f} s")
     print(f"bare encoding of {len(sentences)} distinct sentences: {bare_s:.1f} s")
-    print(f"ratio suite / bare: {suite_s / bare_s:.3f}  (target <= 1.3)")
+    print(f"ratio suite / bare: {suite_s / bare_s:.3f}  (target <= 1.3); "
+          f"process CPU time {suite_cpu:.1f} s / {bare_cpu:.1f} s = {suite_cpu / bare_cpu:.3f}")
     if a.markdown:
         print()
         print("| model | pooler | device | distinct sentences | suite (s) | bare encode (s) | ratio |")
