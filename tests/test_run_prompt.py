@@ -145,8 +145,10 @@ def test_num_gpu_keeps_the_global_batch(num_gpu, per_device, launcher):
 def test_switches_and_overrides():
     _, train, _, _, _ = dry_run("prompt-bert-base", PROMPT_TEMPLATES="run_prompt_sh")
     assert train["mask_embedding_sentence_template"] == ROBERTA_TEMPLATES[0]  # the shipped script's accident
-    _, train, evaluation, _, _ = dry_run("prompt-bert-base", TEST_CONVENTION="consistent")
+    _, train, evaluation, _, lines = dry_run("prompt-bert-base", TEST_CONVENTION="consistent")
     assert train["prompt_test_delta"] is True and train["no_prompt_test_add_period"] is True
+    prompt = parse_args(command_argv(lines))[2][PromptArguments]
+    assert prompt.prompt_test_delta and not prompt.prompt_test_add_period
     assert evaluation["prompt_convention"] == "consistent"
     resolved, train, evaluation, _, _ = dry_run("prompt-bert-large", MODEL="m", TRAIN_FILE="t.txt", OUTPUT_DIR="o",
                                                 EVAL_DATA_DIR="dev", TEST_DATA_DIR="test", TASK_SET="full", SEED="7")
