@@ -293,6 +293,10 @@ class DiffCSEObjective(Objective):
     arguments_class = DiffCSEArguments
     # train.py calls this with the data flags (the objective never sees them): --pad_to_max_length is refused.
     check_data_arguments = staticmethod(check_data_arguments)
+    # The generator and discriminator are full transformers: let them run under the trainer's autocast
+    # (--fp16/--bf16), as the original's native AMP did; the InfoNCE logits (base.cosine_matrix) and the RTD
+    # cross-entropy (at_least_fp32) are computed in fp32 regardless.
+    keep_autocast = True
     # ContrastiveModel runs objectives outside autocast (fp32 losses); DiffCSE keeps the trainer's mixed precision
     # for its generator and discriminator, and computes its logits / losses in fp32 itself (cosine_matrix, at_least_fp32).
     keep_autocast = True
