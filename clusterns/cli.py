@@ -11,6 +11,7 @@ import transformers
 from transformers import EarlyStoppingCallback, HfArgumentParser, set_seed
 
 from .arguments import ContrastiveTrainingArguments, DataTrainingArguments, ModelArguments, normalise_argv
+from .checkpointing import resolve_resume_checkpoint
 from .data import ContrastiveCollator, CorpusError, load_corpus, tokenize_corpus
 from .encoder import CONFIG_NAME, EncoderConfig, SentenceEncoder, max_positions
 from .model import ContrastiveModel
@@ -128,6 +129,9 @@ def _train(argv: list[str] | None) -> dict:
     objective_args = objective_args_by_class.get(objective_cls.arguments_class) if objective_cls.arguments_class else None
     if training_args.do_train and not data_args.train_file:
         raise UsageError("--train_file is required with --do_train")
+    if training_args.resume_from_checkpoint:
+        # `auto`: the latest complete checkpoint of output_dir (none: a fresh start); a path must be complete.
+        training_args.resume_from_checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     check_output_dir(training_args, model_args, data_args)
 
     set_seed(training_args.seed)

@@ -1,0 +1,228 @@
+"""Checkpoint folders on disk: atomic commits, the latest complete checkpoint, safe loading.
+
+Layout (HF Trainer's): ``<output_dir>/checkpoint-<step>/`` holds the encoder (model.safetensors,
+config.json, tokenizer, clusterns_config.json), the objective state (objective.safetensors),
+trainer_state.json, and HF's optimizer.pt / scheduler.pt / rng_state[_<rank>].pth / scaler.pt.
+
+Atomicity. A checkpoint is written into ``tmp-checkpoint-<step>/checkpoint-<step>/`` and renamed to
+``checkpoint-<step>`` only when every rank has finished writing (files fsynced first). A save that
+is killed or fails therefore never leaves a folder named ``checkpoint-<step>``: resume, ``auto``,
+HF's ``get_last_checkpoint``, rotation and ``--load_best_model_at_end`` only ever see complete
+checkpoints. Leftover ``tmp-*`` folders of a killed save are removed by the next save of the run.
+
+Safe loading. Weights (encoder, projector, objective state) are read from safetensors only.
+HF reads optimizer.pt / scheduler.pt / scaler.pt / rng_state*.pth with
+``torch.load(weights_only=True)`` (after ``check_torch_load_is_safe``, torch >= 2.6), which
+refuses any pickle that would construct objects other than tensors, containers and numpy
+arrays, so a tampered checkpoint raises ``UnpicklingError`` instead of running code.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE_NAME = "trainer_state.json"
+HF_CONFIG_NAME = "config.json"
+ENCODER_CONFIG_NAME = "clusterns_config.json"
+WEIGHTS_NAMES = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_WEIGHTS_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+STAGING_PREFIX = "tmp-"  # tmp-checkpoint-<step> (a save in progress), tmp-replaced-..., tmp-save-...
+RESUME_AUTO = "auto"
+BEST_METRIC_NAME = "best_metric.json"
+
+_CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (disk full, quota, I/O error); the earlier checkpoints are intact."""
+
+
+# ---------------------------------------------------------------------------------------------
+# discovery
+# ---------------------------------------------------------------------------------------------
+def checkpoint_step(path: str) -> int | None:
+    """The step of a `checkpoint-<step>` folder name (None for any other name)."""
+    match = _CHECKPOINT_RE.match(os.path.basename(os.path.normpath(path)))
+    return int(match.group(1)) if match else None
+
+
+def missing_checkpoint_files(folder: str) -> list[str]:
+    """What a training checkpoint written by ContrastiveTrainer lacks (empty: complete)."""
+    missing = [name for name in (TRAINER_STATE_NAME, HF_CONFIG_NAME, ENCODER_CONFIG_NAME) if not os.path.isfile(os.path.join(folder, name))]
+    if not any(os.path.isfile(os.path.join(folder, name)) for name in WEIGHTS_NAMES):
+        missing.append(WEIGHTS_NAMES[0])
+    return missing
+
+
+def is_complete_checkpoint(folder: str) -> bool:
+    return os.path.isdir(folder) and not missing_checkpoint_files(folder)
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    """The complete `checkpoint-<step>` folder of output_dir with the highest step (None if there is none).
+
+    Incomplete ones (e.g. left by a version without atomic saves) are skipped with a warning."""
+    if not os.path.isdir(output_dir):
+        return None
+    found = []
+    for name in os.listdir(output_dir):
+        step = checkpoint_step(name)
+        if step is not None and os.path.isdir(os.path.join(output_dir, name)):
+            found.append((step, os.path.join(output_dir, name)))
+    for step, folder in sorted(found, reverse=True):
+        missing = missing_checkpoint_files(folder)
+        if not missing:
+            return folder
+        logger.warning("skipping incomplete checkpoint %s (missing %s)", folder, ", ".join(missing))
+    return None
+
+
+def resolve_resume_checkpoint(value: str | None, output_dir: str) -> str | None:
+    """--resume_from_checkpoint: `auto` = the latest complete checkpoint of output_dir (None: start fresh);
+    a path must be a complete checkpoint folder. Raises FileNotFoundError naming what is missing."""
+    if value is None or value == "":
+        return None
+    if value == RESUME_AUTO:
+        found = latest_checkpoint(output_dir)
+        if found is None:
+            logger.info("--resume_from_checkpoint auto: no complete checkpoint in %s, starting from scratch", output_dir)
+        else:
+            logger.info("--resume_from_checkpoint auto: resuming from %s", found)
+        return found
+    if not os.path.isdir(value):
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {value!r} does not exist (give a checkpoint-<step> folder, or `auto` for the "
+            "latest complete checkpoint of --output_dir)"
+        )
+    missing = missing_checkpoint_files(value)
+    if missing:
+        hint = ""
+        if any(os.path.isfile(os.path.join(value, name)) for name in PICKLE_WEIGHTS_NAMES):
+            hint = " (it holds .bin/pickle weights: training checkpoints are read from safetensors only)"
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {value!r} is not a complete training checkpoint: missing {', '.join(missing)}{hint}"
+        )
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic writing
+# ---------------------------------------------------------------------------------------------
+def staging_root(final: str) -> str:
+    """Where checkpoint `final` is written before it is committed (same file system, so rename is atomic)."""
+    parent, name = os.path.split(os.path.normpath(final))
+    return os.path.join(parent, f"{STAGING_PREFIX}{name}")
+
+
+def _fsync_path(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as err:  # directories cannot be fsynced on some file systems
+        if err.errno not in (errno.EINVAL, errno.EBADF, errno.EISDIR, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: str) -> None:
+    """Flush every file of folder (and the folders themselves) to disk before the commit rename."""
+    for root, dirs, files in os.walk(folder):
+        for name in files:
+            _fsync_path(os.path.join(root, name))
+        _fsync_path(root)
+
+
+def commit_folder(staged: str, final: str) -> None:
+    """Atomically publish `staged` as `final` (a folder). An existing `final` is replaced: it is first
+    renamed away (a name that is never taken for a checkpoint), so at every instant `final` is either
+    the old complete folder, absent, or the new complete folder."""
+    fsync_tree(staged)
+    parent = os.path.dirname(os.path.normpath(final)) or "."
+    old = None
+    if os.path.exists(final):
+        old = os.path.join(parent, f"{STAGING_PREFIX}replaced-{os.path.basename(os.path.normpath(final))}-{uuid.uuid4().hex[:8]}")
+        os.rename(final, old)
+    os.rename(staged, final)
+    _fsync_path(parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_staging(run_dir: str) -> list[str]:
+    """Remove what killed saves left behind (tmp-checkpoint-*, tmp-replaced-*, tmp-save-*) in run_dir."""
+    removed = []
+    if not os.path.isdir(run_dir):
+        return removed
+    for name in os.listdir(run_dir):
+        path = os.path.join(run_dir, name)
+        if name.startswith(STAGING_PREFIX) and os.path.isdir(path) and (
+            name.startswith(f"{STAGING_PREFIX}{PREFIX_CHECKPOINT_DIR}-") or name.startswith(f"{STAGING_PREFIX}replaced-")
+            or name.startswith(f"{STAGING_PREFIX}save-")
+        ):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        logger.warning("removed %d incomplete save folder(s) left by an interrupted run: %s", len(removed), ", ".join(removed))
+    return removed
+
+
+def replace_files_from(staged: str, target: str) -> None:
+    """Move every entry of `staged` into `target` with os.replace (each file atomically), then remove
+    `staged`. Used for the final save into output_dir, which also holds the checkpoints and so cannot
+    be renamed as a whole: each file there is either the previous complete one or the new one."""
+    fsync_tree(staged)
+    os.makedirs(target, exist_ok=True)
+    for name in os.listdir(staged):
+        src, dst = os.path.join(staged, name), os.path.join(target, name)
+        if os.path.isdir(src) and os.path.isdir(dst):
+            shutil.rmtree(dst)
+        os.replace(src, dst)
+    _fsync_path(target)
+    os.rmdir(staged)
+
+
+def new_save_folder(target: str) -> str:
+    """A fresh hidden-from-discovery folder inside `target` to stage a save into."""
+    os.makedirs(target, exist_ok=True)
+    path = os.path.join(target, f"{STAGING_PREFIX}save-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.makedirs(path)
+    return path
+
+
+def write_json_atomic(path: str, data: dict) -> None:
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def describe_write_error(err: OSError, what: str, run_dir: str) -> CheckpointWriteError:
+    """A CheckpointWriteError saying what failed, why, and what is left to resume from."""
+    reason = os.strerror(err.errno) if err.errno else str(err)
+    if err.errno == errno.ENOSPC:
+        reason += " (the disk is full)"
+    elif err.errno == errno.EDQUOT:
+        reason += " (disk quota exceeded)"
+    previous = latest_checkpoint(run_dir)
+    left = f"the latest complete checkpoint, {previous}, is intact" if previous else "no earlier checkpoint exists"
+    message = (
+        f"could not write {what}: {reason} [{err}]. The partial save was removed; {left}. "
+        "Free some space, then rerun the same command with --resume_from_checkpoint auto."
+    )
+    return CheckpointWriteError(err.errno or errno.EIO, message)
