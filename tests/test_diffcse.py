@@ -348,3 +348,16 @@ def test_batchnorm_conflicting_projector(models):
             DiffCSEArguments(generator_name=str(gen_dir), batchnorm=True),
             encoder,
         )
+
+
+def test_runs_under_bf16_autocast(models):
+    """--bf16: the generator and discriminator run in mixed precision, the losses come out in fp32."""
+    model = make(models)
+    assert model.objective.keep_autocast
+    batch = collate(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**batch)
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+    assert out["logs"]["rtd/loss"].dtype == torch.float32
+    out["loss"].backward()
+    assert model.objective.rtd_head.weight.grad is not None
