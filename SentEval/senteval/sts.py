@@ -100,6 +100,8 @@ class STSEval:
                 sent1.append(fields[0].split())
                 sent2.append(fields[1].split())
                 gs.append(score)
+            if not gs:
+                raise DataFormatError(f"{gs_path}: no labelled pairs (empty file?)")
             # Same stable sort as SentEval (only changes batch composition).
             sorted_data = sorted(zip(sent1, sent2, gs),
                                  key=lambda z: (len(z[0]), len(z[1]), z[2]))
@@ -192,6 +194,8 @@ def load_stsb_file(fpath: str):
             X_A.append(text[5].split())
             X_B.append(text[6].split())
             y.append(parse_float(text[4], fpath, i, "gold score"))
+    if not y:
+        raise DataFormatError(f"{fpath}: no sentence pairs (empty file)")
     return X_A, X_B, y
 
 
@@ -207,6 +211,8 @@ def load_sick_file(fpath: str, label_field: int = 3):
             X_B.append(text[2].split())
             y.append(parse_float(text[label_field], fpath, i, "relatedness score")
                      if label_field == 3 else text[label_field])
+    if not y:
+        raise DataFormatError(f"{fpath}: no sentence pairs (empty file, or a header only)")
     return X_A, X_B, y
 
 
