@@ -13,9 +13,11 @@ from transformers import EarlyStoppingCallback, HfArgumentParser, set_seed
 from .arguments import ContrastiveTrainingArguments, DataTrainingArguments, ModelArguments, normalise_argv
 from .checkpointing import resolve_resume_checkpoint
 from .data import ContrastiveCollator, CorpusError, load_corpus, tokenize_corpus
+from .distributed import data_parallel_message
 from .encoder import CONFIG_NAME, EncoderConfig, SentenceEncoder, max_positions
 from .model import ContrastiveModel
 from .objectives import get_objective_class, objective_argument_classes, objective_names
+from .precision import configure_tf32
 from .projectors import resolve_projector
 from .prompts import PromptArguments, attach_prompt, enable_prompt, get_spec, prompt_projector
 
@@ -125,6 +127,9 @@ def _train(argv: list[str] | None) -> dict:
         raise UsageError(f"--objective {model_args.objective!r} is not known; choose one of: {', '.join(objective_names())}")
     if training_args.nan_policy not in ("stop", "skip"):
         raise UsageError(f"--nan_policy must be stop or skip, got {training_args.nan_policy!r}")
+    if training_args.n_gpu > 1:  # several visible GPUs in one process: HF would use nn.DataParallel
+        raise UsageError(data_parallel_message(training_args.n_gpu, list(sys.argv[1:] if argv is None else argv)))
+    configure_tf32(training_args.tf32)  # TF32 matmuls on Ampere+ unless --tf32 false; losses stay fp32
     objective_cls = get_objective_class(model_args.objective)
     objective_args = objective_args_by_class.get(objective_cls.arguments_class) if objective_cls.arguments_class else None
     if training_args.do_train and not data_args.train_file:

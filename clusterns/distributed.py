@@ -1,9 +1,24 @@
-"""All-gather across DDP ranks that keeps this rank's gradient (SimCSE's trick).
+"""Multi-process training helpers: the all-gather that keeps this rank's gradient (SimCSE's trick),
+the gradient convention that makes DDP equal one process on the global batch, and the DataParallel guard.
 
-Every rank computes the same global logits; only its own rows carry gradient, and DDP's
-gradient averaging then equals the single-process gradient of the global batch (the loss
-is multiplied by the world size to undo DDP's division by it)."""
+Gradient convention (what `ContrastiveModel` uses, `scale_local_grad=True`):
+
+* A *global* term (InfoNCE, ClusterNS, MixCSE: anything computed from `views.gathered`) is computed
+  identically on every rank; rank r back-propagates it only into its own rows. DDP then *averages*
+  the parameter gradients over the W ranks, which would give 1/W of the single-process gradient of
+  the global batch. The gather therefore multiplies the gradient reaching the local rows by W (the
+  forward values are untouched), so the average is exactly the single-process gradient.
+* A *rank-local* term (DiffCSE's RTD loss: a mean over this rank's tokens, computed from
+  `views.local` / `views.pooled`, never from `gathered`) is not scaled: DDP's average of the
+  per-rank means is the mean over the global batch, as in one process.
+
+So the loss is never rescaled (the logged loss is the true loss), and an objective mixing both
+kinds of terms needs no special care. (SimCSE's original scaled nothing: its contrastive gradient
+under DDP was 1/W of the single-process one.)
+"""
 from __future__ import annotations
+
+import shlex
 
 import torch
 import torch.distributed as dist
@@ -18,13 +33,41 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
-def gather_with_local_grad(x: Tensor) -> Tensor:
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity in the forward; multiplies the incoming gradient by `scale` in the backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.scale, None
+
+
+def scale_grad(x: Tensor, scale: float) -> Tensor:
+    """`x` unchanged, with its gradient multiplied by `scale` (no-op for scale 1 or without grad)."""
+    if scale == 1 or not x.requires_grad:
+        return x
+    return _ScaleGrad.apply(x, float(scale))
+
+
+def gather_with_local_grad(x: Tensor, scale_local_grad: bool = False) -> Tensor:
     """[b, ...] on each rank -> [world*b, ...] in rank order; rows of this rank keep the autograd graph.
 
-    Ranks may hold different b (the last batch of an epoch): sizes are exchanged first."""
+    Ranks may hold different b (the last batch of an epoch): sizes are exchanged first.
+    `scale_local_grad`: multiply the gradient that reaches this rank's rows by the world size, so that
+    DDP's gradient average equals the single-process gradient of a loss computed on the gathered batch
+    (see the module docstring). Without it the local rows get d(global loss)/d(rows), unscaled.
+    One process: `x` itself."""
     if not is_distributed():
         return x
-    world, rank = dist.get_world_size(), dist.get_rank()
+    world, me = dist.get_world_size(), dist.get_rank()
     size = torch.tensor([x.shape[0]], device=x.device)
     sizes = [torch.zeros_like(size) for _ in range(world)]
     dist.all_gather(sizes, size)
@@ -36,5 +79,32 @@ def gather_with_local_grad(x: Tensor) -> Tensor:
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded.contiguous())
     parts = [p[:n] for p, n in zip(parts, sizes)]
-    parts[rank] = x
+    parts[me] = scale_grad(x, world) if scale_local_grad else x
     return torch.cat(parts)
+
+
+# ---- the DataParallel guard -------------------------------------------------------------------------
+
+def torchrun_command(num_gpus: int, argv: list[str], script: str = "train.py") -> str:
+    """The command that trains on `num_gpus` GPUs with the same global batch as `argv` on one process
+    with DataParallel would have suggested: torchrun with per-device batch unchanged (each process
+    holds --per_device_train_batch_size rows; the gathered batch is num_gpus times that)."""
+    return " ".join(["torchrun", "--nproc_per_node", str(num_gpus), script, *(shlex.quote(a) for a in argv)])
+
+
+def data_parallel_message(num_gpus: int, argv: list[str] | None = None, script: str = "train.py") -> str:
+    argv = list(argv or [])
+    return (
+        f"{num_gpus} GPUs are visible but train.py was not launched with torchrun. The Trainer would wrap the model in "
+        "torch.nn.DataParallel, where every GPU computes the contrastive loss on its own slice of the batch: the "
+        f"negatives would shrink to 1/{num_gpus} of the batch (and the ClusterNS / MixCSE batch statistics with them). "
+        f"Use DDP, which gathers the embeddings of all GPUs:\n  {torchrun_command(num_gpus, argv, script)}\n"
+        f"(each process gets --per_device_train_batch_size sentences; the global batch is {num_gpus} x that), "
+        "or train on one GPU: CUDA_VISIBLE_DEVICES=0 python " + " ".join([script, *(shlex.quote(a) for a in argv)])
+    )
+
+
+def check_no_data_parallel(n_gpu: int, argv: list[str] | None = None, script: str = "train.py") -> None:
+    """Raise ValueError when the HF Trainer would use nn.DataParallel (n_gpu > 1 in one process)."""
+    if n_gpu > 1:
+        raise ValueError(data_parallel_message(n_gpu, argv, script))

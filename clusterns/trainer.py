@@ -28,7 +28,7 @@ except ImportError:  # transformers 4.x: Trainer._rotate_checkpoints
     rotate_checkpoints = None
 
 from . import checkpointing as ckpt
-from .distributed import is_distributed, world_size
+from .distributed import check_no_data_parallel, is_distributed
 from .encoder import CONFIG_NAME, PROJECTOR_WEIGHTS_NAME, WEIGHTS_NAME, MLP_KEYS, MLPProjector, _safetensors_files
 from .model import ContrastiveModel
 
@@ -66,6 +66,9 @@ class _GuardedScheduler:
 class ContrastiveTrainer(Trainer):
     def __init__(self, *args: Any, dev_evaluator=None, run_config: dict | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        # n_gpu > 1 means one process with several GPUs: HF would use nn.DataParallel, whose replicas each see
+        # only their slice of the batch as negatives. Refuse, showing the torchrun command (distributed.py).
+        check_no_data_parallel(self.args.n_gpu)
         self.dev_evaluator = dev_evaluator
         self.run_config = run_config or {}
         self._log_sums: dict[str, torch.Tensor] = {}
@@ -103,9 +106,9 @@ class ContrastiveTrainer(Trainer):
                 value = value.detach().float()
                 self._step_log_sums[key] = self._step_log_sums[key] + value if key in self._step_log_sums else value
             self._step_log_count += 1
-            # Every rank computed the global loss but backpropagates only into its own rows; DDP
-            # averages gradients over ranks, so scale to get the single-process gradient.
-            loss = loss * world_size()
+            # No world-size factor here: the gather scales the gradient of the global terms instead (DDP's
+            # average then equals one process on the global batch; clusterns/distributed.py), so the loss
+            # is the true loss and rank-local terms (DiffCSE's RTD) keep their single-process weight.
         return (loss, outputs) if return_outputs else loss
 
     # ---- non-finite loss policy (--nan_policy stop|skip) ----------------------------------------
@@ -198,8 +201,6 @@ class ContrastiveTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
-            scale = world_size()
-            logs["loss"] = logs["loss"] / scale
             committed = self._log_count  # micro-batches of applied updates in this window
             if self._log_count:
                 for key, total in self._log_sums.items():

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..precision import fp32_region
+
 
 @dataclass
 class EncodedViews:
@@ -64,10 +66,17 @@ class Objective(nn.Module):
 def cosine_matrix(a: Tensor, b: Tensor) -> Tensor:
     """cos(a_i, b_j) for all pairs: normalise once, one matmul. [N, H] x [M, H] -> [N, M].
 
-    The eps matches torch.nn.CosineSimilarity (clamp of each norm at 1e-8)."""
-    a_n = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    b_n = b / b.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    return a_n @ b_n.transpose(0, 1)
+    The eps matches torch.nn.CosineSimilarity (clamp of each norm at 1e-8). fp16/bf16 inputs are
+    promoted to fp32 and the product runs outside autocast (and TF32): under --fp16/--bf16 autocast
+    would otherwise run the matmul in half precision even on fp32 inputs (clusterns/precision.py)."""
+    if a.dtype in (torch.float16, torch.bfloat16):
+        a = a.float()
+    if b.dtype in (torch.float16, torch.bfloat16):
+        b = b.float()
+    with fp32_region(a.device.type):
+        a_n = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        b_n = b / b.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        return a_n @ b_n.transpose(0, 1)
 
 
 def infonce_logits(

@@ -297,9 +297,6 @@ class DiffCSEObjective(Objective):
     # (--fp16/--bf16), as the original's native AMP did; the InfoNCE logits (base.cosine_matrix) and the RTD
     # cross-entropy (at_least_fp32) are computed in fp32 regardless.
     keep_autocast = True
-    # ContrastiveModel runs objectives outside autocast (fp32 losses); DiffCSE keeps the trainer's mixed precision
-    # for its generator and discriminator, and computes its logits / losses in fp32 itself (cosine_matrix, at_least_fp32).
-    keep_autocast = True
 
     def __init__(self, model_args: Any, objective_args: DiffCSEArguments | None = None, encoder: nn.Module | None = None,
                  generator: nn.Module | None = None, generator_tokenizer: Any = None):

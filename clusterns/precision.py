@@ -1,0 +1,93 @@
+"""Numerical precision: fp32 regions for the losses under mixed precision, and the TF32 default.
+
+Under `--fp16` / `--bf16` the Trainer runs the model forward inside `torch.autocast`, which executes
+every matmul in half precision *even on fp32 inputs* (`.float()` does not protect a matmul inside an
+autocast region). Similarity logits are cosines divided by a temperature of 0.05: a cosine rounded to
+bf16 (8 bits of mantissa) moves a logit by up to ~0.08. So the objectives run in `fp32_region`:
+autocast off, and on CUDA TF32 off for matmuls, so the logits, the cross-entropy and the clustering
+state are computed in full fp32 whatever the training precision (the encoder itself stays in mixed
+precision; the extra cost is a few [B, B] / [B, K] products).
+
+TF32: on Ampere and newer GPUs, fp32 matmuls (and cuDNN convolutions) use TF32 unless `--tf32 false`
+(`configure_tf32`, called by train.py). HF's `--tf32 true/false` keeps its meaning; only the default
+(flag not given) is ours: on where supported. The objectives' `fp32_region` turns it off locally.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterator
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def _new_api() -> bool:
+    """torch >= 2.9: per-backend `fp32_precision` ("ieee" / "tf32"); mixing it with the legacy
+    `allow_tf32` flags makes torch raise, so only one API is ever used."""
+    return hasattr(torch.backends.cuda.matmul, "fp32_precision")
+
+
+def cuda_tf32_supported() -> bool:
+    """A CUDA device of compute capability >= 8 (Ampere) is present."""
+    try:
+        return bool(torch.cuda.is_available() and torch.version.cuda is not None
+                    and torch.cuda.get_device_properties(torch.cuda.current_device()).major >= 8)
+    except Exception:  # noqa: BLE001 - a broken driver means: no TF32
+        return False
+
+
+def set_cuda_tf32(enabled: bool) -> None:
+    if _new_api():
+        mode = "tf32" if enabled else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = mode
+        torch.backends.cudnn.conv.fp32_precision = mode
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
+def cuda_tf32_enabled() -> bool:
+    if _new_api():
+        return torch.backends.cuda.matmul.fp32_precision == "tf32"
+    return bool(torch.backends.cuda.matmul.allow_tf32)
+
+
+def configure_tf32(tf32: bool | None) -> bool:
+    """The TF32 default of train.py: `tf32` is HF's `--tf32` (None when not given).
+
+    None -> on where supported (returns True), nothing on CPU; True / False were already applied by HF's
+    TrainingArguments (it raises for --tf32 true without an Ampere GPU). Returns whether TF32 is on."""
+    if tf32 is None:
+        if cuda_tf32_supported():
+            set_cuda_tf32(True)
+            logger.info("TF32 matmuls enabled (Ampere or newer GPU; --tf32 false to disable); losses stay in full fp32")
+            return True
+        return False
+    return bool(tf32) and cuda_tf32_supported()
+
+
+@contextlib.contextmanager
+def _no_cuda_tf32() -> Iterator[None]:
+    if not cuda_tf32_enabled():
+        yield
+        return
+    set_cuda_tf32(False)
+    try:
+        yield
+    finally:
+        set_cuda_tf32(True)
+
+
+@contextlib.contextmanager
+def fp32_region(device_type: str) -> Iterator[None]:
+    """Autocast off (and CUDA TF32 off) inside: fp32 tensors are multiplied in fp32.
+
+    Callers still cast half-precision inputs with `.float()`."""
+    with torch.autocast(device_type=device_type, enabled=False):
+        if device_type == "cuda":
+            with _no_cuda_tf32():
+                yield
+        else:
+            yield

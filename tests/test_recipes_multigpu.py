@@ -1,0 +1,97 @@
+"""Every recipe script (scripts/run_*.sh and any run_*.sh at the repository root), every configuration, under
+NUM_GPU = 0, 1, 2, 4, 8: NUM_GPU > 1 launches `torchrun --nproc_per_node $NUM_GPU train.py`, otherwise
+`python train.py`; the per-device batch times the number of processes (times gradient accumulation) is the
+published global batch, which the dry-run prints as global_batch_size= and which does not depend on NUM_GPU;
+a NUM_GPU that does not divide the global batch is refused; NUM_GPU=0 trains on the CPU without fp16/bf16.
+
+The configurations are read from each script's `a|b|c) CONFIG="$arg"` case, so a new script or configuration
+is covered without touching this test."""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+
+import pytest
+
+from recipes import REPO, flag
+
+SCRIPTS = sorted([*REPO.glob("scripts/run_*.sh"), *REPO.glob("run_*.sh")])
+CONFIG_CASE = re.compile(r"([\w.|-]+)\)\s*CONFIG=\"\$arg\"")
+GPU_COUNTS = (0, 1, 2, 4, 8)
+# Variables a developer's shell may export that would change what the scripts print.
+SCRIPT_ENV = ("NUM_GPU", "MODEL", "TRAIN_FILE", "OUTPUT_DIR", "GENERATOR", "EVAL_DATA_DIR", "TEST_DATA_DIR", "SEED", "TASK_SET")
+
+
+def configs(script) -> list[str]:
+    match = CONFIG_CASE.search(script.read_text())
+    assert match, f"{script.name}: no `a|b|c) CONFIG=\"$arg\"` case to read the configurations from"
+    return match.group(1).split("|")
+
+
+CASES = [(script, config) for script in SCRIPTS for config in configs(script)]
+
+
+def run(script, config, num_gpu: int | None):
+    env = {k: v for k, v in os.environ.items() if k not in SCRIPT_ENV}
+    if num_gpu is not None:
+        env["NUM_GPU"] = str(num_gpu)
+    proc = subprocess.run(["bash", str(script), config, "--dry_run"], capture_output=True, text=True, env=env, timeout=60)
+    config_lines, commands = {}, []
+    for line in proc.stdout.splitlines():
+        if line.startswith("  --"):
+            commands[-1].extend(shlex.split(line.strip()))
+        elif line.startswith(("python", "torchrun")):
+            commands.append(shlex.split(line))
+        elif "=" in line and not line.startswith(" "):
+            key, _, value = line.partition("=")
+            config_lines[key.strip()] = value.strip()
+    return proc, config_lines, commands
+
+
+def test_scripts_found():
+    names = {s.name for s in SCRIPTS}
+    assert {"run_simcse.sh", "run_non_prompt.sh", "run_mixcse.sh", "run_diffcse.sh"} <= names, names
+
+
+@pytest.mark.parametrize("script,config", CASES, ids=[f"{s.name}:{c}" for s, c in CASES])
+def test_launch_and_global_batch(script, config):
+    proc, base, _ = run(script, config, 1)
+    assert proc.returncode == 0, proc.stderr
+    global_batch = int(base["global_batch_size"])
+    for num_gpu in GPU_COUNTS:
+        proc, printed, commands = run(script, config, num_gpu)
+        processes = max(num_gpu, 1)
+        if global_batch % processes:
+            assert proc.returncode == 2 and "not divisible" in proc.stderr, (num_gpu, proc.stderr)
+            continue
+        assert proc.returncode == 0, (num_gpu, proc.stderr)
+        train = next(c for c in commands if "train.py" in c)
+        if num_gpu > 1:
+            assert train[:4] == ["torchrun", "--nproc_per_node", str(num_gpu), "train.py"], train[:4]
+        else:
+            assert train[:2] == ["python", "train.py"], train[:2]
+        assert int(printed["global_batch_size"]) == global_batch, "the global batch must not depend on NUM_GPU"
+        assert int(printed["num_gpu"]) == num_gpu
+        per_device = int(flag(train, "--per_device_train_batch_size"))
+        assert per_device == int(printed["per_device_train_batch_size"])
+        accumulation = int(flag(train, "--gradient_accumulation_steps") or 1)
+        assert per_device * processes * accumulation == global_batch, (num_gpu, per_device, accumulation)
+        if num_gpu == 0:
+            assert flag(train, "--use_cpu") is True
+            assert flag(train, "--fp16") is None and flag(train, "--bf16") is None
+        else:
+            assert flag(train, "--use_cpu") is None
+
+
+@pytest.mark.parametrize("script,config", CASES, ids=[f"{s.name}:{c}" for s, c in CASES])
+def test_default_gpu_count_is_consistent(script, config):
+    """Without NUM_GPU the script uses its default (1, or the published count) and launches accordingly."""
+    proc, printed, commands = run(script, config, None)
+    assert proc.returncode == 0, proc.stderr
+    num_gpu = int(printed["num_gpu"])
+    train = next(c for c in commands if "train.py" in c)
+    assert train[0] == ("torchrun" if num_gpu > 1 else "python")
+    assert int(flag(train, "--per_device_train_batch_size")) * max(num_gpu, 1) * int(flag(train, "--gradient_accumulation_steps") or 1) \
+        == int(printed["global_batch_size"])
