@@ -228,6 +228,9 @@ class SentenceEncoder(nn.Module):
         save_file(state, os.path.join(output_dir, WEIGHTS_NAME), metadata={"format": "pt"})
         self.tokenizer.save_pretrained(output_dir)
         Path(output_dir, CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
+        from .st_export import write_sentence_transformers_files  # SentenceTransformer(output_dir) loads it too
+
+        write_sentence_transformers_files(output_dir, self)
 
     # ---- forward ------------------------------------------------------------------------------
     @property
