@@ -130,6 +130,11 @@ def _train(argv: list[str] | None) -> dict:
     if training_args.n_gpu > 1:  # several visible GPUs in one process: HF would use nn.DataParallel
         raise UsageError(data_parallel_message(training_args.n_gpu, list(sys.argv[1:] if argv is None else argv)))
     configure_tf32(training_args.tf32)  # TF32 matmuls on Ampere+ unless --tf32 false; losses stay fp32
+    if training_args.ddp_find_unused_parameters is None:
+        # Every trainable parameter takes part in every training forward (the frozen DiffCSE generator has no
+        # gradient), so DDP need not search the graph for unused ones each step (HF's default for a non-HF model
+        # is True); --ddp_find_unused_parameters true restores it.
+        training_args.ddp_find_unused_parameters = False
     objective_cls = get_objective_class(model_args.objective)
     objective_args = objective_args_by_class.get(objective_cls.arguments_class) if objective_cls.arguments_class else None
     if training_args.do_train and not data_args.train_file:
