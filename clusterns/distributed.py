@@ -86,9 +86,9 @@ def gather_with_local_grad(x: Tensor, scale_local_grad: bool = False) -> Tensor:
 # ---- the DataParallel guard -------------------------------------------------------------------------
 
 def torchrun_command(num_gpus: int, argv: list[str], script: str = "train.py") -> str:
-    """The command that trains on `num_gpus` GPUs with the same global batch as `argv` on one process
-    with DataParallel would have suggested: torchrun with per-device batch unchanged (each process
-    holds --per_device_train_batch_size rows; the gathered batch is num_gpus times that)."""
+    """`argv` launched with torchrun on `num_gpus` GPUs. The global batch is what DataParallel would have
+    used (HF's DataParallel batch is --per_device_train_batch_size x num_gpus; under torchrun each process
+    holds --per_device_train_batch_size rows and the gathered batch is num_gpus times that)."""
     return " ".join(["torchrun", "--nproc_per_node", str(num_gpus), script, *(shlex.quote(a) for a in argv)])
 
 
