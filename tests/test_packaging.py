@@ -1,0 +1,97 @@
+"""pyproject.toml: metadata, packages and console scripts (fast); `pip install -e .` in a throwaway venv (slow)."""
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from conftest import REPO
+
+SCRIPTS = {
+    "clusterns-train": "clusterns.cli:train_cli",
+    "clusterns-evaluate": "clusterns.cli:evaluate_main",
+    "clusterns-export-st": "clusterns.st_export:main",
+    "clusterns-model-card": "clusterns.model_card:main",
+    "clusterns-results-table": "clusterns.model_card:results_table_main",
+}
+
+
+@pytest.fixture(scope="module")
+def pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def test_metadata_and_packages(pyproject):
+    project = pyproject["project"]
+    assert project["name"] == "clusterns" and project["requires-python"].startswith(">=3.10")
+    assert (REPO / project["readme"]).is_file()
+    extras = " ".join(project["optional-dependencies"]["ecosystem"])
+    for dist in ("sentence-transformers", "tensorboard", "matplotlib"):
+        assert dist in extras
+    assert not any("mteb" in d for group in project["optional-dependencies"].values() for d in group)
+    setuptools = pyproject["tool"]["setuptools"]
+    dirs = setuptools.get("package-dir", {})
+    for package in setuptools["packages"]:
+        folder = REPO / dirs.get(package, package.replace(".", "/"))
+        assert (folder / "__init__.py").is_file() or package == "clusterns", package
+        assert folder.is_dir(), package
+
+
+def test_console_scripts_resolve(pyproject):
+    scripts = pyproject["project"]["scripts"]
+    assert scripts == SCRIPTS
+    for target in scripts.values():
+        module, _, name = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), name)), target
+
+
+@pytest.mark.parametrize("target", ["clusterns.st_export:main", "clusterns.model_card:main", "clusterns.model_card:results_table_main"])
+def test_entry_points_help(target, capsys):
+    module, _, name = target.partition(":")
+    with pytest.raises(SystemExit) as info:
+        getattr(importlib.import_module(module), name)(["--help"])
+    assert info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_evaluate_entry_point_runs_the_checkout_script(monkeypatch, capsys):
+    from clusterns.cli import evaluate_main
+
+    monkeypatch.setattr(sys, "argv", ["clusterns-evaluate", "--help"])
+    with pytest.raises(SystemExit) as info:
+        evaluate_main()
+    assert info.value.code == 0
+    assert "--model_name_or_path" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_editable_install_in_a_venv(tmp_path):
+    """pip install -e . into a venv that sees the system packages; every console script answers --help."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    bin_dir = venv / ("Scripts" if os.name == "nt" else "bin")
+    python = bin_dir / "python"
+    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
+    # The venv's bundled setuptools (ensurepip's, often without bdist_wheel) would shadow the system one that
+    # --no-build-isolation should use (offline: no build environment is downloaded).
+    subprocess.run([str(python), "-m", "pip", "uninstall", "-q", "-y", "setuptools"], capture_output=True, env=env)
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", str(REPO)],
+                             capture_output=True, text=True, env=env, timeout=600)
+    assert install.returncode == 0, install.stdout + install.stderr
+    elsewhere = tmp_path / "elsewhere"  # not the checkout: the installed package must be what is imported
+    elsewhere.mkdir()
+    where = subprocess.run([str(python), "-c", "import clusterns, senteval; print(clusterns.__path__[0]); print(senteval.__file__)"],
+                           capture_output=True, text=True, cwd=elsewhere, env=env)
+    assert where.returncode == 0, where.stderr
+    assert str(REPO) in where.stdout
+    for script in SCRIPTS:
+        done = subprocess.run([str(bin_dir / script), "--help"], capture_output=True, text=True, cwd=elsewhere, env=env, timeout=300)
+        assert done.returncode == 0, (script, done.stdout[-2000:], done.stderr[-2000:])
+        assert "usage" in done.stdout.lower(), script
+    # the top-level scripts keep working beside the install
+    done = subprocess.run([str(python), str(REPO / "train.py"), "--help"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and "--objective" in done.stdout
