@@ -205,7 +205,31 @@ def _train(argv: list[str] | None) -> dict:
         results.update(metrics)
         if trainer.is_world_process_zero():
             write_results(os.path.join(training_args.output_dir, "eval_results.txt"), metrics)
+    if trainer.is_world_process_zero() and (training_args.do_train or train_dataset is not None):
+        from .model_card import write_model_card  # README.md: base model, objective, hyper-parameters, data, dev numbers
+
+        try:
+            write_model_card(training_args.output_dir, {**run_config, "training": training_args.to_dict(), "world_size": training_args.world_size}, results)
+        except Exception as err:  # the trained model is saved; a card problem must not fail the run
+            logger.warning("could not write the model card: %s", err)
     return results
+
+
+def train_cli() -> None:
+    """`clusterns-train`: train_main without handing its metrics dict to sys.exit (which would print it, exit 1)."""
+    train_main()
+
+
+def evaluate_main() -> None:
+    """`clusterns-evaluate`: run the checkout's evaluation.py (it is not packaged; works for `pip install -e .`)."""
+    import runpy
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "evaluation.py")
+    if not os.path.isfile(script):
+        print("error: clusterns-evaluate needs the repository checkout (pip install -e .); run evaluation.py from it", file=sys.stderr)
+        raise SystemExit(2)
+    sys.argv[0] = script
+    runpy.run_path(script, run_name="__main__")
 
 
 def write_results(path: str, metrics: dict) -> None:
