@@ -5,7 +5,7 @@ collected by the registry, so adding a method never touches this file.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
 
@@ -114,6 +114,9 @@ class ContrastiveTrainingArguments(TrainingArguments):
 
 # SimCSE-era flag names that current transformers renamed.
 FLAG_ALIASES = {"--evaluation_strategy": "--eval_strategy", "--no_cuda": "--use_cpu"}
+if "warmup_ratio" not in {f.name for f in fields(TrainingArguments)}:
+    # transformers 5 folded --warmup_ratio into --warmup_steps (a value below 1 is a ratio)
+    FLAG_ALIASES["--warmup_ratio"] = "--warmup_steps"
 
 
 def normalise_argv(argv: list[str]) -> list[str]:

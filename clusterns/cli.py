@@ -136,6 +136,9 @@ def _train(argv: list[str] | None) -> dict:
         # is True); --ddp_find_unused_parameters true restores it.
         training_args.ddp_find_unused_parameters = False
     objective_cls = get_objective_class(model_args.objective)
+    check_data = getattr(objective_cls, "check_data_arguments", None)
+    if check_data is not None:
+        check_data(data_args)  # e.g. DiffCSE refuses --pad_to_max_length (the original silently lost the RTD loss)
     objective_args = objective_args_by_class.get(objective_cls.arguments_class) if objective_cls.arguments_class else None
     if training_args.do_train and not data_args.train_file:
         raise UsageError("--train_file is required with --do_train")
@@ -160,6 +163,7 @@ def _train(argv: list[str] | None) -> dict:
                 prompt=get_spec(encoder) if encoder.config.prompt else None,
             )
         logger.info("training corpus: %s (%d examples, %d views each)", data_args.train_file, len(train_dataset), num_views)
+        check_last_batch(objective_cls, len(train_dataset), training_args)
     collator = ContrastiveCollator(
         pad_token_id=encoder.tokenizer.pad_token_id,
         num_views=num_views,
@@ -230,6 +234,20 @@ def evaluate_main() -> None:
         raise SystemExit(2)
     sys.argv[0] = script
     runpy.run_path(script, run_name="__main__")
+
+
+def check_last_batch(objective_cls, num_examples: int, training_args) -> None:
+    """Refuse at start-up a run whose last global batch is too small for the objective (MixCSE needs 2),
+    instead of failing at the end of the first epoch."""
+    needed = getattr(objective_cls, "min_global_batch_size", 1)
+    global_batch = training_args.per_device_train_batch_size * max(training_args.world_size, 1)
+    last = num_examples % global_batch
+    if not training_args.dataloader_drop_last and 0 < last < needed:
+        raise UsageError(
+            f"the last batch of each epoch would hold {last} sentence(s) ({num_examples} examples, global batch "
+            f"{global_batch}), but --objective {objective_cls.name} needs at least {needed} sentences in a batch: pass --dataloader_drop_last "
+            "or change --per_device_train_batch_size"
+        )
 
 
 def write_results(path: str, metrics: dict) -> None:

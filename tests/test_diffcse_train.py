@@ -155,10 +155,9 @@ def test_masking_ratio_outside_open_interval(ratio, tiny_bert, generators, tiny_
     expect_usage_error(argv, capsys, "--masking_ratio")
 
 
-@pytest.mark.xfail(strict=False, reason="needs `check_data_arguments(data_args)` for --objective diffcse in clusterns/cli.py (core)")
 def test_pad_to_max_length_is_refused(tiny_bert, generators, tiny_corpus, tiny_sts_dir, tmp_path, capsys):
     argv = base_argv(tiny_bert, generators["bert"], tiny_corpus, tiny_sts_dir, tmp_path / "o", max_steps=1)
-    argv[argv.index("--eval_strategy") + 1] = "no"  # cheap while the check is missing (xfail)
+    argv[argv.index("--eval_strategy") + 1] = "no"
     expect_usage_error(argv + ["--pad_to_max_length", "--save_strategy", "no"], capsys, "--pad_to_max_length")
 
 

@@ -88,11 +88,11 @@ def infonce_logits(
 ) -> Tensor:
     """SimCSE logits: [cos(z1_i, z2_j)/temp | cos(z1_i, z3_j)/temp] with the weight added at (i, B+i).
 
-    Computed in fp32 whatever the autocast dtype (softmax over /0.05 logits needs it)."""
-    z1, z2 = z1.float(), z2.float()
+    At least fp32 whatever the autocast dtype (softmax over /0.05 logits needs it): cosine_matrix
+    promotes half precision; fp64 inputs (the golden tests) stay fp64."""
     logits = cosine_matrix(z1, z2) / temp
     if z3 is not None:
-        hard = cosine_matrix(z1, z3.float()) / temp
+        hard = cosine_matrix(z1, z3) / temp
         if hard_negative_weight:
             hard = hard + hard_negative_weight * torch.eye(hard.shape[0], hard.shape[1], device=hard.device, dtype=hard.dtype)
         logits = torch.cat([logits, hard], dim=1)
