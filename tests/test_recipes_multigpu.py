@@ -95,3 +95,36 @@ def test_default_gpu_count_is_consistent(script, config):
     assert train[0] == ("torchrun" if num_gpu > 1 else "python")
     assert int(flag(train, "--per_device_train_batch_size")) * max(num_gpu, 1) * int(flag(train, "--gradient_accumulation_steps") or 1) \
         == int(printed["global_batch_size"])
+
+
+@pytest.fixture
+def fake_launchers(tmp_path):
+    """`python` and `torchrun` stand-ins on PATH that record their argv and CUDA_VISIBLE_DEVICES."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "launch.log"
+    for name in ("python", "torchrun"):
+        exe = bin_dir / name
+        exe.write_text(f'#!/bin/sh\nprintf "%s\\n" "CVD=${{CUDA_VISIBLE_DEVICES-unset}} $(basename "$0") $*" >> "{log}"\n')
+        exe.chmod(0o755)
+    return bin_dir, log
+
+
+@pytest.mark.parametrize("script,config", CASES, ids=[f"{s.name}:{c}" for s, c in CASES])
+def test_real_launch_matches_dry_run_and_pins_one_gpu(script, config, fake_launchers):
+    """The command the script runs is the one its dry-run prints; NUM_GPU=1 pins one GPU (train.py refuses several
+    visible GPUs in one process), unless CUDA_VISIBLE_DEVICES already chooses; torchrun runs see every GPU."""
+    bin_dir, log = fake_launchers
+    for num_gpu, preset, expected in ((1, None, "0"), (1, "3", "3"), (2, None, "unset"), (0, None, "unset")):
+        _, _, commands = run(script, config, num_gpu)
+        train = next(c for c in commands if "train.py" in c)
+        env = {k: v for k, v in os.environ.items() if k not in (*SCRIPT_ENV, "CUDA_VISIBLE_DEVICES")}
+        env.update(NUM_GPU=str(num_gpu), PATH=f"{bin_dir}{os.pathsep}{env['PATH']}")
+        if preset is not None:
+            env["CUDA_VISIBLE_DEVICES"] = preset
+        log.unlink(missing_ok=True)
+        proc = subprocess.run(["bash", str(script), config], capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        launched = log.read_text().splitlines()
+        assert launched[0] == f"CVD={expected} " + " ".join(train), (num_gpu, preset)
+        assert launched[1].startswith(f"CVD={expected} python evaluation.py")

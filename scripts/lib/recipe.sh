@@ -11,6 +11,9 @@ recipe_devices() {
     fi
     PER_DEVICE_BATCH=$(( GLOBAL_BATCH / devices ))
     if (( NUM_GPU > 1 )); then LAUNCH=(torchrun --nproc_per_node "$NUM_GPU" train.py); else LAUNCH=(python train.py); fi
+    # One process, one GPU: with several visible GPUs train.py refuses to start (nn.DataParallel would shrink the
+    # negatives to one GPU's slice), so pin the first one unless CUDA_VISIBLE_DEVICES already chooses.
+    if (( NUM_GPU == 1 )); then export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}; fi
 }
 
 # Prints a command with one `--flag value` per line: recipe_print_command "python train.py" ARGS...
