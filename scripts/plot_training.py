@@ -82,6 +82,13 @@ def objective_groups(train: list[dict]) -> dict[str, list[str]]:
     return dict(groups)
 
 
+def _integer_steps(fig) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in fig.axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _grid(n: int):
     cols = 1 if n == 1 else 2 if n <= 4 else 3
     return math.ceil(n / cols), cols
@@ -108,6 +115,7 @@ def plot_loss(plt, train: list[dict], out: Path, window: int, title: str) -> Pat
     ax.legend(lines, [line.get_label() for line in lines], loc="upper right", fontsize=8)
     ax.set_title(f"{title}: training loss")
     fig.tight_layout()
+    _integer_steps(fig)
     path = out / "loss.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -141,6 +149,7 @@ def plot_dev(plt, evals: list[dict], out: Path, title: str, best_step: int | Non
         ax.legend(fontsize=8)
     axes[0, 0].set_title(f"{title}: dev evaluation")
     fig.tight_layout()
+    _integer_steps(fig)
     path = out / "dev.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -178,6 +187,7 @@ def plot_objective(plt, train: list[dict], out: Path, window: int, title: str) -
         ax.axis("off")
     fig.suptitle(f"{title}: objective statistics" + (f" (mean of {window} logs)" if window > 1 else ""))
     fig.tight_layout()
+    _integer_steps(fig)
     path = out / "objective.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)

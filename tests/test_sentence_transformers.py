@@ -213,3 +213,29 @@ def test_minilm(config, tmp_path):
     if config["pooler_type"] == "avg":  # the untrained export is the published model up to its Normalize module
         published = SentenceTransformer(path, device="cpu").encode(SENTENCES)
         assert min_cosine(published, reference) >= 0.9999
+
+
+@pytest.mark.slow
+def test_mteb_runs_on_the_exported_folder(tiny_bert, tiny_sts_dir, tmp_path):
+    """A real MTEB evaluation (mteb >= 2, not a requirement) of a saved encoder through SentenceTransformer,
+    offline: the STSBenchmark task with its test split read from the local SentEval copy."""
+    mteb = pytest.importorskip("mteb")
+    import csv
+
+    from datasets import Dataset, DatasetDict
+
+    encoder, out = build(tiny_bert, tmp_path, "mteb", pooler_type="avg", projector="none")
+    rows = list(csv.reader(open(tiny_sts_dir / "STS" / "STSBenchmark" / "sts-test.csv"), delimiter="\t", quoting=csv.QUOTE_NONE))
+    task = mteb.get_task("STSBenchmark")
+    task.dataset = {"default": DatasetDict({"test": Dataset.from_dict({
+        "sentence1": [r[5] for r in rows], "sentence2": [r[6] for r in rows], "score": [float(r[4]) for r in rows]})})}
+    task.data_loaded = True
+    result = mteb.evaluate(SentenceTransformer(str(out), device="cpu"), task, cache=None, show_progress_bar=False)
+    score = result.task_results[0].scores["test"][0]["cosine_spearman"]
+    # the same number from our own vectors
+    from scipy.stats import spearmanr
+
+    a = encoder.eval().encode([r[5] for r in rows])
+    b = encoder.encode([r[6] for r in rows])
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert score == pytest.approx(spearmanr(cos, [float(r[4]) for r in rows])[0], abs=1e-4)
