@@ -275,7 +275,9 @@ class ContrastiveTrainer(Trainer):
         finally:
             del self._get_output_dir
             self._saving_checkpoint = False
-        if error is None and self.args.should_save:
+        # Commit only once every rank has written its part (e.g. rng_state_<rank>.pth); the second
+        # check makes the commit's outcome (and the end of the save) common to all ranks.
+        if self._all_ranks_ok(error is None) and self.args.should_save:
             try:
                 ckpt.commit_folder(staged, final)
                 os.rmdir(root)
@@ -288,11 +290,11 @@ class ContrastiveTrainer(Trainer):
             if error is not None:
                 raise ckpt.describe_write_error(error, what, run_dir) from error
             raise ckpt.CheckpointWriteError(errno.EIO, f"could not write {what}: another rank failed to write its part")
-        self.accelerator.wait_for_everyone()
         if self.args.should_save:
             self._rotate_keeping_best(run_dir)
 
     def _all_ranks_ok(self, ok: bool) -> bool:
+        """True when `ok` holds on every rank (a collective: also a barrier)."""
         if not is_distributed():
             return ok
         flag = torch.tensor([0 if ok else 1], device=self.args.device)

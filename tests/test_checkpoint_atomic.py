@@ -161,6 +161,16 @@ def test_best_model_survives_rotation_and_is_the_final_model(tiny_bert, tiny_cor
     assert best["metric_for_best_model"] == "stsb_spearman" and best["best_model_checkpoint"] == str(out / "checkpoint-4")
     assert not list(out.glob("tmp-*"))
 
+    # The run folder is moved, then resumed from its best checkpoint: the recorded best path no longer
+    # exists, the best is found again by its step, kept through rotation and restored at the end.
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    train_main(argv(tiny_bert, tiny_corpus, moved, tiny_sts_dir, "--save_total_limit", 1, "--resume_from_checkpoint", "auto"))
+    assert sorted(p.name for p in moved.glob("checkpoint-*")) == ["checkpoint-4"]
+    best = json.loads((moved / ckpt.BEST_METRIC_NAME).read_text())
+    assert best["best_model_checkpoint"] == str(moved / "checkpoint-4") and best["best_metric"] == 0.9
+    assert same_weights(moved, moved / "checkpoint-4")
+
 
 def write_checkpoint(folder, complete=True):
     folder.mkdir(parents=True)

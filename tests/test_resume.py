@@ -161,3 +161,30 @@ def test_resume_path_must_be_a_complete_checkpoint(tmp_path):
     (folder / "pytorch_model.bin").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match=r"missing trainer_state.json, config.json, clusterns_config.json, model.safetensors .*safetensors only"):
         resolve_resume_checkpoint(str(folder), str(tmp_path))
+
+
+def test_early_stopping_patience_survives_resume(tiny_bert, small_corpus, tiny_sts_dir, tmp_path, monkeypatch):
+    """Scripted dev scores: best at step 2, then worse. Patience 2 stops a straight run at step 6; resumed
+    from checkpoint-4 (patience counter 1) it must stop at 6 too, not restart counting at 0 (-> 8)."""
+    scores = {2: 0.9, 4: 0.1, 6: 0.2, 8: 0.3, 10: 0.4, 12: 0.5}
+
+    def scripted_evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        metrics = {"eval_stsb_spearman": scores[self.state.global_step], "epoch": self.state.epoch or 0.0}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    monkeypatch.setattr(ContrastiveTrainer, "evaluate", scripted_evaluate)
+    argv = common_argv(tiny_bert, small_corpus, "--eval_strategy", "steps", "--eval_steps", 2, "--metric_for_best_model",
+                       "stsb_spearman", "--load_best_model_at_end", "--early_stop", 2, "--eval_data_dir", tiny_sts_dir)
+    argv[argv.index("--max_steps") + 1] = "12"
+    resumed = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        kill_after_checkpoint(patch, 4)
+        with pytest.raises(Killed):
+            train_main(argv + ["--output_dir", str(resumed)])
+    saved = json.loads((resumed / "checkpoint-4" / "trainer_state.json").read_text())
+    assert saved["stateful_callbacks"]["EarlyStoppingCallback"]["attributes"]["early_stopping_patience_counter"] == 1
+    train_main(argv + ["--output_dir", str(resumed), "--resume_from_checkpoint", "auto"])
+    state = json.loads((resumed / "trainer_state.json").read_text())
+    assert state["global_step"] == 6 and state["best_global_step"] == 2  # as a straight run: 0.9, then 0.1, 0.2 -> stop
