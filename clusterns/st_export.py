@@ -143,11 +143,13 @@ def write_sentence_transformers_files(output_dir: str | os.PathLike, encoder, pr
     num_layers = int(encoder.backbone.config.num_hidden_layers)
     mlp = isinstance(encoder.projector, MLPProjector) and config.projector_at_eval
     st_config: dict[str, Any] = {"max_seq_length": max_seq_length_of(encoder), "do_lower_case": False}
-    if _pooler_weights_saved(out) is False:
-        # The saved weights hold no pooler.dense.*: do not build (and randomly initialise) HF's pooler.
-        st_config["model_args"] = {"add_pooling_layer": False}
     if pooler in ("avg_top2", "avg_first_last"):
         st_config["config_args"] = {"output_hidden_states": True}
+    elif _pooler_weights_saved(out) is False:
+        # The saved weights hold no pooler.dense.*: do not build (and randomly initialise) HF's pooler.
+        # Not for the hidden-states layouts: sentence-transformers 3.x only passes all_layer_embeddings on when
+        # the model also returns a pooler_output (its random weights are unused; transformers reports them).
+        st_config["model_args"] = {"add_pooling_layer": False}
     _write_json(out / ST_CONFIG_NAME, st_config)
     written.append(ST_CONFIG_NAME)
 
