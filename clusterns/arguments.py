@@ -98,6 +98,10 @@ class ContrastiveTrainingArguments(TrainingArguments):
     eval_transfer: bool = field(
         default=False, metadata={"help": "Also evaluate the transfer tasks' dev accuracy during training."}
     )
+    eval_align_uniform: bool = field(
+        default=False,
+        metadata={"help": "Also log alignment and uniformity (Wang & Isola) on STS-B dev at each evaluation."},
+    )
     eval_korsts: bool = field(
         default=False, metadata={"help": "Select checkpoints on KorSTS dev Spearman (Korean runs) instead of STS-B dev."}
     )

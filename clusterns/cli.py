@@ -102,7 +102,10 @@ def build_dev_evaluator(data_args, training_args):
     korsts_dir = data_args.korsts_dir if training_args.eval_korsts else None
     if training_args.eval_korsts and not korsts_dir:
         raise UsageError("--eval_korsts needs --korsts_dir (the folder with KorSTS sts-dev.tsv)")
-    return SentEvalDevEvaluator(data_dir=data_args.eval_data_dir, transfer=training_args.eval_transfer, korsts_dir=korsts_dir)
+    return SentEvalDevEvaluator(
+        data_dir=data_args.eval_data_dir, transfer=training_args.eval_transfer, korsts_dir=korsts_dir,
+        align_uniform=training_args.eval_align_uniform,
+    )
 
 
 def train_main(argv: list[str] | None = None) -> dict:

@@ -230,7 +230,9 @@ class ContrastiveTrainer(Trainer):
             was_training = encoder.training
             try:
                 metrics = self.dev_evaluator(
-                    lambda sentences: encoder.encode(sentences, batch_size=self.args.per_device_eval_batch_size)
+                    lambda sentences: encoder.encode(
+                        sentences, batch_size=self.args.per_device_eval_batch_size, show_progress_bar=not self.args.disable_tqdm
+                    )
                 )
             finally:
                 encoder.train(was_training)

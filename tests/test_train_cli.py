@@ -34,9 +34,10 @@ def test_unsupervised_simcse_with_dev_selection(tiny_bert, tiny_corpus, tiny_sts
     results = train_main(base_args(
         tiny_bert, tiny_corpus, out, "--max_steps", "6", "--pooler_type", "cls", "--mlp_only_train",
         "--evaluation_strategy", "steps", "--eval_steps", "3", "--metric_for_best_model", "stsb_spearman",
-        "--load_best_model_at_end", "--eval_data_dir", str(tiny_sts_dir), "--do_train", "--do_eval",
+        "--load_best_model_at_end", "--eval_data_dir", str(tiny_sts_dir), "--do_train", "--do_eval", "--eval_align_uniform",
     ))
     assert "eval_stsb_spearman" in results and "eval_sickr_spearman" in results
+    assert results["eval_alignment"] >= 0 and results["eval_uniformity"] <= 0
     state = json.loads((out / "trainer_state.json").read_text())
     evals = [h for h in state["log_history"] if "eval_stsb_spearman" in h]
     assert [h["step"] for h in evals] == [3, 6]
