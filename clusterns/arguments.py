@@ -59,6 +59,14 @@ class ModelArguments:
         default=False,
         metadata={"help": "Allow loading .bin (pickle) weights. Off by default: only safetensors are read."},
     )
+    packed_linear: bool = field(
+        default=False,
+        metadata={
+            "help": "Run each encoder layer's projections and feed-forward on the non-pad tokens only (attention keeps "
+            "the padded layout; same embeddings to float tolerance, faster: BENCHMARKS.md). --no_packed_linear: the plain "
+            "Hugging Face forward over every padded position (clusterns/packing.py)."
+        },
+    )
 
 
 @dataclass
@@ -95,6 +103,10 @@ class ContrastiveTrainingArguments(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow writing into an output_dir that already holds another run."}
     )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "Continue a run: a checkpoint-N folder, or 'auto' for the latest complete checkpoint in output_dir (fresh start if none)."},
+    )
     eval_transfer: bool = field(
         default=False, metadata={"help": "Also evaluate the transfer tasks' dev accuracy during training."}
     )
@@ -110,7 +122,7 @@ class ContrastiveTrainingArguments(TrainingArguments):
     )
     nan_policy: str = field(
         default="stop",
-        metadata={"help": "On a non-finite loss: stop (save nothing, raise) or skip (drop that step's update and go on)."},
+        metadata={"help": "On a non-finite loss or gradient: stop (raise naming the step; nothing is applied or saved) or skip (drop that update entirely: no optimizer/scheduler step, objective buffers rolled back; logged with its step)."},
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator needs every column."})
     logging_steps: float = field(default=500, metadata={"help": "Log every N steps (SimCSE: 500)."})

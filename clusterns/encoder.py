@@ -123,6 +123,11 @@ class SentenceEncoder(nn.Module):
         revision: str = "main",
     ) -> "SentenceEncoder":
         """Start training from a pretrained BERT/RoBERTa checkpoint (the pooling layer is not built)."""
+        if os.path.isdir(model_name_or_path) and not trust_pickle and not _safetensors_files(str(model_name_or_path)):
+            raise FileNotFoundError(
+                f"--model_name_or_path {model_name_or_path!r} holds no safetensors weights; .bin/pickle files are refused "
+                "unless you pass --trust_pickle (unpickling can run arbitrary code)"
+            )
         hf_config = AutoConfig.from_pretrained(model_name_or_path, cache_dir=cache_dir, revision=revision)
         if dropout_prob is not None:
             hf_config.hidden_dropout_prob = dropout_prob

@@ -133,14 +133,15 @@ def test_tampered_pickle_in_checkpoint_is_not_executed(tiny_bert, tiny_corpus, c
     assert not marker.exists()
 
 
-def test_pickle_only_backbone_is_refused_and_never_unpickled(tiny_bert, tiny_corpus, tmp_path):
+def test_pickle_only_backbone_is_refused_and_never_unpickled(tiny_bert, tiny_corpus, tmp_path, capsys):
     model = tmp_path / "bin-model"
     shutil.copytree(tiny_bert, model)
     (model / "model.safetensors").unlink()
     marker = tmp_path / "pwned"
     torch.save({"embeddings.word_embeddings.weight": RunsCode(marker)}, model / "pytorch_model.bin")
-    with pytest.raises(OSError, match="model.safetensors"):  # refused without --trust_pickle
+    with pytest.raises(SystemExit) as refused:  # refused without --trust_pickle, with a one-line message
         train_main(base(model, tiny_corpus, tmp_path / "out", "--max_steps", 1))
+    assert refused.value.code == 2 and "--trust_pickle" in capsys.readouterr().err
     with pytest.raises(Exception):  # --trust_pickle still unpickles with weights_only=True
         train_main(base(model, tiny_corpus, tmp_path / "out2", "--max_steps", 1, "--trust_pickle"))
     assert not marker.exists()
