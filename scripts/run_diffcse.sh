@@ -137,7 +137,7 @@ if (( NUM_GPU == 0 )); then ARGS+=(--use_cpu); fi
 if [ -n "${EVAL_DATA_DIR:-}" ]; then ARGS+=(--eval_data_dir "$EVAL_DATA_DIR"); fi
 ARGS+=("${EXTRA[@]+"${EXTRA[@]}"}")
 
-EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --pooler "$TEST_POOLER" --task_set "$TASK_SET" --mode test)
+EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --output_json "$OUTPUT_DIR/eval_test.json" --pooler "$TEST_POOLER" --task_set "$TASK_SET" --mode test)
 if [ -n "${TEST_DATA_DIR:-}" ]; then EVAL_ARGS+=(--data_dir "$TEST_DATA_DIR"); fi
 
 print_command() {  # one `--flag value` per line
@@ -195,3 +195,4 @@ fi
 
 "${LAUNCH[@]}" "${ARGS[@]}"
 python evaluation.py "${EVAL_ARGS[@]}"
+python -m clusterns.model_card "$OUTPUT_DIR"  # add the test table to the model card

@@ -126,7 +126,7 @@ if (( NUM_GPU == 0 )); then ARGS+=(--use_cpu); fi
 if [ -n "${EVAL_DATA_DIR:-}" ]; then ARGS+=(--eval_data_dir "$EVAL_DATA_DIR"); fi
 ARGS+=("${EXTRA[@]+"${EXTRA[@]}"}")
 
-EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --pooler cls_before_pooler --task_set na --tasks KorSTS --korsts
+EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --output_json "$OUTPUT_DIR/eval_test.json" --pooler cls_before_pooler --task_set na --tasks KorSTS --korsts
            --korsts_dir "$KORSTS_DIR" --korsts_per_batch --max_seq_length "$MAX_LEN" --mode test)
 if [ -n "${TEST_DATA_DIR:-}" ]; then EVAL_ARGS+=(--data_dir "$TEST_DATA_DIR"); fi
 
@@ -176,3 +176,4 @@ fi
 
 "${LAUNCH[@]}" "${ARGS[@]}"
 python evaluation.py "${EVAL_ARGS[@]}"
+python -m clusterns.model_card "$OUTPUT_DIR"  # add the test table to the model card

@@ -156,7 +156,7 @@ if [ -n "${EVAL_DATA_DIR:-}" ]; then ARGS+=(--eval_data_dir "$EVAL_DATA_DIR"); f
 ARGS+=("${EXTRA[@]+"${EXTRA[@]}"}")
 
 # The checkpoint records the template and the test convention; --pooler mask is its recorded pooler.
-EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --pooler mask --prompt_convention "$TEST_CONVENTION" --task_set "$TASK_SET" --mode test)
+EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --output_json "$OUTPUT_DIR/eval_test.json" --pooler mask --prompt_convention "$TEST_CONVENTION" --task_set "$TASK_SET" --mode test)
 if [ -n "${TEST_DATA_DIR:-}" ]; then EVAL_ARGS+=(--data_dir "$TEST_DATA_DIR"); fi
 
 print_command() {  # one `--flag value` per line
@@ -210,3 +210,4 @@ fi
 
 "${LAUNCH[@]}" "${ARGS[@]}"
 python evaluation.py "${EVAL_ARGS[@]}"
+python -m clusterns.model_card "$OUTPUT_DIR"  # add the test table to the model card

@@ -84,7 +84,7 @@ if (( MLP_ONLY_TRAIN )); then ARGS+=(--mlp_only_train); fi
 if (( NUM_GPU > 0 )); then ARGS+=(--fp16); else ARGS+=(--use_cpu); fi
 if [ -n "${EVAL_DATA_DIR:-}" ]; then ARGS+=(--eval_data_dir "$EVAL_DATA_DIR"); fi
 ARGS+=("${EXTRA[@]+"${EXTRA[@]}"}")
-EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --pooler "$TEST_POOLER" --task_set sts --mode test)
+EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --output_json "$OUTPUT_DIR/eval_test.json" --pooler "$TEST_POOLER" --task_set sts --mode test)
 if [ -n "${TEST_DATA_DIR:-}" ]; then EVAL_ARGS+=(--data_dir "$TEST_DATA_DIR"); fi
 
 if (( DRY_RUN )); then
@@ -109,3 +109,4 @@ fi
 
 "${LAUNCH[@]}" "${ARGS[@]}"
 python evaluation.py "${EVAL_ARGS[@]}"
+python -m clusterns.model_card "$OUTPUT_DIR"  # add the test table to the model card

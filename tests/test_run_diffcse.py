@@ -144,7 +144,8 @@ def test_diffcse_dry_run_matches_the_published_table(config):
     for key in ("learning_rate", "lambda_weight", "masking_ratio", "generator_name"):
         assert resolved[key] == train[key], key
     assert launch == ["python", "train.py"]
-    assert evaluation == {"model_name_or_path": f"result/diffcse-{config}", "pooler": "cls_before_pooler", "task_set": task_set, "mode": "test"}
+    assert evaluation == {"model_name_or_path": f"result/diffcse-{config}", "pooler": "cls_before_pooler", "task_set": task_set, "mode": "test",
+                          "output_json": f"result/diffcse-{config}/eval_test.json"}
 
 
 @pytest.mark.parametrize("config", sorted(DIFFCSE_EXPECTED))
@@ -202,6 +203,7 @@ def test_kodiffcse_dry_run_matches_the_published_script(config):
     assert evaluation == {
         "model_name_or_path": f"result/kodiffcse-{config}", "pooler": "cls_before_pooler", "task_set": "na", "tasks": "KorSTS",
         "korsts": True, "korsts_dir": "SentEval/data/downstream/KorSTS", "korsts_per_batch": True, "max_seq_length": "64", "mode": "test",
+        "output_json": f"result/kodiffcse-{config}/eval_test.json",
     }
 
 

@@ -83,7 +83,8 @@ def test_dry_run_matches_the_published_table(config):
     assert resolved["config"] == config and resolved["train_pooler"] == "cls"
     assert resolved["select_pooler"].startswith("cls_before_pooler" if "mlp_only_train" in train else "cls (")
     assert launch == ["python", "train.py"]
-    assert evaluation == {"model_name_or_path": f"result/mixcse-{config}", "pooler": resolved["test_pooler"], "task_set": "sts", "mode": "test"}
+    assert evaluation == {"model_name_or_path": f"result/mixcse-{config}", "pooler": resolved["test_pooler"], "task_set": "sts", "mode": "test",
+                          "output_json": f"result/mixcse-{config}/eval_test.json"}
 
 
 def test_default_configuration_is_bert_base():

@@ -70,7 +70,8 @@ def test_every_configuration_matches_the_published_table(name):
     for key, value in SHARED.items():
         assert train.get(key) == value, (key, train.get(key))
     assert launch == (f"torchrun --nproc_per_node {gpus} train.py" if gpus > 1 else "python train.py")
-    assert test == {"model_name_or_path": f"result/clusterns-{name}", "pooler": "cls_before_pooler", "task_set": "sts", "mode": "test"}
+    assert test == {"model_name_or_path": f"result/clusterns-{name}", "pooler": "cls_before_pooler", "task_set": "sts", "mode": "test",
+                    "output_json": f"result/clusterns-{name}/eval_test.json"}
 
 
 def test_default_is_the_shipped_script_roberta_base():

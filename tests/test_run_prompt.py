@@ -112,7 +112,8 @@ def test_dry_run_matches_the_published_table(config):
     assert resolved["global_batch_size"] == str(row["batch"]) and resolved["config"] == config
     assert resolved["enable_hardneg"] == ("1" if row["hardneg"] else "0")
     assert evaluation == {"model_name_or_path": f"result/ClusterNS-{config}", "pooler": "mask",
-                          "prompt_convention": "test", "task_set": "sts", "mode": "test"}
+                          "prompt_convention": "test", "task_set": "sts", "mode": "test",
+                          "output_json": f"result/ClusterNS-{config}/eval_test.json"}
 
 
 @pytest.mark.parametrize("config", sorted(TABLE))
