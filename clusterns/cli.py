@@ -88,6 +88,10 @@ def build_encoder(model_args, data_args, objective_args, prompt_args=None) -> Se
     limit = max_positions(encoder.backbone.config, encoder.tokenizer)
     if data_args.max_seq_length > limit:
         raise UsageError(f"--max_seq_length {data_args.max_seq_length} exceeds the model's limit of {limit} tokens")
+    if getattr(model_args, "packed_linear", False):  # non-pad tokens only through the linear layers (packing.py)
+        from .packing import enable_packed_linear
+
+        enable_packed_linear(encoder.backbone)
     if prompt_args is not None:
         attach_prompt(encoder, prompt_args, data_args.max_seq_length)  # template tokens + max_seq_length must fit
     return encoder

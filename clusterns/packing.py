@@ -1,0 +1,279 @@
+"""Packed linear layers: each encoder layer's projections and feed-forward run on the non-pad tokens only.
+
+A batch padded to its longest sentence pushes every pad position through every nn.Linear of the
+backbone (query/key/value, attention output, intermediate, output), although no real token ever
+depends on a pad position: attention masks the pad keys, LayerNorm / GELU / dropout act per token,
+and the poolers read real tokens only. On the training corpus about a third of the positions of a
+batch of 64 (max_seq_length 32) are padding (BENCHMARKS.md), so that third of the encoder's
+matrix-multiply work is thrown away.
+
+With packing on (``--packed_linear``, :func:`enable_packed_linear`), each BERT/RoBERTa layer does
+
+    x   = h[non-pad]                       [T, H]   one gather (skipped when h came from the previous layer)
+    qkv = x @ [Wq|Wk|Wv]^T + b             [T, 3H]  one matmul
+    q,k,v -> padded [N, L, 3H] (zeros at pads)        one scatter
+    a   = SDPA(q, k, v, key-padding mask)  [N, heads, L, d]  (attention keeps the padded layout)
+    a   = a[non-pad]                       [T, H]   one gather
+    y   = layer.attention.output(a, x); y = layer.output(layer.intermediate(y), y)   (HF modules, on [T, *])
+    h'  = y -> padded [N, L, H]                       one scatter (zeros at pads)
+
+so every Linear, LayerNorm, activation and dropout sees T rows instead of N*L. The real tokens'
+states, and therefore every pooler's output (cls, avg, avg_top2, avg_first_last, mask), equal the
+unpacked backbone's to float tolerance (tests/test_packing.py), in eval and train mode, gradients
+included; the pad positions of the returned hidden states are zeros instead of values nobody reads.
+With dropout active the random masks differ from the unpacked run's (fewer elements are drawn),
+not their distribution.
+
+The key-padding pattern comes from the 2-D ``attention_mask`` the backbone is called with, captured
+once per forward by a pre-hook (one ``nonzero``: a host sync on GPU). A forward without a 2-D mask
+(e.g. PromptBERT's template-delta pass), without padding, with cross-attention / a cache, under
+gradient checkpointing, or a layer of another shape, runs the unchanged Hugging Face code.
+Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` whatever
+``attn_implementation`` the backbone was loaded with (eager gives the same values to float tolerance).
+"""
+from __future__ import annotations
+
+import logging
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+PACKING_ATTR = "_clusterns_packing"
+
+
+# ---- gather / scatter of token rows with cheap backward passes ----------------------------------
+class _Pack(torch.autograd.Function):
+    """[R, D] -> [T, D]: the rows `index` (unique). Backward scatters into zeros (index_copy, no add)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.rows = x.shape[0]
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (index,) = ctx.saved_tensors
+        return grad.new_zeros((ctx.rows, grad.shape[1])).index_copy_(0, index, grad.contiguous()), None
+
+
+class _Unpack(torch.autograd.Function):
+    """[T, D] -> [R, D]: zeros with the rows `index` filled. Backward gathers the rows."""
+
+    @staticmethod
+    def forward(ctx, packed: Tensor, index: Tensor, rows: int) -> Tensor:
+        ctx.save_for_backward(index)
+        return packed.new_zeros((rows, packed.shape[1])).index_copy_(0, index, packed)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (index,) = ctx.saved_tensors
+        return grad.index_select(0, index), None, None
+
+
+def pack_rows(x: Tensor, index: Tensor) -> Tensor:
+    """x [R, D] -> x[index] [T, D] (index: unique flat row ids)."""
+    return _Pack.apply(x, index)
+
+
+def unpack_rows(packed: Tensor, index: Tensor, rows: int) -> Tensor:
+    """packed [T, D] -> [rows, D] with zeros everywhere but the rows `index`."""
+    return _Unpack.apply(packed, index, rows)
+
+
+# ---- per-forward state ----------------------------------------------------------------------------
+@dataclass
+class PackedBatch:
+    """The non-pad layout of one backbone call."""
+
+    index: Tensor  # [T] flat ids (row * L + position) of the non-pad tokens
+    key_mask: Tensor  # [N, 1, 1, L] bool, True = attend
+    batch: int
+    length: int
+    last_out: Tensor | None = None  # the previous layer's padded output ...
+    last_packed: Tensor | None = None  # ... and the packed tensor it was scattered from
+
+    @property
+    def tokens(self) -> int:
+        return int(self.index.numel())
+
+
+def packed_batch(attention_mask: Tensor) -> PackedBatch | None:
+    """The PackedBatch of a 2-D 0/1 mask, or None when packing cannot save anything (no padding)."""
+    if attention_mask.dim() != 2:
+        return None
+    keep = attention_mask.bool()
+    n, length = keep.shape
+    index = keep.reshape(-1).nonzero().squeeze(1)  # one host sync (data-dependent size)
+    if index.numel() in (0, n * length):
+        return None
+    return PackedBatch(index=index, key_mask=keep[:, None, None, :], batch=n, length=length)
+
+
+@dataclass
+class PackingController:
+    """Attached to a backbone by enable_packed_linear: the stack of current PackedBatch (nested calls)."""
+
+    enabled: bool = True
+    stack: list = field(default_factory=list)
+    calls: int = 0  # backbone forwards that ran packed (diagnostics / tests)
+
+    def current(self) -> PackedBatch | None:
+        return self.stack[-1] if self.enabled and self.stack else None
+
+
+def _checkpointing(module: nn.Module) -> bool:
+    """Gradient (activation) checkpointing recomputes the layers in backward, outside this forward's state."""
+    if "is_activation_checkpointing" in dir(type(module)):  # transformers >= 5 (the old name warns)
+        return bool(module.is_activation_checkpointing)
+    return bool(getattr(module, "is_gradient_checkpointing", False))
+
+
+def _pre_hook(controller: PackingController, module: nn.Module, args: tuple, kwargs: dict):
+    mask = kwargs.get("attention_mask")
+    if mask is None and len(args) > 1:
+        mask = args[1]
+    state = None
+    blocked = any(kwargs.get(k) is not None for k in ("encoder_hidden_states", "past_key_values", "inputs_embeds"))
+    if controller.enabled and isinstance(mask, Tensor) and not blocked and not _checkpointing(module):
+        state = packed_batch(mask)
+        if state is not None:
+            controller.calls += 1
+    controller.stack.append(state)
+
+
+def _post_hook(controller: PackingController, module: nn.Module, args: tuple, kwargs: dict, output: Any):
+    if controller.stack:
+        controller.stack.pop()
+    return None
+
+
+# ---- the packed layer forward ---------------------------------------------------------------------
+def _supported_layer(layer: nn.Module) -> str | None:
+    """None if `layer` has the BERT/RoBERTa layer shape the packed forward needs, else why not."""
+    try:
+        sa = layer.attention.self
+        parts = (sa.query, sa.key, sa.value, layer.attention.output.dense, layer.attention.output.LayerNorm,
+                 layer.intermediate.dense, layer.output.dense, layer.output.LayerNorm)
+    except AttributeError as err:
+        return f"not a BERT-style layer ({err})"
+    if not all(isinstance(p, nn.Module) for p in parts):
+        return "not a BERT-style layer"
+    if getattr(layer, "is_decoder", False) or getattr(layer, "add_cross_attention", False):
+        return "decoder / cross-attention layer"
+    if getattr(layer, "chunk_size_feed_forward", 0):
+        return "chunked feed-forward"
+    if getattr(sa, "position_embedding_type", "absolute") not in ("absolute", None):
+        return "relative position attention"
+    if not hasattr(sa, "num_attention_heads") or not hasattr(sa, "attention_head_size"):
+        return "unknown attention head layout"
+    return None
+
+
+def _qkv(sa: nn.Module, x: Tensor) -> Tensor:
+    """[T, H] -> [T, 3 * all_head_size]: one matmul when query/key/value are plain nn.Linear."""
+    q, k, v = sa.query, sa.key, sa.value
+    if type(q) is nn.Linear and type(k) is nn.Linear and type(v) is nn.Linear:
+        weight = torch.cat([q.weight, k.weight, v.weight], dim=0)
+        bias = torch.cat([q.bias, k.bias, v.bias]) if q.bias is not None and k.bias is not None and v.bias is not None else None
+        if bias is None and (q.bias is not None or k.bias is not None or v.bias is not None):
+            return torch.cat([q(x), k(x), v(x)], dim=-1)
+        return F.linear(x, weight, bias)
+    return torch.cat([q(x), k(x), v(x)], dim=-1)
+
+
+def packed_layer(layer: nn.Module, hidden_states: Tensor, state: PackedBatch) -> Tensor:
+    n, length, hidden = hidden_states.shape
+    rows = n * length
+    index = state.index
+    if state.last_out is hidden_states and state.last_packed is not None:
+        x = state.last_packed  # the previous layer's packed output: no gather
+    else:
+        x = pack_rows(hidden_states.reshape(rows, hidden), index)
+    sa = layer.attention.self
+    heads, head_dim = sa.num_attention_heads, sa.attention_head_size
+    qkv = unpack_rows(_qkv(sa, x), index, rows).view(n, length, 3, heads, head_dim)
+    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [N, heads, L, d]
+    dropout = sa.dropout.p if layer.training else 0.0
+    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=state.key_mask, dropout_p=dropout, scale=sa.scaling)
+    attn = pack_rows(attn.transpose(1, 2).reshape(rows, heads * head_dim), index)
+    y = layer.attention.output(attn, x)  # dense, dropout, LayerNorm(. + x) on [T, H]
+    y = layer.output(layer.intermediate(y), y)
+    out = unpack_rows(y, index, rows).view(n, length, y.shape[-1])
+    state.last_out, state.last_packed = out, y
+    return out
+
+
+def _layer_forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, *args: Any, **kwargs: Any):
+    controller: PackingController = getattr(self, PACKING_ATTR)
+    state = controller.current()
+    extra = any(a is not None for a in args) or any(
+        kwargs.get(k) is not None for k in ("encoder_hidden_states", "encoder_attention_mask", "past_key_values")
+    ) or kwargs.get("output_attentions")
+    if state is None or extra or hidden_states.dim() != 3 or hidden_states.shape[:2] != (state.batch, state.length):
+        return self._clusterns_unpacked_forward(hidden_states, attention_mask, *args, **kwargs)
+    return packed_layer(self, hidden_states, state)
+
+
+def _encoder_layers(backbone: nn.Module) -> list[nn.Module]:
+    encoder = getattr(backbone, "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    return list(layers) if isinstance(layers, nn.ModuleList) else []
+
+
+def enable_packed_linear(backbone: nn.Module) -> bool:
+    """Run `backbone`'s layers on packed non-pad tokens (see the module doc). Returns False, leaving the
+    model unchanged, when it is not a BERT/RoBERTa-style encoder. Idempotent; parameters, state_dict
+    keys and saved checkpoints are unchanged."""
+    controller = getattr(backbone, PACKING_ATTR, None)
+    if isinstance(controller, PackingController):
+        controller.enabled = True
+        return True
+    layers = _encoder_layers(backbone)
+    reasons = [r for r in (_supported_layer(layer) for layer in layers) if r]
+    if getattr(getattr(backbone, "config", None), "is_decoder", False):
+        reasons.append("decoder model")
+    if not layers or reasons:
+        why = reasons[0] if reasons else "no encoder.layer list"
+        logger.info("packed linear layers not used for %s: %s", type(backbone).__name__, why)
+        return False
+    controller = PackingController()
+    for layer in layers:
+        layer._clusterns_unpacked_forward = layer.forward
+        setattr(layer, PACKING_ATTR, controller)
+        layer.forward = types.MethodType(_layer_forward, layer)
+    backbone.__dict__[PACKING_ATTR] = controller
+    backbone.__dict__["_clusterns_packing_hooks"] = (
+        backbone.register_forward_pre_hook(lambda m, a, k: _pre_hook(controller, m, a, k), with_kwargs=True),
+        backbone.register_forward_hook(lambda m, a, k, o: _post_hook(controller, m, a, k, o), with_kwargs=True, always_call=True),
+    )
+    return True
+
+
+def disable_packed_linear(backbone: nn.Module) -> None:
+    """Undo enable_packed_linear (the plain Hugging Face forward again)."""
+    controller = backbone.__dict__.pop(PACKING_ATTR, None)
+    if controller is None:
+        return
+    for handle in backbone.__dict__.pop("_clusterns_packing_hooks", ()):
+        handle.remove()
+    for layer in _encoder_layers(backbone):
+        if "_clusterns_unpacked_forward" in layer.__dict__:
+            del layer.__dict__["forward"]
+            del layer.__dict__["_clusterns_unpacked_forward"]
+            layer.__dict__.pop(PACKING_ATTR, None)
+
+
+def is_packed(backbone: nn.Module) -> bool:
+    controller = getattr(backbone, PACKING_ATTR, None)
+    return isinstance(controller, PackingController) and controller.enabled
+
+
+__all__ = ["PackedBatch", "PackingController", "disable_packed_linear", "enable_packed_linear", "is_packed",
+           "pack_rows", "packed_batch", "packed_layer", "unpack_rows"]
