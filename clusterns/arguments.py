@@ -60,7 +60,7 @@ class ModelArguments:
         metadata={"help": "Allow loading .bin (pickle) weights. Off by default: only safetensors are read."},
     )
     packed_linear: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "Run each encoder layer's projections and feed-forward on the non-pad tokens only (attention keeps "
             "the padded layout; same embeddings to float tolerance, faster: BENCHMARKS.md). --no_packed_linear: the plain "
@@ -100,6 +100,9 @@ class ContrastiveTrainingArguments(TrainingArguments):
     """HF TrainingArguments with SimCSE's defaults and the framework's own switches."""
 
     output_dir: str = field(default="result/run", metadata={"help": "Where checkpoints and the final model go."})
+    per_device_eval_batch_size: int = field(
+        default=64, metadata={"help": "Batch size for encoding the SentEval dev sets during training (length-sorted)."}
+    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow writing into an output_dir that already holds another run."}
     )
