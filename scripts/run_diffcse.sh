@@ -27,6 +27,7 @@
 # The original trained on one 2080Ti; its author could not reproduce 78.49 on another machine (issue #8:
 # 77.0-77.4): the hyper-parameters are machine-specific, expect to retune lr / lambda / masking.
 set -euo pipefail
+source "$(dirname "$0")/lib/recipe.sh"
 
 CONFIG=bert-base
 DRY_RUN=0
@@ -85,22 +86,10 @@ MODEL=${MODEL:-$MODEL_DEFAULT}
 GENERATOR=${GENERATOR:-$GENERATOR_DEFAULT}
 TRAIN_FILE=${TRAIN_FILE:-$TRAIN_FILE_DEFAULT}
 OUTPUT_DIR=${OUTPUT_DIR:-result/diffcse-${CONFIG}}
-NUM_GPU=${NUM_GPU:-1}
 SEED=${SEED:-42}
 TASK_SET=${TASK_SET:-$TASK_SET_DEFAULT}
 
-if ! [[ "$NUM_GPU" =~ ^[0-9]+$ ]]; then echo "error: NUM_GPU must be a non-negative integer, got '$NUM_GPU'" >&2; exit 2; fi
-DEVICES=$(( NUM_GPU > 0 ? NUM_GPU : 1 ))
-if (( GLOBAL_BATCH % DEVICES != 0 )); then
-    echo "error: the global batch $GLOBAL_BATCH is not divisible by NUM_GPU=$NUM_GPU" >&2; exit 2
-fi
-PER_DEVICE_BATCH=$(( GLOBAL_BATCH / DEVICES ))
-if (( NUM_GPU == 0 )); then FP16=0; fi  # no fp16 on CPU
-
-if (( NUM_GPU > 1 )); then LAUNCH=(torchrun --nproc_per_node "$NUM_GPU" train.py); else LAUNCH=(python train.py); fi
-# One process, one GPU: with several visible GPUs train.py refuses to start (nn.DataParallel would shrink the
-# negatives to one GPU's slice), so pin the first one unless CUDA_VISIBLE_DEVICES already chooses.
-if (( NUM_GPU == 1 )); then export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}; fi
+recipe_devices
 
 ARGS=(
     --model_name_or_path "$MODEL"
@@ -132,28 +121,10 @@ ARGS=(
     --do_eval
 )
 if (( ! GEN_DROPOUT )); then ARGS+=(--no_generator_dropout); fi
-if (( FP16 )); then ARGS+=(--fp16); fi
-if (( NUM_GPU == 0 )); then ARGS+=(--use_cpu); fi
-if [ -n "${EVAL_DATA_DIR:-}" ]; then ARGS+=(--eval_data_dir "$EVAL_DATA_DIR"); fi
-ARGS+=("${EXTRA[@]+"${EXTRA[@]}"}")
+recipe_common_args
 
 EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --output_json "$OUTPUT_DIR/eval_test.json" --pooler "$TEST_POOLER" --task_set "$TASK_SET" --mode test)
 if [ -n "${TEST_DATA_DIR:-}" ]; then EVAL_ARGS+=(--data_dir "$TEST_DATA_DIR"); fi
-
-print_command() {  # one `--flag value` per line
-    local line=""
-    echo "$1"; shift
-    for a in "$@"; do
-        if [[ "$a" == --* ]]; then
-            [ -n "$line" ] && echo "  $line"
-            line="$a"
-        else
-            line="$line $(printf '%q' "$a")"
-        fi
-    done
-    [ -n "$line" ] && echo "  $line"
-    return 0
-}
 
 mark() {  # "key=value", suffixed with "  [unverified]" when the spec marks that value unverified
     local key=$1 value=$2 u
@@ -188,11 +159,5 @@ if (( DRY_RUN )); then
     echo "select_pooler=cls_before_pooler (raw CLS, --mlp_only_train)"
     echo "test_pooler=$TEST_POOLER"
     echo "task_set=$TASK_SET"
-    print_command "${LAUNCH[*]}" "${ARGS[@]}"
-    print_command "python evaluation.py" "${EVAL_ARGS[@]}"
-    exit 0
 fi
-
-"${LAUNCH[@]}" "${ARGS[@]}"
-python evaluation.py "${EVAL_ARGS[@]}"
-python -m clusterns.model_card "$OUTPUT_DIR"  # add the test table to the model card
+recipe_run

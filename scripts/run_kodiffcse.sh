@@ -30,6 +30,7 @@
 # sts-{dev,test}.tsv), EVAL_DATA_DIR (SentEval downstream folder; train.py's dev evaluator also reads STS-B/SICK),
 # TEST_DATA_DIR (evaluation.py --data_dir), SEED (default 42).
 set -euo pipefail
+source "$(dirname "$0")/lib/recipe.sh"
 
 CONFIG=roberta-base
 DRY_RUN=0
@@ -70,22 +71,10 @@ MODEL=${MODEL:-$MODEL_DEFAULT}
 GENERATOR=${GENERATOR:-$GENERATOR_DEFAULT}
 TRAIN_FILE=${TRAIN_FILE:-$TRAIN_FILE_DEFAULT}
 OUTPUT_DIR=${OUTPUT_DIR:-result/kodiffcse-${CONFIG}}
-NUM_GPU=${NUM_GPU:-1}
 SEED=${SEED:-42}
 KORSTS_DIR=${KORSTS_DIR:-SentEval/data/downstream/KorSTS}
 
-if ! [[ "$NUM_GPU" =~ ^[0-9]+$ ]]; then echo "error: NUM_GPU must be a non-negative integer, got '$NUM_GPU'" >&2; exit 2; fi
-DEVICES=$(( NUM_GPU > 0 ? NUM_GPU : 1 ))
-if (( GLOBAL_BATCH % DEVICES != 0 )); then
-    echo "error: the global batch $GLOBAL_BATCH is not divisible by NUM_GPU=$NUM_GPU" >&2; exit 2
-fi
-PER_DEVICE_BATCH=$(( GLOBAL_BATCH / DEVICES ))
-if (( NUM_GPU == 0 )); then FP16=0; fi
-
-if (( NUM_GPU > 1 )); then LAUNCH=(torchrun --nproc_per_node "$NUM_GPU" train.py); else LAUNCH=(python train.py); fi
-# One process, one GPU: with several visible GPUs train.py refuses to start (nn.DataParallel would shrink the
-# negatives to one GPU's slice), so pin the first one unless CUDA_VISIBLE_DEVICES already chooses.
-if (( NUM_GPU == 1 )); then export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}; fi
+recipe_devices
 
 ARGS=(
     --model_name_or_path "$MODEL"
@@ -121,29 +110,11 @@ ARGS=(
     --do_train
     --do_eval
 )
-if (( FP16 )); then ARGS+=(--fp16); fi
-if (( NUM_GPU == 0 )); then ARGS+=(--use_cpu); fi
-if [ -n "${EVAL_DATA_DIR:-}" ]; then ARGS+=(--eval_data_dir "$EVAL_DATA_DIR"); fi
-ARGS+=("${EXTRA[@]+"${EXTRA[@]}"}")
+recipe_common_args
 
 EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --output_json "$OUTPUT_DIR/eval_test.json" --pooler cls_before_pooler --task_set na --tasks KorSTS --korsts
            --korsts_dir "$KORSTS_DIR" --korsts_per_batch --max_seq_length "$MAX_LEN" --mode test)
 if [ -n "${TEST_DATA_DIR:-}" ]; then EVAL_ARGS+=(--data_dir "$TEST_DATA_DIR"); fi
-
-print_command() {  # one `--flag value` per line
-    local line=""
-    echo "$1"; shift
-    for a in "$@"; do
-        if [[ "$a" == --* ]]; then
-            [ -n "$line" ] && echo "  $line"
-            line="$a"
-        else
-            line="$line $(printf '%q' "$a")"
-        fi
-    done
-    [ -n "$line" ] && echo "  $line"
-    return 0
-}
 
 if (( DRY_RUN )); then
     echo "config=$CONFIG"
@@ -169,11 +140,5 @@ if (( DRY_RUN )); then
     echo "korsts_dir=$KORSTS_DIR"
     echo "select_metric=korsts_spearman (KorSTS dev, cosine Spearman, whole set)"
     echo "test_pooler=cls_before_pooler"
-    print_command "${LAUNCH[*]}" "${ARGS[@]}"
-    print_command "python evaluation.py" "${EVAL_ARGS[@]}"
-    exit 0
 fi
-
-"${LAUNCH[@]}" "${ARGS[@]}"
-python evaluation.py "${EVAL_ARGS[@]}"
-python -m clusterns.model_card "$OUTPUT_DIR"  # add the test table to the model card
+recipe_run

@@ -20,6 +20,7 @@
 # EVAL_DATA_DIR (SentEval downstream folder for dev evaluation), TEST_DATA_DIR (evaluation.py --data_dir),
 # TASK_SET (evaluation.py --task_set, default sts; the original script used full), SEED (default 42).
 set -euo pipefail
+source "$(dirname "$0")/lib/recipe.sh"
 
 CONFIG=bert-base
 DRY_RUN=0
@@ -64,22 +65,10 @@ esac
 MODEL=${MODEL:-$MODEL_DEFAULT}
 TRAIN_FILE=${TRAIN_FILE:-$TRAIN_FILE_DEFAULT}
 OUTPUT_DIR=${OUTPUT_DIR:-result/mixcse-${CONFIG}}
-NUM_GPU=${NUM_GPU:-1}
 SEED=${SEED:-42}
 TASK_SET=${TASK_SET:-sts}
 
-if ! [[ "$NUM_GPU" =~ ^[0-9]+$ ]]; then echo "error: NUM_GPU must be a non-negative integer, got '$NUM_GPU'" >&2; exit 2; fi
-DEVICES=$(( NUM_GPU > 0 ? NUM_GPU : 1 ))
-if (( GLOBAL_BATCH % DEVICES != 0 )); then
-    echo "error: the global batch $GLOBAL_BATCH is not divisible by NUM_GPU=$NUM_GPU" >&2; exit 2
-fi
-PER_DEVICE_BATCH=$(( GLOBAL_BATCH / DEVICES ))
-if (( NUM_GPU == 0 )); then FP16=0; fi  # no fp16 on CPU
-
-if (( NUM_GPU > 1 )); then LAUNCH=(torchrun --nproc_per_node "$NUM_GPU" train.py); else LAUNCH=(python train.py); fi
-# One process, one GPU: with several visible GPUs train.py refuses to start (nn.DataParallel would shrink the
-# negatives to one GPU's slice), so pin the first one unless CUDA_VISIBLE_DEVICES already chooses.
-if (( NUM_GPU == 1 )); then export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}; fi
+recipe_devices
 
 ARGS=(
     --model_name_or_path "$MODEL"
@@ -106,30 +95,12 @@ ARGS=(
     --do_eval
 )
 if (( MLP_ONLY_TRAIN )); then ARGS+=(--mlp_only_train); fi
-if (( FP16 )); then ARGS+=(--fp16); fi
-if (( NUM_GPU == 0 )); then ARGS+=(--use_cpu); fi
-if [ -n "${EVAL_DATA_DIR:-}" ]; then ARGS+=(--eval_data_dir "$EVAL_DATA_DIR"); fi
-ARGS+=("${EXTRA[@]+"${EXTRA[@]}"}")
+recipe_common_args
 
 EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --output_json "$OUTPUT_DIR/eval_test.json" --pooler "$TEST_POOLER" --task_set "$TASK_SET" --mode test)
 if [ -n "${TEST_DATA_DIR:-}" ]; then EVAL_ARGS+=(--data_dir "$TEST_DATA_DIR"); fi
 
 if (( MLP_ONLY_TRAIN )); then SELECT_POOLER="cls_before_pooler (raw CLS, --mlp_only_train)"; else SELECT_POOLER="cls (CLS + MLP output)"; fi
-
-print_command() {  # one `--flag value` per line
-    local first=1 line=""
-    echo "$1"; shift
-    for a in "$@"; do
-        if [[ "$a" == --* ]]; then
-            [ -n "$line" ] && echo "  $line"
-            line="$a"
-        else
-            line="$line $(printf '%q' "$a")"
-        fi
-    done
-    [ -n "$line" ] && echo "  $line"
-    return 0
-}
 
 if (( DRY_RUN )); then
     echo "config=$CONFIG"
@@ -152,11 +123,5 @@ if (( DRY_RUN )); then
     echo "select_pooler=$SELECT_POOLER"
     echo "test_pooler=$TEST_POOLER"
     echo "task_set=$TASK_SET"
-    print_command "${LAUNCH[*]}" "${ARGS[@]}"
-    print_command "python evaluation.py" "${EVAL_ARGS[@]}"
-    exit 0
 fi
-
-"${LAUNCH[@]}" "${ARGS[@]}"
-python evaluation.py "${EVAL_ARGS[@]}"
-python -m clusterns.model_card "$OUTPUT_DIR"  # add the test table to the model card
+recipe_run

@@ -39,6 +39,7 @@ if [ -z "$CONFIG" ]; then echo "usage: bash scripts/run_simcse.sh CONFIG [--dry_
 MAX_LEN=32
 TEMP=0.05
 EVAL_STEPS=125
+FP16=1
 case "$CONFIG" in
     unsup-*) MODE=unsup; TRAIN_FILE_DEFAULT=data/wiki1m_for_simcse.txt; EPOCHS=1; MLP_ONLY_TRAIN=1; TEST_POOLER=cls_before_pooler ;;
     sup-*)   MODE=sup;   TRAIN_FILE_DEFAULT=data/nli_for_simcse.csv;   EPOCHS=3; MLP_ONLY_TRAIN=0; TEST_POOLER=cls ;;
@@ -81,9 +82,7 @@ ARGS=(
     --do_eval
 )
 if (( MLP_ONLY_TRAIN )); then ARGS+=(--mlp_only_train); fi
-if (( NUM_GPU > 0 )); then ARGS+=(--fp16); else ARGS+=(--use_cpu); fi
-if [ -n "${EVAL_DATA_DIR:-}" ]; then ARGS+=(--eval_data_dir "$EVAL_DATA_DIR"); fi
-ARGS+=("${EXTRA[@]+"${EXTRA[@]}"}")
+recipe_common_args
 EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --output_json "$OUTPUT_DIR/eval_test.json" --pooler "$TEST_POOLER" --task_set sts --mode test)
 if [ -n "${TEST_DATA_DIR:-}" ]; then EVAL_ARGS+=(--data_dir "$TEST_DATA_DIR"); fi
 
@@ -102,11 +101,5 @@ if (( DRY_RUN )); then
     echo "temp=$TEMP"
     echo "mlp_only_train=$MLP_ONLY_TRAIN"
     echo "test_pooler=$TEST_POOLER"
-    recipe_print_command "${LAUNCH[*]}" "${ARGS[@]}"
-    recipe_print_command "python evaluation.py" "${EVAL_ARGS[@]}"
-    exit 0
 fi
-
-"${LAUNCH[@]}" "${ARGS[@]}"
-python evaluation.py "${EVAL_ARGS[@]}"
-python -m clusterns.model_card "$OUTPUT_DIR"  # add the test table to the model card
+recipe_run

@@ -1,19 +1,31 @@
 # Shared pieces of the recipe scripts (sourced, not run): device count -> per-device batch and
-# launcher, and the dry-run printer. Inputs: NUM_GPU (env, default 1; 0 = CPU), GLOBAL_BATCH.
+# launcher, the common train.py flags, the dry-run printer and the run itself.
+# Inputs: NUM_GPU (env; 0 = CPU), GLOBAL_BATCH, FP16, DRY_RUN, ARGS, EVAL_ARGS, EXTRA, OUTPUT_DIR, EVAL_DATA_DIR (env).
 
-# Sets PER_DEVICE_BATCH and LAUNCH (torchrun when NUM_GPU > 1) from NUM_GPU and GLOBAL_BATCH.
+# recipe_devices [DEFAULT_NUM_GPU]: sets PER_DEVICE_BATCH and LAUNCH (torchrun when NUM_GPU > 1) from NUM_GPU
+# (default DEFAULT_NUM_GPU, else 1) and GLOBAL_BATCH; turns FP16 off on the CPU (NUM_GPU=0).
 recipe_devices() {
-    NUM_GPU=${NUM_GPU:-1}
+    NUM_GPU=${NUM_GPU:-${1:-1}}
     if ! [[ "$NUM_GPU" =~ ^[0-9]+$ ]]; then echo "error: NUM_GPU must be a non-negative integer, got '$NUM_GPU'" >&2; exit 2; fi
     local devices=$(( NUM_GPU > 0 ? NUM_GPU : 1 ))
     if (( GLOBAL_BATCH % devices != 0 )); then
         echo "error: the global batch $GLOBAL_BATCH is not divisible by NUM_GPU=$NUM_GPU" >&2; exit 2
     fi
     PER_DEVICE_BATCH=$(( GLOBAL_BATCH / devices ))
+    if (( NUM_GPU == 0 )); then FP16=0; fi  # no fp16 on CPU
     if (( NUM_GPU > 1 )); then LAUNCH=(torchrun --nproc_per_node "$NUM_GPU" train.py); else LAUNCH=(python train.py); fi
     # One process, one GPU: with several visible GPUs train.py refuses to start (nn.DataParallel would shrink the
     # negatives to one GPU's slice), so pin the first one unless CUDA_VISIBLE_DEVICES already chooses.
     if (( NUM_GPU == 1 )); then export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}; fi
+}
+
+# Appends the flags every recipe ends train.py's command line with: --fp16 (FP16=1), --use_cpu (NUM_GPU=0),
+# --eval_data_dir (EVAL_DATA_DIR set), then the user's extra flags (EXTRA).
+recipe_common_args() {
+    if (( FP16 )); then ARGS+=(--fp16); fi
+    if (( NUM_GPU == 0 )); then ARGS+=(--use_cpu); fi
+    if [ -n "${EVAL_DATA_DIR:-}" ]; then ARGS+=(--eval_data_dir "$EVAL_DATA_DIR"); fi
+    ARGS+=("${EXTRA[@]+"${EXTRA[@]}"}")
 }
 
 # Prints a command with one `--flag value` per line: recipe_print_command "python train.py" ARGS...
@@ -30,4 +42,17 @@ recipe_print_command() {
     done
     [ -n "$line" ] && echo "  $line"
     return 0
+}
+
+# DRY_RUN=1: prints the training and test commands and exits. Otherwise trains (LAUNCH ARGS), tests
+# (evaluation.py EVAL_ARGS) and adds the test table to the model card in OUTPUT_DIR.
+recipe_run() {
+    if (( DRY_RUN )); then
+        recipe_print_command "${LAUNCH[*]}" "${ARGS[@]}"
+        recipe_print_command "python evaluation.py" "${EVAL_ARGS[@]}"
+        exit 0
+    fi
+    "${LAUNCH[@]}" "${ARGS[@]}"
+    python evaluation.py "${EVAL_ARGS[@]}"
+    python -m clusterns.model_card "$OUTPUT_DIR"  # add the test table to the model card
 }
