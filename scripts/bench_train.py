@@ -345,6 +345,18 @@ def run_ours(name: str, a, sentences: list[str], init_sentences: list[str]) -> d
     timer = _timer_callback()
     trainer = ContrastiveTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=recorder,
                                  processing_class=encoder.tokenizer, callbacks=[timer])
+    guard_times: list[float] = []
+    if hasattr(trainer, "_guard_update"):  # the once-per-update non-finite check (its host sync): timed on its own
+        guard = trainer._guard_update
+
+        def timed_guard():
+            t0 = time.perf_counter()
+            try:
+                return guard()
+            finally:
+                guard_times.append(time.perf_counter() - t0)
+
+        trainer._guard_update = timed_guard
     trainer.train()
     rss = peak_rss_mb()
     if model_args.objective == "clusterns" and not objective.started:
@@ -360,6 +372,7 @@ def run_ours(name: str, a, sentences: list[str], init_sentences: list[str]) -> d
         "packed_linear": bool(is_packed(encoder.backbone)), "shapes": encoder_shapes(encoder.backbone.config),
         "optim": str(getattr(training_args.optim, "value", training_args.optim)),
         "torch_threads": torch.get_num_threads(), **extra,
+        "guard_ms_per_step": 1000 * statistics.mean(guard_times[a.warmup:a.warmup + a.steps]) if guard_times[a.warmup:] else None,
     }
     if model_args.objective == "diffcse":
         result["diffcse_parts"] = _time_diffcse_parts(model, recorder.batches)
@@ -574,7 +587,8 @@ def summarise(runs: list[dict]) -> dict:
         "foreign_cores": best.get("foreign_cores"),
         "foreign_cores_all": [r.get("foreign_cores") for r in runs],
     }
-    for key in ("matmul", "diffcse_parts", "shapes", "rows", "lengths", "torch_threads", "sentence_transformers", "optim"):
+    for key in ("matmul", "diffcse_parts", "shapes", "rows", "lengths", "torch_threads", "sentence_transformers", "optim",
+                "guard_ms_per_step"):
         if key in best:
             out[key] = best[key]
     if "matmul" in out:  # the fastest matmul measurement of all repeats
@@ -642,6 +656,13 @@ def fmt(x: float, digits: int = 2) -> str:
     return f"{x:.{digits}f}"
 
 
+def _foreign_text(report: dict) -> str:
+    kept = [v.get("foreign_cores") for v in report["summary"].values() if v.get("foreign_cores") is not None]
+    if not kept:
+        return "other processes' CPU use not measured"
+    return f"other processes used {fmt(min(kept), 2)}-{fmt(max(kept), 2)} cores during the kept (fastest) runs"
+
+
 def markdown(report: dict) -> str:
     m, s, r = report["machine"], report["summary"], report["ratios"]
     lines = [
@@ -650,7 +671,9 @@ def markdown(report: dict) -> str:
         f"max length {report['max_seq_length']}, {report['steps']} measured steps after {report['warmup']} warm-up steps, "
         f"fastest of {report['repeat']} interleaved repeats; sentences: {report['sentences']}; "
         f"padding fraction of the measured batches {fmt(100 * report['padding_fraction'], 1)}%; "
-        f"load average during the runs {fmt(min(report['load_averages']), 1)}-{fmt(max(report['load_averages']), 1)}. GPU: not measured.",
+        f"optimizer {report['summary'][next(iter(report['summary']))].get('optim', '?')}, lr {report['learning_rate']:g}; "
+        f"load average during the runs {fmt(min(report['load_averages']), 1)}-{fmt(max(report['load_averages']), 1)}, "
+        f"{_foreign_text(report)}. GPU: not measured.",
         "",
         "| configuration | packed linear | s/step (wall) | CPU s/step | sentences/s | time vs infonce | peak RSS (MB) |",
         "|---|---|---|---|---|---|---|",
@@ -673,6 +696,10 @@ def markdown(report: dict) -> str:
             f"torch.mm at the encoder's shapes: utilisation {fmt(100 * report['matmul_utilisation'], 1)}% "
             f"(useful-FLOP utilisation {fmt(100 * f['useful_utilisation'], 1)}%)",
         ]
+    guard = report["summary"].get("infonce", {}).get("guard_ms_per_step")
+    if guard is not None:
+        lines.append(f"- the trainer's non-finite loss/gradient check (one host sync per update): {fmt(guard, 2)} ms per step "
+                     f"({fmt(100 * guard / 1000 / report['summary']['infonce']['wall_s_per_step'], 3)}% of the infonce step)")
     if "diffcse_expected" in report:
         d = report["diffcse_expected"]
         lines.append(
