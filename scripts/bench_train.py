@@ -208,9 +208,12 @@ class _Recorder:
         self.stats: list[tuple[int, int, int, int]] = []  # (non-pad tokens, rows*L, rows, L)
         self.keep_last = keep_last
         self.batches: list[dict] = []
+        self.seconds: list[float] = []  # collation time per batch (what DataLoader workers could hide)
 
     def __call__(self, features):
+        t0 = time.perf_counter()
         batch = self.inner(features)
+        self.seconds.append(time.perf_counter() - t0)
         mask = batch["attention_mask"]
         rows = mask.numel() // mask.shape[-1]
         self.stats.append((int(mask.sum()), int(mask.numel()), int(rows), int(mask.shape[-1])))
@@ -373,6 +376,7 @@ def run_ours(name: str, a, sentences: list[str], init_sentences: list[str]) -> d
         "optim": str(getattr(training_args.optim, "value", training_args.optim)),
         "torch_threads": torch.get_num_threads(), **extra,
         "guard_ms_per_step": 1000 * statistics.mean(guard_times[a.warmup:a.warmup + a.steps]) if guard_times[a.warmup:] else None,
+        "collate_ms_per_step": 1000 * statistics.mean(recorder.seconds[a.warmup:a.warmup + a.steps]),
     }
     if model_args.objective == "diffcse":
         result["diffcse_parts"] = _time_diffcse_parts(model, recorder.batches)
@@ -407,7 +411,7 @@ def _time_diffcse_parts(model, batches: list[dict]) -> dict:
         disc_t.append(time.perf_counter() - t0)
         model.zero_grad(set_to_none=True)
     gen_layers = objective.generator.config.num_hidden_layers
-    return {"generator_fwd_s": min(gen_t), "discriminator_fwd_bwd_s": min(disc_t), "generator_layers": gen_layers,
+    return {"generator_fwd_s": statistics.mean(gen_t), "discriminator_fwd_bwd_s": statistics.mean(disc_t), "generator_layers": gen_layers,
             "generator_vocab": int(objective.generator.config.vocab_size)}
 
 
@@ -588,7 +592,7 @@ def summarise(runs: list[dict]) -> dict:
         "foreign_cores_all": [r.get("foreign_cores") for r in runs],
     }
     for key in ("matmul", "diffcse_parts", "shapes", "rows", "lengths", "torch_threads", "sentence_transformers", "optim",
-                "guard_ms_per_step"):
+                "guard_ms_per_step", "collate_ms_per_step"):
         if key in best:
             out[key] = best[key]
     if "matmul" in out:  # the fastest matmul measurement of all repeats
@@ -599,11 +603,10 @@ def summarise(runs: list[dict]) -> dict:
 def flops_report(s: dict, batch_size: int) -> dict:
     shapes = s["shapes"]
     rows, lengths = s["rows"], s["lengths"]
-    attention = [L for r, L in zip(rows, lengths) for _ in range(r)]
-    per_steps = len(rows)
+    attention = encoder_flops(shapes, 0, [L for r, L in zip(rows, lengths) for _ in range(r)]) / len(rows)  # per step
     executed_tokens = s["tokens_per_step"] if s["packed_linear"] else s["padded_tokens_per_step"]
-    executed = 3 * encoder_flops(shapes, executed_tokens, attention) / per_steps
-    useful = 3 * encoder_flops(shapes, s["tokens_per_step"], attention) / per_steps
+    executed = 3 * (encoder_flops(shapes, executed_tokens, []) + attention)
+    useful = 3 * (encoder_flops(shapes, s["tokens_per_step"], []) + attention)
     step = s["wall_s_per_step"]
     return {"executed_flop_per_step": executed, "useful_flop_per_step": useful,
             "achieved_flop_per_s": executed / step, "useful_flop_per_s": useful / step,
@@ -666,7 +669,8 @@ def _foreign_text(report: dict) -> str:
 def markdown(report: dict) -> str:
     m, s, r = report["machine"], report["summary"], report["ratios"]
     lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
+        f"({next(iter(s.values())).get('torch_threads', m['torch_threads'])} threads per run), "
         f"Python {m['python']}; model `{os.path.basename(report['model'].rstrip('/'))}`, batch {report['batch_size']}, "
         f"max length {report['max_seq_length']}, {report['steps']} measured steps after {report['warmup']} warm-up steps, "
         f"fastest of {report['repeat']} interleaved repeats; sentences: {report['sentences']}; "
@@ -700,6 +704,10 @@ def markdown(report: dict) -> str:
     if guard is not None:
         lines.append(f"- the trainer's non-finite loss/gradient check (one host sync per update): {fmt(guard, 2)} ms per step "
                      f"({fmt(100 * guard / 1000 / report['summary']['infonce']['wall_s_per_step'], 3)}% of the infonce step)")
+    collate = report["summary"].get("infonce", {}).get("collate_ms_per_step")
+    if collate is not None:
+        lines.append(f"- collating a batch (padding, in the main process: --dataloader_num_workers {report.get('num_workers', 0)}): "
+                     f"{fmt(collate, 2)} ms per step; tokenization is done once by `datasets.map` before training")
     if "diffcse_expected" in report:
         d = report["diffcse_expected"]
         lines.append(
@@ -779,7 +787,8 @@ def main(argv=None) -> int:
                 ratios[f"{name.replace('-', '_')}_vs_infonce"] = summary[name]["wall_s_per_step"] / base
     report = {
         "model": a.model, "batch_size": a.batch_size, "max_seq_length": a.max_seq_length, "warmup": a.warmup,
-        "steps": a.steps, "repeat": a.repeat, "learning_rate": a.learning_rate, "optim": a.optim,
+        "steps": a.steps, "repeat": a.repeat, "learning_rate": a.learning_rate, "optim": a.optim, "num_workers": a.num_workers,
+        "threads": a.threads,
         "sentences": a.train_file or "built-in set", "machine": machine(), "summary": summary, "ratios": ratios,
         "peak_rss_mb": {c: round(v["peak_rss_mb"], 1) for c, v in summary.items()},
         "load_averages": [x for v in summary.values() for x in v["load_average"]],
@@ -797,14 +806,15 @@ def main(argv=None) -> int:
         base = summary["infonce"]["wall_s_per_step"]
         shapes = summary["infonce"]["shapes"]
         s_inf = summary["infonce"]
-        attention = [L for r, L in zip(s_inf["rows"], s_inf["lengths"]) for _ in range(r)]
+        sequences = [L for r, L in zip(s_inf["rows"], s_inf["lengths"]) for _ in range(r)]
         n_steps = len(s_inf["rows"])
         enc_tokens = s_inf["tokens_per_step"] if s_inf["packed_linear"] else s_inf["padded_tokens_per_step"]
-        padded = s_inf["padded_tokens_per_step"]
-        f_enc = encoder_flops(shapes, enc_tokens, attention) / n_steps
-        f_disc = encoder_flops(shapes, padded, attention) / n_steps + 2 * padded * shapes["hidden"] * 2
+        padded = s_inf["padded_tokens_per_step"]  # the generator and discriminator run unpacked
+        f_enc = encoder_flops(shapes, enc_tokens, []) + encoder_flops(shapes, 0, sequences) / n_steps
+        f_disc = encoder_flops(shapes, padded, []) + encoder_flops(shapes, 0, sequences) / n_steps
+        f_disc += 2 * padded * shapes["hidden"] * 2  # RTD head
         gen_shapes = dict(shapes, layers=parts["generator_layers"])
-        f_gen = encoder_flops(gen_shapes, padded, attention) / n_steps
+        f_gen = encoder_flops(gen_shapes, padded, []) + encoder_flops(gen_shapes, 0, sequences) / n_steps
         f_gen += 2 * padded * (shapes["hidden"] * shapes["hidden"] + shapes["hidden"] * parts["generator_vocab"])  # MLM head
         report["diffcse_expected"] = {
             "generator_fwd_s": parts["generator_fwd_s"], "discriminator_fwd_bwd_s": parts["discriminator_fwd_bwd_s"],
