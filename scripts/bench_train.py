@@ -666,12 +666,36 @@ def _foreign_text(report: dict) -> str:
     return f"other processes used {fmt(min(kept), 2)}-{fmt(max(kept), 2)} cores during the kept (fastest) runs"
 
 
+def targets(report: dict) -> list[tuple[str, str, str, bool]]:
+    """(target, threshold, measured, met) of issue 9's CPU targets, from the report."""
+    r, s, out = report["ratios"], report["summary"], []
+    if "infonce_vs_sentence_transformers" in r:
+        out.append(("infonce sentences/s vs sentence-transformers", ">= 1.2x", f"{r['infonce_vs_sentence_transformers']:.2f}x",
+                    r["infonce_vs_sentence_transformers"] >= 1.2))
+        out.append(("infonce peak RSS vs sentence-transformers", "<= 1.0x",
+                    f"{s['infonce']['peak_rss_mb']:.0f} / {s['st']['peak_rss_mb']:.0f} MB",
+                    s["infonce"]["peak_rss_mb"] <= s["st"]["peak_rss_mb"]))
+    for name, limit in (("clusterns", 1.05), ("mixcse", 1.02)):
+        key = f"{name}_vs_infonce"
+        if key in r:
+            out.append((f"{name} time per step vs infonce", f"<= {limit}x", f"{r[key]:.3f}x", r[key] <= limit))
+    d = report.get("diffcse_expected", {})
+    if "measured_over_implied" in d:
+        out.append(("diffcse vs what its extra passes imply (timings)", "within 10%",
+                    f"{r['diffcse_vs_infonce']:.2f}x vs {d['implied_by_time']:.2f}x ({100 * (d['measured_over_implied'] - 1):+.1f}%)",
+                    abs(d["measured_over_implied"] - 1) <= 0.10))
+    if "matmul_utilisation" in report:
+        out.append(("infonce matmul utilisation", ">= 50%", f"{100 * report['matmul_utilisation']:.1f}%",
+                    report["matmul_utilisation"] >= 0.5))
+    return out
+
+
 def markdown(report: dict) -> str:
     m, s, r = report["machine"], report["summary"], report["ratios"]
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
         f"({next(iter(s.values())).get('torch_threads', m['torch_threads'])} threads per run), "
-        f"Python {m['python']}; model `{os.path.basename(report['model'].rstrip('/'))}`, batch {report['batch_size']}, "
+        f"Python {m['python']}; model `{'/'.join(report['model'].rstrip('/').split('/')[-2:])}`, batch {report['batch_size']}, "
         f"max length {report['max_seq_length']}, {report['steps']} measured steps after {report['warmup']} warm-up steps, "
         f"fastest of {report['repeat']} interleaved repeats; sentences: {report['sentences']}; "
         f"padding fraction of the measured batches {fmt(100 * report['padding_fraction'], 1)}%; "
@@ -688,6 +712,10 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {'yes' if v['packed_linear'] else 'no'} | {fmt(v['wall_s_per_step'], 3)} | "
                      f"{fmt(v['cpu_s_per_step'], 3)} | {fmt(report['batch_size'] / v['wall_s_per_step'], 1)} | {ratio} | "
                      f"{fmt(v['peak_rss_mb'], 0)} |")
+    rows = targets(report)
+    if rows:
+        lines += ["", "| target (CPU, issue 9) | threshold | measured | met |", "|---|---|---|---|"]
+        lines += [f"| {t} | {th} | {v} | {'yes' if ok else '**no**'} |" for t, th, v, ok in rows]
     lines.append("")
     for key, value in r.items():
         lines.append(f"- `{key}`: {fmt(value, 3)}")
@@ -746,6 +774,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max_foreign_cores", type=float, default=None,
                     help="before each run wait until other processes use at most this many cores (shared machines)")
     ap.add_argument("--wait_timeout", type=float, default=600.0, help="longest wait per run for --max_foreign_cores (s)")
+    ap.add_argument("--from_json", default=None, help="print the tables of a saved --json report instead of measuring")
     ap.add_argument("--json", default=None)
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--in_process", action="store_true",
@@ -754,6 +783,10 @@ def main(argv=None) -> int:
     ap.add_argument("--worker_json", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--no_matmul", dest="matmul", action="store_false", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.from_json:
+        with open(a.from_json) as f:
+            print(markdown(json.load(f)))
+        return 0
     a.model = a.model or default_model()
     if a.worker:
         return worker_main(a)

@@ -42,6 +42,26 @@ def test_bench_train_smoke_in_process(tiny_bert, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| configuration | packed linear |" in printed and "GPU: not measured" in printed
     assert report["summary"]["infonce-nopack"]["packed_linear"] is False
+    assert "| target (CPU, issue 9) | threshold | measured | met |" in printed
+    # --from_json prints the same tables from the saved report, without measuring
+    assert bench_train.main(["--from_json", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == bench_train.markdown(report).strip()
+
+
+def test_targets_table_marks_each_threshold():
+    report = {
+        "ratios": {"infonce_vs_sentence_transformers": 1.3, "clusterns_vs_infonce": 1.06, "mixcse_vs_infonce": 1.01,
+                   "diffcse_vs_infonce": 2.4},
+        "summary": {"infonce": {"peak_rss_mb": 900.0}, "st": {"peak_rss_mb": 1000.0}},
+        "diffcse_expected": {"implied_by_time": 2.3, "measured_over_implied": 2.4 / 2.3},
+        "matmul_utilisation": 0.49,
+    }
+    met = {t: ok for t, _, _, ok in bench_train.targets(report)}
+    assert met == {
+        "infonce sentences/s vs sentence-transformers": True, "infonce peak RSS vs sentence-transformers": True,
+        "clusterns time per step vs infonce": False, "mixcse time per step vs infonce": True,
+        "diffcse vs what its extra passes imply (timings)": True, "infonce matmul utilisation": False,
+    }
 
 
 def test_flop_count_by_hand():
