@@ -29,20 +29,8 @@
 set -euo pipefail
 source "$(dirname "$0")/lib/recipe.sh"
 
-CONFIG=bert-base
-DRY_RUN=0
-EXTRA=()
-CONFIGS="bert-base, roberta-base, bert-base-transfer, roberta-base-transfer, bert-base-corrected"
-for arg in "$@"; do
-    case "$arg" in
-        --dry_run) DRY_RUN=1 ;;
-        bert-base|roberta-base|bert-base-transfer|roberta-base-transfer|bert-base-corrected) CONFIG="$arg" ;;
-        -*) EXTRA+=("$arg") ;;
-        *)
-            if [ ${#EXTRA[@]} -gt 0 ]; then EXTRA+=("$arg")  # the value of an extra flag
-            else echo "error: unknown configuration '$arg' ($CONFIGS)" >&2; exit 2; fi ;;
-    esac
-done
+CONFIGS=(bert-base roberta-base bert-base-transfer roberta-base-transfer bert-base-corrected)
+recipe_parse_args bert-base "$@"
 
 # Published values (run_diffcse.sh at f724b2c; spec §7 table).
 MODEL_DEFAULT=bert-base-uncased
@@ -124,7 +112,6 @@ if (( ! GEN_DROPOUT )); then ARGS+=(--no_generator_dropout); fi
 recipe_common_args
 
 EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --output_json "$OUTPUT_DIR/eval_test.json" --pooler "$TEST_POOLER" --task_set "$TASK_SET" --mode test)
-if [ -n "${TEST_DATA_DIR:-}" ]; then EVAL_ARGS+=(--data_dir "$TEST_DATA_DIR"); fi
 
 mark() {  # "key=value", suffixed with "  [unverified]" when the spec marks that value unverified
     local key=$1 value=$2 u

@@ -32,20 +32,8 @@
 set -euo pipefail
 source "$(dirname "$0")/lib/recipe.sh"
 
-CONFIG=roberta-base
-DRY_RUN=0
-EXTRA=()
-CONFIGS="roberta-base, bert-base"
-for arg in "$@"; do
-    case "$arg" in
-        --dry_run) DRY_RUN=1 ;;
-        roberta-base|bert-base) CONFIG="$arg" ;;
-        -*) EXTRA+=("$arg") ;;
-        *)
-            if [ ${#EXTRA[@]} -gt 0 ]; then EXTRA+=("$arg")
-            else echo "error: unknown configuration '$arg' ($CONFIGS)" >&2; exit 2; fi ;;
-    esac
-done
+CONFIGS=(roberta-base bert-base)
+recipe_parse_args roberta-base "$@"
 
 # Published values (run_diff.sh; model/setting.py).
 MODEL_DEFAULT=klue/roberta-base
@@ -114,7 +102,6 @@ recipe_common_args
 
 EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --output_json "$OUTPUT_DIR/eval_test.json" --pooler cls_before_pooler --task_set na --tasks KorSTS --korsts
            --korsts_dir "$KORSTS_DIR" --korsts_per_batch --max_seq_length "$MAX_LEN" --mode test)
-if [ -n "${TEST_DATA_DIR:-}" ]; then EVAL_ARGS+=(--data_dir "$TEST_DATA_DIR"); fi
 
 if (( DRY_RUN )); then
     echo "config=$CONFIG"

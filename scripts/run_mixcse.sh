@@ -22,19 +22,8 @@
 set -euo pipefail
 source "$(dirname "$0")/lib/recipe.sh"
 
-CONFIG=bert-base
-DRY_RUN=0
-EXTRA=()
-for arg in "$@"; do
-    case "$arg" in
-        --dry_run) DRY_RUN=1 ;;
-        bert-base|bert-base-lambda0.6|bert-base-corrected|bert-base-paper|bert-base-sup) CONFIG="$arg" ;;
-        -*) EXTRA+=("$arg") ;;
-        *)
-            if [ ${#EXTRA[@]} -gt 0 ]; then EXTRA+=("$arg")  # the value of an extra flag
-            else echo "error: unknown configuration '$arg' (bert-base, bert-base-lambda0.6, bert-base-corrected, bert-base-paper, bert-base-sup)" >&2; exit 2; fi ;;
-    esac
-done
+CONFIGS=(bert-base bert-base-lambda0.6 bert-base-corrected bert-base-paper bert-base-sup)
+recipe_parse_args bert-base "$@"
 
 # Published values (run_unsup_example.sh at 884145e).
 MODEL_DEFAULT=bert-base-uncased
@@ -98,7 +87,6 @@ if (( MLP_ONLY_TRAIN )); then ARGS+=(--mlp_only_train); fi
 recipe_common_args
 
 EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --output_json "$OUTPUT_DIR/eval_test.json" --pooler "$TEST_POOLER" --task_set "$TASK_SET" --mode test)
-if [ -n "${TEST_DATA_DIR:-}" ]; then EVAL_ARGS+=(--data_dir "$TEST_DATA_DIR"); fi
 
 if (( MLP_ONLY_TRAIN )); then SELECT_POOLER="cls_before_pooler (raw CLS, --mlp_only_train)"; else SELECT_POOLER="cls (CLS + MLP output)"; fi
 

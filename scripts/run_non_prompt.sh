@@ -21,20 +21,8 @@
 set -euo pipefail
 source "$(dirname "$0")/lib/recipe.sh"
 
-CONFIG=roberta-base
-DRY_RUN=0
-EXTRA=()
-CONFIGS="bert-base, bert-large, roberta-base, roberta-large"
-for arg in "$@"; do
-    case "$arg" in
-        --dry_run) DRY_RUN=1 ;;
-        bert-base|bert-large|roberta-base|roberta-large) CONFIG="$arg" ;;
-        -*) EXTRA+=("$arg") ;;
-        *)
-            if [ ${#EXTRA[@]} -gt 0 ]; then EXTRA+=("$arg")  # the value of an extra flag
-            else echo "error: unknown configuration '$arg' ($CONFIGS)" >&2; exit 2; fi ;;
-    esac
-done
+CONFIGS=(bert-base bert-large roberta-base roberta-large)
+recipe_parse_args roberta-base "$@"
 
 # Shared published values (run_non_prompt.sh at 84cbd49).
 TRAIN_FILE_DEFAULT=data/wiki1m_for_simcse.txt
@@ -108,7 +96,6 @@ ARGS=(
 recipe_common_args
 
 EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --output_json "$OUTPUT_DIR/eval_test.json" --pooler "$TEST_POOLER" --task_set "$TASK_SET" --mode test)
-if [ -n "${TEST_DATA_DIR:-}" ]; then EVAL_ARGS+=(--data_dir "$TEST_DATA_DIR"); fi
 
 if (( DRY_RUN )); then
     echo "config=$CONFIG"

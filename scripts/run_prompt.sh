@@ -34,20 +34,8 @@
 set -euo pipefail
 source "$(dirname "$0")/lib/recipe.sh"
 
-CONFIGS="prompt-bert-base prompt-bert-large prompt-roberta-base prompt-bert-base-script"
-CONFIG=prompt-bert-base
-DRY_RUN=0
-EXTRA=()
-for arg in "$@"; do
-    case "$arg" in
-        --dry_run) DRY_RUN=1 ;;
-        prompt-bert-base|prompt-bert-large|prompt-roberta-base|prompt-bert-base-script) CONFIG="$arg" ;;
-        -*) EXTRA+=("$arg") ;;
-        *)
-            if [ ${#EXTRA[@]} -gt 0 ]; then EXTRA+=("$arg")  # the value of an extra flag
-            else echo "error: unknown configuration '$arg' (${CONFIGS// /, })" >&2; exit 2; fi ;;
-    esac
-done
+CONFIGS=(prompt-bert-base prompt-bert-large prompt-roberta-base prompt-bert-base-script)
+recipe_parse_args prompt-bert-base "$@"
 
 # Template pairs (PromptBERT), as written in the original run_prompt.sh.
 BERT_TEMPLATE='*cls*_This_sentence_of_"*sent_0*"_means*mask*.*sep+*'
@@ -143,7 +131,6 @@ recipe_common_args
 
 # The checkpoint records the template and the test convention; --pooler mask is its recorded pooler.
 EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --output_json "$OUTPUT_DIR/eval_test.json" --pooler mask --prompt_convention "$TEST_CONVENTION" --task_set "$TASK_SET" --mode test)
-if [ -n "${TEST_DATA_DIR:-}" ]; then EVAL_ARGS+=(--data_dir "$TEST_DATA_DIR"); fi
 
 if (( DRY_RUN )); then
     echo "config=$CONFIG"

@@ -19,22 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/recipe.sh
 
-CONFIG=""
-DRY_RUN=0
-EXTRA=()
-for arg in "$@"; do
-    case "$arg" in
-        --dry_run) DRY_RUN=1 ;;
-        unsup-bert-base|unsup-bert-large|unsup-roberta-base|unsup-roberta-large|sup-bert-base|sup-bert-large|sup-roberta-base|sup-roberta-large)
-            CONFIG="$arg" ;;
-        *)
-            if [ -z "$CONFIG" ] && [[ "$arg" != -* ]]; then
-                echo "error: unknown configuration '$arg' (unsup|sup)-(bert|roberta)-(base|large)" >&2; exit 2
-            fi
-            EXTRA+=("$arg") ;;
-    esac
-done
-if [ -z "$CONFIG" ]; then echo "usage: bash scripts/run_simcse.sh CONFIG [--dry_run] (see the header)" >&2; exit 2; fi
+CONFIGS=(unsup-bert-base unsup-bert-large unsup-roberta-base unsup-roberta-large sup-bert-base sup-bert-large sup-roberta-base sup-roberta-large)
+recipe_parse_args "" "$@"
 
 MAX_LEN=32
 TEMP=0.05
@@ -84,7 +70,6 @@ ARGS=(
 if (( MLP_ONLY_TRAIN )); then ARGS+=(--mlp_only_train); fi
 recipe_common_args
 EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --output_json "$OUTPUT_DIR/eval_test.json" --pooler "$TEST_POOLER" --task_set sts --mode test)
-if [ -n "${TEST_DATA_DIR:-}" ]; then EVAL_ARGS+=(--data_dir "$TEST_DATA_DIR"); fi
 
 if (( DRY_RUN )); then
     echo "config=$CONFIG"

@@ -4,8 +4,8 @@ NUM_GPU = 0, 1, 2, 4, 8: NUM_GPU > 1 launches `torchrun --nproc_per_node $NUM_GP
 published global batch, which the dry-run prints as global_batch_size= and which does not depend on NUM_GPU;
 a NUM_GPU that does not divide the global batch is refused; NUM_GPU=0 trains on the CPU without fp16/bf16.
 
-The configurations are read from each script's `a|b|c) CONFIG="$arg"` case, so a new script or configuration
-is covered without touching this test."""
+The configurations are read from each script's `CONFIGS=(a b c)` line (the names recipe_parse_args accepts), so
+a new script or configuration is covered without touching this test."""
 from __future__ import annotations
 
 import os
@@ -18,16 +18,16 @@ import pytest
 from recipes import REPO, flag
 
 SCRIPTS = sorted([*REPO.glob("scripts/run_*.sh"), *REPO.glob("run_*.sh")])
-CONFIG_CASE = re.compile(r"([\w.|-]+)\)\s*CONFIG=\"\$arg\"")
+CONFIG_LIST = re.compile(r"^CONFIGS=\(([^)]*)\)$", re.M)
 GPU_COUNTS = (0, 1, 2, 4, 8)
 # Variables a developer's shell may export that would change what the scripts print.
 SCRIPT_ENV = ("NUM_GPU", "MODEL", "TRAIN_FILE", "OUTPUT_DIR", "GENERATOR", "EVAL_DATA_DIR", "TEST_DATA_DIR", "SEED", "TASK_SET")
 
 
 def configs(script) -> list[str]:
-    match = CONFIG_CASE.search(script.read_text())
-    assert match, f"{script.name}: no `a|b|c) CONFIG=\"$arg\"` case to read the configurations from"
-    return match.group(1).split("|")
+    match = CONFIG_LIST.search(script.read_text())
+    assert match, f"{script.name}: no `CONFIGS=(a b c)` line to read the configurations from"
+    return match.group(1).split()
 
 
 CASES = [(script, config) for script in SCRIPTS for config in configs(script)]

@@ -1,6 +1,32 @@
 # Shared pieces of the recipe scripts (sourced, not run): device count -> per-device batch and
 # launcher, the common train.py flags, the dry-run printer and the run itself.
-# Inputs: NUM_GPU (env; 0 = CPU), GLOBAL_BATCH, FP16, DRY_RUN, ARGS, EVAL_ARGS, EXTRA, OUTPUT_DIR, EVAL_DATA_DIR (env).
+# Inputs: NUM_GPU (env; 0 = CPU), GLOBAL_BATCH, FP16, DRY_RUN, ARGS, EVAL_ARGS, EXTRA, OUTPUT_DIR, EVAL_DATA_DIR and
+# TEST_DATA_DIR (env).
+
+# recipe_parse_args DEFAULT_CONFIG "$@": reads the script's command line against the CONFIGS array (the script's
+# configuration names). Sets CONFIG (the named configuration, else DEFAULT_CONFIG; empty = one must be named),
+# DRY_RUN (--dry_run) and EXTRA (every other flag with its values, passed on to train.py). A word that is neither a
+# configuration nor a flag's value is refused, naming the configurations.
+recipe_parse_args() {
+    local arg name
+    CONFIG=$1; shift
+    DRY_RUN=0
+    EXTRA=()
+    for arg in "$@"; do
+        if [ "$arg" == --dry_run ]; then DRY_RUN=1; continue; fi
+        for name in "${CONFIGS[@]}"; do
+            if [ "$arg" == "$name" ]; then CONFIG=$arg; continue 2; fi
+        done
+        if [[ "$arg" == -* ]] || (( ${#EXTRA[@]} )); then
+            EXTRA+=("$arg")  # a flag for train.py, or the value of one
+        else
+            echo "error: unknown configuration '$arg' (one of: ${CONFIGS[*]})" >&2; exit 2
+        fi
+    done
+    if [ -z "$CONFIG" ]; then
+        echo "usage: bash $0 CONFIG [--dry_run] [train.py flags...]; CONFIG one of: ${CONFIGS[*]}" >&2; exit 2
+    fi
+}
 
 # recipe_devices [DEFAULT_NUM_GPU]: sets PER_DEVICE_BATCH and LAUNCH (torchrun when NUM_GPU > 1) from NUM_GPU
 # (default DEFAULT_NUM_GPU, else 1) and GLOBAL_BATCH; turns FP16 off on the CPU (NUM_GPU=0).
@@ -45,8 +71,9 @@ recipe_print_command() {
 }
 
 # DRY_RUN=1: prints the training and test commands and exits. Otherwise trains (LAUNCH ARGS), tests
-# (evaluation.py EVAL_ARGS) and adds the test table to the model card in OUTPUT_DIR.
+# (evaluation.py EVAL_ARGS, reading TEST_DATA_DIR when set) and adds the test table to the model card in OUTPUT_DIR.
 recipe_run() {
+    if [ -n "${TEST_DATA_DIR:-}" ]; then EVAL_ARGS+=(--data_dir "$TEST_DATA_DIR"); fi
     if (( DRY_RUN )); then
         recipe_print_command "${LAUNCH[*]}" "${ARGS[@]}"
         recipe_print_command "python evaluation.py" "${EVAL_ARGS[@]}"
