@@ -259,3 +259,48 @@ def test_switch_parses_and_reaches_the_encoder(tiny_bert):
     if default:
         model_args, _, _, _ = parse_args(argv + ["--no_packed_linear"])
         assert model_args.packed_linear is False
+
+
+# ---- DiffCSE: the generator (and, without pads in the loss, the discriminator) follow the encoder -------------------
+@pytest.mark.parametrize("reduction,discriminator_packed", [("all_positions", False), ("exclude_padding", True)])
+def test_diffcse_extra_passes_follow_packing(tiny_bert, reduction, discriminator_packed):
+    """Packed, the generator runs its layers and MLM head on non-pad tokens only (same replacement ids, pads 0);
+    the discriminator is packed only when pads leave the RTD loss. Loss and gradients equal the plain run's."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    from clusterns.data import ContrastiveCollator
+    from clusterns.model import ContrastiveModel
+    from clusterns.objectives.diffcse import DiffCSEArguments, DiffCSEObjective
+
+    plain, packed, model_args = _pair(tiny_bert, "cls")
+    cfg = AutoConfig.from_pretrained(str(tiny_bert), num_hidden_layers=1, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0)
+    torch.manual_seed(1)
+    generator = AutoModelForMaskedLM.from_config(cfg)
+    args = DiffCSEArguments(lambda_weight=1.0, masking_ratio=0.3, generator_dropout=False, rtd_reduction=reduction)
+    objectives = []
+    for enc in (plain, packed):
+        torch.manual_seed(2)  # the same RTD head
+        objectives.append(DiffCSEObjective(model_args, copy.deepcopy(args), enc, generator=copy.deepcopy(generator)))
+    assert objectives[0].packed_generator_head is None and not is_packed(objectives[0].discriminator.backbone)
+    assert objectives[1].packed_generator_head is not None and is_packed(objectives[1].generator_base)
+    assert not any(k.startswith(("packed_generator_head", "generator")) for k in objectives[1].state_dict())
+    assert is_packed(objectives[1].discriminator.backbone) is discriminator_packed
+
+    ids = plain.tokenizer(SENTENCES, truncation=True, max_length=40)["input_ids"]
+    collate = ContrastiveCollator(pad_token_id=plain.tokenizer.pad_token_id, num_views=2,
+                                  batch_transform=objectives[0].batch_transform(plain.tokenizer))
+    torch.manual_seed(3)
+    batch = collate([{"sent0_ids": x} for x in ids])
+    mlm = batch["mlm_input_ids"].reshape(-1, batch["mlm_input_ids"].shape[-1])
+    mask = batch["attention_mask"].reshape(mlm.shape)
+    assert (mask == 0).any()  # the batch has padding to skip
+    got = [o.train().corrupt(mlm, mask) for o in objectives]
+    assert torch.equal(got[0] * mask, got[1]) and not got[1][mask == 0].any()
+
+    models = [ContrastiveModel(enc, obj).train() for enc, obj in zip((plain, packed), objectives)]
+    outs = [m(**batch) for m in models]
+    assert torch.allclose(outs[0]["loss"], outs[1]["loss"], atol=1e-5), (outs[0]["loss"], outs[1]["loss"])
+    for out in outs:
+        out["loss"].backward()
+    _assert_grads_close(models[0], models[1])

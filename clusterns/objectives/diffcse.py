@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from ..discriminator import ConditionalDiscriminator, splice_cls_input
 from ..masking import SCHEMES, MLMMasking
+from ..packing import enable_packed_linear, is_packed
 from .base import EncodedViews, Objective, ObjectiveOutput, cosine_matrix, infonce_logits, infonce_loss, similarity_logs
 
 logger = logging.getLogger(__name__)
@@ -342,6 +343,25 @@ class DiffCSEObjective(Objective):
         self.rtd_head = nn.Linear(self.hidden_size, 2)  # PyTorch default init, like the original electra_head
         ref = next(encoder.backbone.parameters())
         self.rtd_head.to(device=ref.device, dtype=ref.dtype)
+        self.packed_generator_head = None
+        if is_packed(encoder.backbone):  # --packed_linear: follow the encoder where results stay the same
+            self._pack_extra_passes(generator, args.rtd_reduction)
+
+    def _pack_extra_passes(self, generator: nn.Module, rtd_reduction: str) -> None:
+        """Run the generator (and, when pads leave the loss, the discriminator) on non-pad tokens only.
+
+        Generator: its pad-position predictions are discarded (rtd_inputs multiplies by the mask), so its
+        layers and, above all, its vocabulary-sized MLM head run on the non-pad tokens only.
+        Discriminator: the original RTD loss averages over every position, pads included, and a pad
+        query's state depends on the real tokens, so it is packed only with --rtd_reduction exclude_padding."""
+        head = next((getattr(generator, n) for n in ("cls", "lm_head") if isinstance(getattr(generator, n, None), nn.Module)), None)
+        base = getattr(generator, "base_model", None)
+        if head is not None and base is not None and base is not generator and enable_packed_linear(base):
+            # Outside the module tree, like the generator (not saved, not trained).
+            self.__dict__["packed_generator_head"] = head
+            self.__dict__["generator_base"] = base
+        if rtd_reduction == "exclude_padding":
+            enable_packed_linear(self.discriminator.backbone)
 
     # ---- collator side ------------------------------------------------------------------------
     def batch_transform(self, tokenizer) -> MLMMasking:
@@ -359,8 +379,17 @@ class DiffCSEObjective(Objective):
     def corrupt(self, mlm_input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Generator replacement ids [N, L] for the masked inputs (no gradient)."""
         gen = self._generator_on(mlm_input_ids.device)
-        logits = gen(input_ids=mlm_input_ids, attention_mask=attention_mask).logits
-        return generator_replacement(logits, self.args.generator_replace, self.vocab_limit)
+        if self.packed_generator_head is None:
+            logits = gen(input_ids=mlm_input_ids, attention_mask=attention_mask).logits
+            return generator_replacement(logits, self.args.generator_replace, self.vocab_limit)
+        # Packed: the MLM head (a [tokens, vocab] product) on the non-pad tokens only; pads get id 0,
+        # which rtd_inputs' mask would give them anyway.
+        hidden = self.generator_base(input_ids=mlm_input_ids, attention_mask=attention_mask)[0]
+        keep = attention_mask.reshape(-1).nonzero().squeeze(1)
+        logits = self.packed_generator_head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep))
+        ids = mlm_input_ids.new_zeros(mlm_input_ids.numel())
+        ids[keep] = generator_replacement(logits, self.args.generator_replace, self.vocab_limit)
+        return ids.view_as(mlm_input_ids)
 
     # ---- forward ------------------------------------------------------------------------------
     def forward(self, views: EncodedViews, batch: dict[str, Tensor], encoder: nn.Module) -> ObjectiveOutput:
