@@ -410,9 +410,13 @@ def _time_diffcse_parts(model, batches: list[dict]) -> dict:
         loss.backward()
         disc_t.append(time.perf_counter() - t0)
         model.zero_grad(set_to_none=True)
+    from clusterns.packing import is_packed
+
     gen_layers = objective.generator.config.num_hidden_layers
     return {"generator_fwd_s": statistics.mean(gen_t), "discriminator_fwd_bwd_s": statistics.mean(disc_t), "generator_layers": gen_layers,
-            "generator_vocab": int(objective.generator.config.vocab_size)}
+            "generator_vocab": int(objective.generator.config.vocab_size),
+            "generator_packed": objective.packed_generator_head is not None,
+            "discriminator_packed": is_packed(objective.discriminator.backbone)}
 
 
 def run_sentence_transformers(a, sentences: list[str]) -> dict:
@@ -842,18 +846,24 @@ def main(argv=None) -> int:
         sequences = [L for r, L in zip(s_inf["rows"], s_inf["lengths"]) for _ in range(r)]
         n_steps = len(s_inf["rows"])
         enc_tokens = s_inf["tokens_per_step"] if s_inf["packed_linear"] else s_inf["padded_tokens_per_step"]
-        padded = s_inf["padded_tokens_per_step"]  # the generator and discriminator run unpacked
+        padded = s_inf["padded_tokens_per_step"]
+        # With --packed_linear the generator (layers and MLM head) runs on the non-pad tokens; the discriminator
+        # only with --rtd_reduction exclude_padding (the original loss counts the pad positions).
+        gen_tokens = s_inf["tokens_per_step"] if parts.get("generator_packed") else padded
+        disc_tokens = s_inf["tokens_per_step"] if parts.get("discriminator_packed") else padded
         f_enc = encoder_flops(shapes, enc_tokens, []) + encoder_flops(shapes, 0, sequences) / n_steps
-        f_disc = encoder_flops(shapes, padded, []) + encoder_flops(shapes, 0, sequences) / n_steps
-        f_disc += 2 * padded * shapes["hidden"] * 2  # RTD head
+        f_disc = encoder_flops(shapes, disc_tokens, []) + encoder_flops(shapes, 0, sequences) / n_steps
+        f_disc += 2 * padded * shapes["hidden"] * 2  # RTD head (every position)
         gen_shapes = dict(shapes, layers=parts["generator_layers"])
-        f_gen = encoder_flops(gen_shapes, padded, []) + encoder_flops(gen_shapes, 0, sequences) / n_steps
-        f_gen += 2 * padded * (shapes["hidden"] * shapes["hidden"] + shapes["hidden"] * parts["generator_vocab"])  # MLM head
+        f_gen = encoder_flops(gen_shapes, gen_tokens, []) + encoder_flops(gen_shapes, 0, sequences) / n_steps
+        f_gen += 2 * gen_tokens * (shapes["hidden"] * shapes["hidden"] + shapes["hidden"] * parts["generator_vocab"])  # MLM head
         report["diffcse_expected"] = {
             "generator_fwd_s": parts["generator_fwd_s"], "discriminator_fwd_bwd_s": parts["discriminator_fwd_bwd_s"],
             "implied_by_time": (base + parts["generator_fwd_s"] + parts["discriminator_fwd_bwd_s"]) / base,
             "implied_by_flops": (3 * f_enc + f_gen + 3 * f_disc) / (3 * f_enc),
-            "generator": f"{parts['generator_layers']}-layer BertForMaskedLM, random weights, the model's config and vocabulary",
+            "generator": f"{parts['generator_layers']}-layer BertForMaskedLM, random weights, the model's config and vocabulary, "
+                         f"{'packed' if parts.get('generator_packed') else 'padded'}; discriminator "
+                         f"{'packed' if parts.get('discriminator_packed') else 'padded (pads count in the RTD loss)'}",
         }
         if "diffcse_vs_infonce" in ratios:
             report["diffcse_expected"]["measured_over_implied"] = ratios["diffcse_vs_infonce"] / report["diffcse_expected"]["implied_by_time"]
