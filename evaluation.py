@@ -118,7 +118,12 @@ def senteval_params(args) -> dict:
 
 class CachedBatcher:
     """SentEval batcher over an encoder with a sentence -> embedding cache across STS tasks
-    (STS-B and SICK reuse STS12-16 sentences), so each distinct sentence is encoded once."""
+    (STS-B and SICK reuse STS12-16 sentences), so each distinct sentence is encoded once.
+
+    It takes any number of sentences (``batches_itself``): the harness hands it a task's distinct sentences
+    at once and the encoder batches them by subword length, so batches carry almost no padding."""
+
+    batches_itself = True
 
     def __init__(self, encoder, batch_size: int, max_seq_length: int | None = None):
         self.encoder = encoder
@@ -131,11 +136,17 @@ class CachedBatcher:
         if batch and batch[0] and isinstance(batch[0][0], bytes):
             batch = [[w.decode("utf-8") for w in s] for s in batch]
         sentences = [" ".join(s) for s in batch]
+        # A progress bar for a whole task's sentences (SentEval's progress_bar param: None = on a terminal only).
+        flag = params.get("progress_bar", None) if hasattr(params, "get") else None
+        show = sys.stderr.isatty() if flag is None else bool(flag)
+        show = show and len(sentences) > self.batch_size
         if not self.use_cache:
-            return self.encoder.encode(sentences, batch_size=self.batch_size, max_seq_length=self.max_seq_length)
+            return self.encoder.encode(sentences, batch_size=self.batch_size, max_seq_length=self.max_seq_length,
+                                       show_progress_bar=show)
         missing = [s for s in dict.fromkeys(sentences) if s not in self.cache]
         if missing:
-            emb = self.encoder.encode(missing, batch_size=self.batch_size, max_seq_length=self.max_seq_length)
+            emb = self.encoder.encode(missing, batch_size=self.batch_size, max_seq_length=self.max_seq_length,
+                                      show_progress_bar=show)
             self.cache.update(zip(missing, emb))
         return np.stack([self.cache[s] for s in sentences])
 

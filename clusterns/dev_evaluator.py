@@ -131,6 +131,8 @@ class SentEvalDevEvaluator:
             def batcher(params, batch):
                 return to_numpy(encode_fn([" ".join(s) for s in batch]))
 
+            batcher.batches_itself = True  # encode_fn length-sorts and batches any number of sentences
+
             params = SE(self.params, batcher).params
             accs = []
             for task, evaluation in self.transfer_evals.items():

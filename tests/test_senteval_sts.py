@@ -89,6 +89,46 @@ def test_fast_path_equals_simcse_reference_to_1e6(toy_results, task):
             assert got["all"][m][agg] == pytest.approx(ref["all"][m][agg], abs=1e-6)
 
 
+class WholeTaskBatcher:
+    """bow_batcher declaring ``batches_itself``: the harness must hand it each task's distinct sentences at once."""
+
+    batches_itself = True
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, params, batch):
+        self.calls.append(len(batch))
+        return bow_batcher(params, batch)
+
+
+def test_batcher_that_batches_itself_gets_one_call_per_task_same_numbers(toy_results):
+    tasks = ["STS12", "STS16", "STSBenchmark", "SICKRelatedness"]
+    batcher = WholeTaskBatcher()
+    got = senteval.engine.SE({"task_path": str(mirror()), "batch_size": 128}, batcher).eval(tasks)
+    assert len(batcher.calls) == len(tasks) and min(batcher.calls) > 128
+    for task in tasks:
+        for key, value in toy_results[task].items():
+            if key == "all":
+                for m in ("pearson", "spearman"):
+                    for agg in ("all", "mean", "wmean"):
+                        assert got[task]["all"][m][agg] == pytest.approx(value[m][agg], abs=1e-9)
+            elif isinstance(value, dict) and "spearman" in value:
+                assert got[task][key]["spearman"][0] == pytest.approx(value["spearman"][0], abs=1e-9)
+
+
+def test_batcher_that_batches_itself_wrong_shape_is_a_clear_error(tmp_path):
+    rows = [("s1", "s2", "1.0"), ("s2", "s3", "2.0")]
+    write_sts_year(tmp_path / "T", {"alpha": rows, "beta": rows})
+
+    def short(params, batch):
+        return np.zeros((1, 3))
+
+    short.batches_itself = True
+    with pytest.raises(ValueError, match="for 3 sentences"):
+        TinySTS12(str(tmp_path / "T")).run(senteval.utils.dotdict(batch_size=2), short)
+
+
 def test_loader_counts_on_real_data():
     se = senteval.engine.SE({"task_path": str(mirror())}, None)
     counts = {"STS12": 3108, "STS13": 1500, "STS14": 3750, "STS15": 3000, "STS16": 1186}
