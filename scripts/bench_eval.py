@@ -18,8 +18,12 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 import evaluation  # noqa: E402  (also puts SentEval/ on sys.path from a checkout)
+from benchmarks_md import command_line, machine, update_section, utc_now  # noqa: E402
+
+TARGET_RATIO = 1.3
 
 
 def default_model() -> str:
@@ -45,6 +49,31 @@ def suite_sentences(evaluations: dict, splits=("test",)) -> list[str]:
     return list(seen)
 
 
+def markdown(out: dict) -> str:
+    """The Markdown section of a report: command, machine, the timing table and the target."""
+    m = out["machine"]
+    ok = out["ratio"] <= TARGET_RATIO
+    return "\n".join([
+        "## STS test suite (evaluation.py --mode test --task_set sts)",
+        "",
+        f"`{out['command']}` ({out['measured_at']})",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({out['torch_threads']} threads), Python {m['python']}; "
+        f"model `{'/'.join(out['model'].rstrip('/').split('/')[-2:])}`, pooler {out['pooler']}, batch {out['batch_size']}, "
+        f"fastest of {out['repeat']} alternating runs; suite = loading, encoding and scoring STS12-16, STS-B and SICK-R test; "
+        "bare = encoding the suite's distinct sentences once, same model and batch size, same process.",
+        "",
+        "| device | distinct sentences | suite (s) | bare encode (s) | ratio | CPU-time ratio |",
+        "|---|---|---|---|---|---|",
+        f"| {out['device']} | {out['distinct_sentences']} | {out['suite_s']:.1f} | {out['bare_encode_s']:.1f} | "
+        f"{out['ratio']:.2f} | {out['cpu_ratio']:.2f} |",
+        "",
+        f"Target: suite <= {TARGET_RATIO}x bare encoding: {'met' if ok else '**not met**'} ({out['ratio']:.2f}x). "
+        "STS test Spearman x100 of this run: "
+        + ", ".join(f"{k} {v}" for k, v in out["sts_test"].items()) + ".",
+    ])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model_name_or_path", default=None)
@@ -54,7 +83,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max_seq_length", type=int, default=None)
     ap.add_argument("--device", default=None)
     ap.add_argument("--json", default=None, help="write {suite_s, bare_encode_s, ratio, ...} here")
-    ap.add_argument("--markdown", action="store_true", help="print a Markdown snippet")
+    ap.add_argument("--markdown", action="store_true", help="print the Markdown section")
+    ap.add_argument("--update_md", default=None, metavar="FILE",
+                    help="write the Markdown into FILE's bench_eval section (BENCHMARKS.md), keeping its other sections")
     ap.add_argument("--repeat", type=int, default=1,
                     help="alternate suite and bare runs N times and keep the fastest of each (noisy machines)")
     a = ap.parse_args(argv)
@@ -94,17 +125,17 @@ def main(argv=None) -> int:
            "suite_cpu_s": round(suite_cpu, 3), "bare_encode_cpu_s": round(bare_cpu, 3),
            "cpu_ratio": round(suite_cpu / bare_cpu, 3), "repeat": max(1, a.repeat),
            "distinct_sentences": len(sentences), "batch_size": a.batch_size, "model": model, "pooler": a.pooler,
-           "torch_threads": torch.get_num_threads(), "device": str(encoder.device), "sts_test": sts_cells}
+           "torch_threads": torch.get_num_threads(), "device": str(encoder.device), "sts_test": sts_cells,
+           "machine": machine(), "command": command_line("scripts/bench_eval.py", argv), "measured_at": utc_now()}
     print(f"STS suite (--mode test --task_set sts): {suite_s:.1f} s")
     print(f"bare encoding of {len(sentences)} distinct sentences: {bare_s:.1f} s")
-    print(f"ratio suite / bare: {suite_s / bare_s:.3f}  (target <= 1.3); "
+    print(f"ratio suite / bare: {suite_s / bare_s:.3f}  (target <= {TARGET_RATIO}); "
           f"process CPU time {suite_cpu:.1f} s / {bare_cpu:.1f} s = {suite_cpu / bare_cpu:.3f}")
     if a.markdown:
         print()
-        print("| model | pooler | device | distinct sentences | suite (s) | bare encode (s) | ratio |")
-        print("|---|---|---|---|---|---|---|")
-        print(f"| {os.path.basename(model.rstrip('/'))} | {a.pooler} | {encoder.device} ({torch.get_num_threads()} threads) "
-              f"| {len(sentences)} | {suite_s:.1f} | {bare_s:.1f} | {suite_s / bare_s:.2f} |")
+        print(markdown(out))
+    if a.update_md:
+        update_section(a.update_md, "bench_eval", markdown(out))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=2)

@@ -44,7 +44,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
 import resource
 import statistics
@@ -55,6 +54,9 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+
+from benchmarks_md import command_line, machine, update_section, utc_now  # noqa: E402
 
 DEFAULT_CONFIGS = ("infonce", "infonce-nopack", "clusterns", "mixcse", "diffcse", "prompt", "st")
 KNOWN_CONFIGS = DEFAULT_CONFIGS + ("infonce-pack", "infonce-compile", "clusterns-nopack", "mixcse-nopack", "diffcse-nopack")
@@ -617,21 +619,6 @@ def flops_report(s: dict, batch_size: int) -> dict:
             "counted_tokens": "non-pad" if s["packed_linear"] else "padded"}
 
 
-def machine() -> dict:
-    import torch
-
-    model_name = platform.processor() or ""
-    try:
-        out = subprocess.run(["lscpu"], stdout=subprocess.PIPE, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model_name = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return {"cpu": model_name, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "torch_threads": torch.get_num_threads()}
-
-
 def memory_search(a, config: str, budget_mb: float) -> dict:
     """Largest batch whose peak RSS (2 steps, fresh process) stays within the budget: doubling, then bisection."""
     probes: dict[int, float] = {}
@@ -696,7 +683,10 @@ def targets(report: dict) -> list[tuple[str, str, str, bool]]:
 
 def markdown(report: dict) -> str:
     m, s, r = report["machine"], report["summary"], report["ratios"]
-    lines = [
+    lines = ["## Training step (CPU)", ""]
+    if "command" in report:
+        lines += [f"`{report['command']}` ({report['measured_at']})", ""]
+    lines += [
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
         f"({next(iter(s.values())).get('torch_threads', m['torch_threads'])} threads per run), "
         f"Python {m['python']}; model `{'/'.join(report['model'].rstrip('/').split('/')[-2:])}`, batch {report['batch_size']}, "
@@ -781,6 +771,8 @@ def main(argv=None) -> int:
     ap.add_argument("--from_json", default=None, help="print the tables of a saved --json report instead of measuring")
     ap.add_argument("--json", default=None)
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--update_md", default=None, metavar="FILE",
+                    help="write the Markdown into FILE's bench_train section (BENCHMARKS.md), keeping its other sections")
     ap.add_argument("--in_process", action="store_true",
                     help="run the configurations in this process (fast smoke tests; peak RSS is then not per configuration)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -789,7 +781,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.from_json:
         with open(a.from_json) as f:
-            print(markdown(json.load(f)))
+            report = json.load(f)
+        print(markdown(report))
+        if a.update_md:
+            update_section(a.update_md, "bench_train", markdown(report))
         return 0
     a.model = a.model or default_model()
     if a.worker:
@@ -827,6 +822,7 @@ def main(argv=None) -> int:
         "steps": a.steps, "repeat": a.repeat, "learning_rate": a.learning_rate, "optim": a.optim, "num_workers": a.num_workers,
         "threads": a.threads,
         "sentences": a.train_file or "built-in set", "machine": machine(), "summary": summary, "ratios": ratios,
+        "command": command_line("scripts/bench_train.py", argv), "measured_at": utc_now(),
         "peak_rss_mb": {c: round(v["peak_rss_mb"], 1) for c, v in summary.items()},
         "load_averages": [x for v in summary.values() for x in v["load_average"]],
     }
@@ -889,6 +885,8 @@ def main(argv=None) -> int:
     if a.markdown:
         print()
         print(markdown(report))
+    if a.update_md:
+        update_section(a.update_md, "bench_train", markdown(report))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(report, f, indent=2)

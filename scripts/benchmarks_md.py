@@ -1,0 +1,63 @@
+"""Write a benchmark script's Markdown into its own section of BENCHMARKS.md, leaving the rest as it is.
+
+Each script owns the lines between `<!-- NAME:start -->` and `<!-- NAME:end -->`; the figures in the file are
+therefore always the output of the last run of that script (`--update_md BENCHMARKS.md`), never typed by hand.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+
+HEADER = """# Benchmarks
+
+Every section below is written by a benchmark script (`--update_md BENCHMARKS.md`) from its own
+measurements; rerun the command shown in a section to regenerate it. Nothing here is typed by hand.
+"""
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The command that produced a report, as a user would type it."""
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(["python", script, *(shlex.quote(str(a)) for a in args)])
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def machine() -> dict:
+    """CPU model, cores, torch / Python versions and torch threads of this process."""
+    import torch
+
+    model_name = platform.processor() or ""
+    try:
+        out = subprocess.run(["lscpu"], stdout=subprocess.PIPE, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model_name = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {"cpu": model_name, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "torch_threads": torch.get_num_threads()}
+
+
+def update_section(path: str, name: str, body: str) -> None:
+    """Replace (or append) the section `name` of the Markdown file `path` with `body`, atomically."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = open(path, encoding="utf-8").read() if os.path.exists(path) else HEADER
+    block = f"{start}\n{body.strip()}\n{end}"
+    if start in text and end in text.split(start, 1)[1]:
+        before, rest = text.split(start, 1)
+        text = before + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".benchmarks-", suffix=".md")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
