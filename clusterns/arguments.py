@@ -129,6 +129,14 @@ class ContrastiveTrainingArguments(TrainingArguments):
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator needs every column."})
     logging_steps: float = field(default=500, metadata={"help": "Log every N steps (SimCSE: 500)."})
+    auto_mixed_precision: bool = field(
+        default=True,
+        metadata={
+            "help": "On a CUDA GPU without --fp16/--bf16, train in mixed precision: bf16 where the GPU supports it "
+            "(Ampere and newer), fp16 otherwise. --auto_mixed_precision false: full fp32, as the original code "
+            "without --fp16. Nothing changes on the CPU."
+        },
+    )
 
 
 # SimCSE-era flag names that current transformers renamed.

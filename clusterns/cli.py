@@ -17,7 +17,7 @@ from .distributed import data_parallel_message
 from .encoder import CONFIG_NAME, EncoderConfig, SentenceEncoder, max_positions
 from .model import ContrastiveModel
 from .objectives import get_objective_class, objective_argument_classes, objective_names
-from .precision import configure_tf32
+from .precision import auto_mixed_precision_flag, configure_tf32
 from .projectors import resolve_projector
 from .prompts import PromptArguments, attach_prompt, enable_prompt, get_spec, prompt_projector
 
@@ -44,6 +44,11 @@ def parse_args(argv: list[str] | None = None):
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, *extra_classes, ContrastiveTrainingArguments))
     parsed = parser.parse_args_into_dataclasses(args=argv)
     model_args, data_args, *objective_args, training_args = parsed
+    if training_args.auto_mixed_precision:
+        flag = auto_mixed_precision_flag(training_args.fp16, training_args.bf16, training_args.use_cpu)
+        if flag:  # parse again: TrainingArguments sets up its mixed precision while it is built
+            logger.info("mixed precision on by default on this GPU: %s (--auto_mixed_precision false for fp32)", flag)
+            model_args, data_args, *objective_args, training_args = parser.parse_args_into_dataclasses(args=[*argv, flag])
     by_class = {type(a): a for a in objective_args}
     return model_args, data_args, by_class, training_args
 

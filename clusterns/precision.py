@@ -8,6 +8,9 @@ autocast off, and on CUDA TF32 off for matmuls, so the logits, the cross-entropy
 state are computed in full fp32 whatever the training precision (the encoder itself stays in mixed
 precision; the extra cost is a few [B, B] / [B, K] products).
 
+Mixed precision: on a CUDA GPU a run without --fp16/--bf16 gets --bf16 (Ampere and newer) or --fp16
+(`auto_mixed_precision_flag`, applied by train.py's argument parsing; --auto_mixed_precision false keeps fp32).
+
 TF32: on Ampere and newer GPUs, fp32 matmuls (and cuDNN convolutions) use TF32 unless `--tf32 false`
 (`configure_tf32`, called by train.py). HF's `--tf32 true/false` keeps its meaning; only the default
 (flag not given) is ours: on where supported. The objectives' `fp32_region` turns it off locally.
@@ -66,6 +69,22 @@ def configure_tf32(tf32: bool | None) -> bool:
             return True
         return False
     return bool(tf32) and cuda_tf32_supported()
+
+
+def auto_mixed_precision_flag(fp16: bool, bf16: bool, use_cpu: bool, cuda_available: bool | None = None,
+                              bf16_supported: bool | None = None) -> str | None:
+    """The flag --auto_mixed_precision adds: None when the run already chose (--fp16/--bf16) or runs on the
+    CPU; else --bf16 on a GPU that supports it (Ampere and newer: same range as fp32, no loss scaling),
+    --fp16 on older GPUs."""
+    if fp16 or bf16 or use_cpu:
+        return None
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    if not cuda_available:
+        return None
+    if bf16_supported is None:
+        bf16_supported = torch.cuda.is_bf16_supported()
+    return "--bf16" if bf16_supported else "--fp16"
 
 
 @contextlib.contextmanager

@@ -87,6 +87,42 @@ def test_tf32_default(monkeypatch):
     assert precision.configure_tf32(None) is False and calls == [True]  # CPU / pre-Ampere: nothing
 
 
+def test_auto_mixed_precision_flag_cases():
+    f = precision.auto_mixed_precision_flag
+    assert f(False, False, False, cuda_available=True, bf16_supported=True) == "--bf16"  # Ampere+
+    assert f(False, False, False, cuda_available=True, bf16_supported=False) == "--fp16"  # older GPUs
+    assert f(False, False, False, cuda_available=False) is None  # CPU machine
+    assert f(False, False, True, cuda_available=True, bf16_supported=True) is None  # --use_cpu
+    assert f(True, False, False, cuda_available=True, bf16_supported=True) is None  # --fp16 chosen
+    assert f(False, True, False, cuda_available=True, bf16_supported=False) is None  # --bf16 chosen
+
+
+def test_parse_args_adds_the_auto_flag_unless_switched_off(monkeypatch, tmp_path):
+    from clusterns import cli
+
+    seen = []
+
+    def fake(fp16, bf16, use_cpu):
+        seen.append((fp16, bf16, use_cpu))
+        return None if (fp16 or bf16 or use_cpu) else "--bf16"
+
+    monkeypatch.setattr(cli, "auto_mixed_precision_flag", fake)
+    monkeypatch.setattr("transformers.training_args.is_torch_bf16_gpu_available", lambda: True, raising=False)
+    argv = ["--model_name_or_path", "m", "--output_dir", str(tmp_path)]
+    try:
+        *_, training_args = cli.parse_args(argv)
+    except ValueError as err:  # this transformers refuses --bf16 without a GPU: the flag was still added
+        assert "bf16" in str(err).lower(), err
+    else:
+        assert training_args.bf16 is True
+    assert seen == [(False, False, False)]
+    seen.clear()
+    *_, training_args = cli.parse_args(argv + ["--auto_mixed_precision", "false"])
+    assert seen == [] and training_args.bf16 is False and training_args.fp16 is False
+    *_, training_args = cli.parse_args(argv + ["--use_cpu"])
+    assert seen == [(False, False, True)] and training_args.bf16 is False
+
+
 def test_fp32_region_turns_tf32_off_and_restores(monkeypatch):
     state = {"on": True}
     monkeypatch.setattr(precision, "cuda_tf32_enabled", lambda: state["on"])
