@@ -141,15 +141,28 @@ class ContrastiveTrainingArguments(TrainingArguments):
 
 # SimCSE-era flag names that current transformers renamed.
 FLAG_ALIASES = {"--evaluation_strategy": "--eval_strategy", "--no_cuda": "--use_cpu"}
-if "warmup_ratio" not in {f.name for f in fields(TrainingArguments)}:
+TRAINING_FIELDS = {f.name for f in fields(TrainingArguments)}
+if "warmup_ratio" not in TRAINING_FIELDS:
     # transformers 5 folded --warmup_ratio into --warmup_steps (a value below 1 is a ratio)
     FLAG_ALIASES["--warmup_ratio"] = "--warmup_steps"
 
 
+def _is_ratio(value: str) -> bool:
+    try:
+        return 0.0 < float(value) < 1.0
+    except ValueError:
+        return False
+
+
 def normalise_argv(argv: list[str]) -> list[str]:
-    """Rename legacy flags (also in --flag=value form) so a SimCSE command line runs unchanged."""
+    """Rename legacy flags (also in --flag=value form) so a SimCSE command line runs unchanged; on
+    transformers 4.x, a fractional --warmup_steps (5.x's spelling of a ratio) becomes --warmup_ratio."""
     out = []
-    for arg in argv:
+    for i, arg in enumerate(argv):
         name, eq, value = arg.partition("=")
+        if name == "--warmup_steps" and "--warmup_ratio" not in FLAG_ALIASES and "warmup_ratio" in TRAINING_FIELDS:
+            if _is_ratio(value if eq else (argv[i + 1] if i + 1 < len(argv) else "")):
+                out.append("--warmup_ratio" + eq + value)
+                continue
         out.append(FLAG_ALIASES.get(name, name) + eq + value if name in FLAG_ALIASES else arg)
     return out

@@ -47,6 +47,15 @@ logger = logging.getLogger(__name__)
 PACKING_ATTR = "_clusterns_packing"
 
 
+def _layers_return_tuples() -> bool:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0]) < 5
+
+
+LAYERS_RETURN_TUPLES = _layers_return_tuples()
+
+
 # ---- gather / scatter of token rows with cheap backward passes ----------------------------------
 class _Pack(torch.autograd.Function):
     """[R, D] -> [T, D]: the rows `index` (unique). Backward scatters into zeros (index_copy, no add)."""
@@ -201,7 +210,8 @@ def packed_layer(layer: nn.Module, hidden_states: Tensor, state: PackedBatch) ->
     qkv = unpack_rows(_qkv(sa, x), index, rows).view(n, length, 3, heads, head_dim)
     q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [N, heads, L, d]
     dropout = sa.dropout.p if layer.training else 0.0
-    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=state.key_mask, dropout_p=dropout, scale=sa.scaling)
+    scale = getattr(sa, "scaling", head_dim ** -0.5)  # transformers 4.x has no `scaling` attribute
+    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=state.key_mask, dropout_p=dropout, scale=scale)
     attn = pack_rows(attn.transpose(1, 2).reshape(rows, heads * head_dim), index)
     y = layer.attention.output(attn, x)  # dense, dropout, LayerNorm(. + x) on [T, H]
     y = layer.output(layer.intermediate(y), y)
@@ -218,7 +228,9 @@ def _layer_forward(self, hidden_states: Tensor, attention_mask: Tensor | None = 
     ) or kwargs.get("output_attentions")
     if state is None or extra or hidden_states.dim() != 3 or hidden_states.shape[:2] != (state.batch, state.length):
         return self._clusterns_unpacked_forward(hidden_states, attention_mask, *args, **kwargs)
-    return packed_layer(self, hidden_states, state)
+    out = packed_layer(self, hidden_states, state)
+    # transformers 4.x encoders read `layer(...)[0]`; 5.x layers return the tensor itself
+    return (out,) if LAYERS_RETURN_TUPLES else out
 
 
 def _encoder_layers(backbone: nn.Module) -> list[nn.Module]:

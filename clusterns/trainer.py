@@ -249,6 +249,12 @@ class ContrastiveTrainer(Trainer):
     # ---- checkpoints ----------------------------------------------------------------------------
     # Every checkpoint is written into tmp-checkpoint-<step>/ and renamed to checkpoint-<step> once complete
     # (clusterns/checkpointing.py); the final save into output_dir replaces its files one by one.
+    def _determine_best_metric(self, metrics, trial):
+        is_new_best = super()._determine_best_metric(metrics, trial)
+        if is_new_best:  # transformers 4.x records the step only for steps/epoch saving, not for --save_strategy best
+            self.state.best_global_step = self.state.global_step
+        return is_new_best
+
     def _save_checkpoint(self, model, trial) -> None:
         """HF's _save_checkpoint (model, objective state, optimizer, scheduler, scaler, RNG states of every
         rank, trainer_state.json) redirected into a staging folder, then committed with one rename."""
@@ -268,8 +274,11 @@ class ContrastiveTrainer(Trainer):
         try:
             super()._save_checkpoint(model, trial)
             best = self.state.best_model_checkpoint
-            if best is not None and os.path.normpath(best) == os.path.normpath(staged):
-                self.state.best_model_checkpoint = final  # HF recorded the staging path of this (best) checkpoint
+            # transformers 5 records the staging path of this (best) checkpoint; 4.x with --save_strategy best
+            # records nothing (it sets the path only for steps/epoch saving), so --load_best_model_at_end loaded nothing.
+            this_is_best = getattr(self.state, "best_global_step", None) == self.state.global_step
+            if this_is_best or (best is not None and os.path.normpath(best) == os.path.normpath(staged)):
+                self.state.best_model_checkpoint = final
                 if self.args.should_save:
                     self.state.save_to_json(os.path.join(staged, ckpt.TRAINER_STATE_NAME))
         except OSError as err:
@@ -329,6 +338,10 @@ class ContrastiveTrainer(Trainer):
         """On resume HF drops a recorded best checkpoint whose path does not exist from here (e.g. the run
         folder was moved); find it again by its step so --load_best_model_at_end and rotation keep it."""
         result = super()._init_training_state(*args, **kwargs)
+        self._relocate_best_checkpoint()
+        return result
+
+    def _relocate_best_checkpoint(self) -> None:
         state = self.state
         if state.best_global_step and not (state.best_model_checkpoint and os.path.isdir(state.best_model_checkpoint)):
             candidate = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.best_global_step}")
@@ -340,11 +353,11 @@ class ContrastiveTrainer(Trainer):
                     "the best checkpoint (step %d, %s = %s) is not on disk any more: --load_best_model_at_end can only "
                     "restore a checkpoint that beats it", state.best_global_step, self.args.metric_for_best_model, state.best_metric,
                 )
-        return result
 
     def _load_callback_state(self) -> None:
         """Exact resume includes the early-stopping patience counter (HF restores callback states only with
         --restore_callback_states_from_checkpoint)."""
+        self._relocate_best_checkpoint()  # transformers 4.x has no _init_training_state; this runs right after the state loads
         super()._load_callback_state()
         if self.args.restore_callback_states_from_checkpoint:
             return

@@ -247,13 +247,23 @@ def _durations(marks, warmup: int, steps: int) -> tuple[list[float], list[float]
     return wall[warmup:warmup + steps], cpu[warmup:warmup + steps]
 
 
+def _has_sampling_strategy() -> bool:
+    """transformers 5 has --train_sampling_strategy; on 4.57 run_ours sets a sequential sampler itself."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    return "train_sampling_strategy" in {f.name for f in dataclasses.fields(TrainingArguments)}
+
+
 def _common_training_flags(a, out_dir: str) -> list[str]:
     return [
         "--output_dir", out_dir, "--overwrite_output_dir", "--use_cpu",
         "--per_device_train_batch_size", str(a.batch_size), "--max_steps", str(a.warmup + a.steps),
         "--learning_rate", str(a.learning_rate), "--seed", "42", "--logging_steps", "1000000",
         "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
-        "--train_sampling_strategy", "sequential", "--dataloader_drop_last", "--dataloader_num_workers", str(a.num_workers),
+        *(["--train_sampling_strategy", "sequential"] if _has_sampling_strategy() else []),
+        "--dataloader_drop_last", "--dataloader_num_workers", str(a.num_workers),
         *(["--optim", a.optim] if a.optim else []), "--lr_scheduler_type", "linear", "--warmup_steps", "0", "--weight_decay", "0.0",
     ]
 
@@ -350,6 +360,10 @@ def run_ours(name: str, a, sentences: list[str], init_sentences: list[str]) -> d
     timer = _timer_callback()
     trainer = ContrastiveTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=recorder,
                                  processing_class=encoder.tokenizer, callbacks=[timer])
+    if not _has_sampling_strategy():  # transformers 4.57: the same sentence order as on 5.x
+        from torch.utils.data import SequentialSampler
+
+        trainer._get_train_sampler = lambda *args, **kwargs: SequentialSampler(dataset)
     guard_times: list[float] = []
     if hasattr(trainer, "_guard_update"):  # the once-per-update non-finite check (its host sync): timed on its own
         guard = trainer._guard_update

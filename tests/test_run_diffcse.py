@@ -219,7 +219,9 @@ def test_kodiffcse_command_parses(config):
     assert d.generator_dropout and not d.batchnorm and d.lambda_weight == 0.005 and d.masking_ratio == 0.15
     assert resolve_projector(model_args.projector, model_args.pooler_type, d.batchnorm) == "simcse_mlp"
     assert data_args.max_seq_length == 64 and data_args.korsts_dir == "SentEval/data/downstream/KorSTS"
-    assert training_args.learning_rate == 5e-5 and training_args.warmup_steps == 0.05 and training_args.num_train_epochs == 1
+    # transformers 5 reads a fractional --warmup_steps as a ratio; on 4.x train.py renames it --warmup_ratio
+    warmup = training_args.warmup_ratio if getattr(training_args, "warmup_ratio", 0) else training_args.warmup_steps
+    assert training_args.learning_rate == 5e-5 and warmup == 0.05 and training_args.num_train_epochs == 1
     assert training_args.max_grad_norm == 0 and training_args.weight_decay == 0.0 and training_args.eval_korsts
     assert training_args.early_stop == 30 and training_args.metric_for_best_model == "korsts_spearman"
 

@@ -114,3 +114,21 @@ def test_output_dir_of_another_run_is_protected(tiny_bert, tiny_corpus, tmp_path
     err = run_error(base_args(tiny_bert, tiny_corpus, out, "--max_steps", "1", "--do_train"), capsys)
     assert "--overwrite_output_dir" in err
     train_main(base_args(tiny_bert, tiny_corpus, out, "--max_steps", "1", "--do_train", "--overwrite_output_dir"))
+
+
+def test_normalise_argv_legacy_names_and_warmup_spelling(monkeypatch):
+    from clusterns import arguments
+
+    assert arguments.normalise_argv(["--evaluation_strategy", "steps", "--no_cuda"]) == ["--eval_strategy", "steps", "--use_cpu"]
+    assert arguments.normalise_argv(["--evaluation_strategy=steps"]) == ["--eval_strategy=steps"]
+    # transformers 4.x (warmup_ratio is a field, no alias): a fractional --warmup_steps is a ratio
+    monkeypatch.setattr(arguments, "TRAINING_FIELDS", {"warmup_ratio", "warmup_steps"})
+    monkeypatch.setattr(arguments, "FLAG_ALIASES", {})
+    assert arguments.normalise_argv(["--warmup_steps", "0.05", "--seed", "1"]) == ["--warmup_ratio", "0.05", "--seed", "1"]
+    assert arguments.normalise_argv(["--warmup_steps=0.1"]) == ["--warmup_ratio=0.1"]
+    assert arguments.normalise_argv(["--warmup_steps", "500"]) == ["--warmup_steps", "500"]
+    # transformers 5 (no warmup_ratio field; --warmup_ratio is the alias): --warmup_steps is left alone
+    monkeypatch.setattr(arguments, "TRAINING_FIELDS", {"warmup_steps"})
+    monkeypatch.setattr(arguments, "FLAG_ALIASES", {"--warmup_ratio": "--warmup_steps"})
+    assert arguments.normalise_argv(["--warmup_steps", "0.05"]) == ["--warmup_steps", "0.05"]
+    assert arguments.normalise_argv(["--warmup_ratio", "0.05"]) == ["--warmup_steps", "0.05"]
