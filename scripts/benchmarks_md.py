@@ -60,4 +60,5 @@ def update_section(path: str, name: str, body: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".benchmarks-", suffix=".md")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+    os.chmod(tmp, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644)  # mkstemp creates 0600
     os.replace(tmp, path)

@@ -45,6 +45,7 @@ def test_update_section_replaces_only_its_own_block(tmp_path):
     assert "first A" not in text and "second A" in text and "only B" in text
     assert text.index("second A") < text.index("only B")  # replaced in place, not appended
     assert text.count("<!-- a:start -->") == 1 and text.count("<!-- a:end -->") == 1
+    assert path.stat().st_mode & 0o777 == 0o644  # readable like any other file of the checkout
 
 
 def test_command_line_quotes_arguments():
