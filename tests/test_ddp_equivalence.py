@@ -18,7 +18,8 @@ step (for DiffCSE: the contrastive part on every rank, the RTD part as the mean 
 update after the steps (SGD, no clipping, constant LR: the update is lr x gradient, so a gradient scaled by W
 or 1/W would show; AdamW would hide it). A fifth run checks evaluation under DDP: only rank 0 runs the dev
 evaluator, every rank takes the same best-checkpoint and early-stopping decisions and ends with the same
-weights (the best checkpoint's).
+weights (the best checkpoint's). Resume under DDP: ClusterNS stopped after step 2 and resumed from its
+checkpoint ends on the uninterrupted run's weights and centroids, on both ranks.
 """
 from __future__ import annotations
 
@@ -186,6 +187,19 @@ if __name__ != "__main__":
                 "--eval_strategy", "steps", "--eval_steps", "1", "--eval_data_dir", sts_dir,
                 "--metric_for_best_model", "stsb_spearman", "--load_best_model_at_end", "--early_stop", "2"]
 
+    RESUME_FLAGS = ["--objective", "clusterns", "--kmeans", "4", "--kmean_cosine", "1.0", "--kmeans_lr", "0.1",
+                    "--bml_weight", "0.1", "--save_strategy", "steps", "--save_steps", "2"]
+
+    def resume_argvs(assets, root: Path) -> dict[str, list]:
+        """ClusterNS (its centroids live in the checkpoint) for 4 steps, and the same run stopped after 2 and resumed."""
+        common = [*common_argv(assets, root / "resume-straight" / "run", LOCAL_BATCH, ddp=True), *RESUME_FLAGS]
+        split = [*common_argv(assets, root / "resume-split" / "run", LOCAL_BATCH, ddp=True), *RESUME_FLAGS]
+        return {
+            "resume-straight": [*common, "--max_steps", "4"],
+            "resume-first": [*split, "--max_steps", "2"],
+            "resume-rest": [*split, "--max_steps", "4", "--resume_from_checkpoint", root / "resume-split" / "run" / "checkpoint-2"],
+        }
+
     @pytest.fixture(scope="module")
     def ddp_runs(assets, tiny_sts_dir, tmp_path_factory):
         """One torchrun launch (2 gloo ranks) for the four objectives and the evaluation run."""
@@ -200,6 +214,12 @@ if __name__ != "__main__":
         out.mkdir()
         spec.append({"argv": [str(a) for a in eval_argv(assets, tiny_sts_dir, out / "run")], "out": str(out)})
         outs["eval"] = out
+        # Resume under DDP (the driver runs the spec in order): 4 steps straight, then 2 steps + resume to 4.
+        for name, argv in resume_argvs(assets, root).items():
+            out = root / name
+            out.mkdir(exist_ok=True)
+            spec.append({"argv": [str(a) for a in argv], "out": str(out)})
+            outs[name] = out
         spec_file = root / "spec.json"
         spec_file.write_text(json.dumps(spec))
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
@@ -267,6 +287,21 @@ if __name__ != "__main__":
         # DDP keeps the ranks' weights identical.
         for key, value in float_items(ranks[0]["final"]).items():
             torch.testing.assert_close(float_items(ranks[1]["final"])[key], value, rtol=0, atol=0)
+
+    def test_resume_under_ddp_continues_exactly(ddp_runs):
+        """2 ranks: stopping after step 2 and resuming from checkpoint-2 ends on the weights and centroids of the
+        uninterrupted run, on both ranks; the resumed run trains steps 3-4 only, with clustering active."""
+        straight, first, rest = ddp_runs["resume-straight"], ddp_runs["resume-first"], ddp_runs["resume-rest"]
+        assert [len(r["loss"]) for r in straight] == [4, 4] and [len(r["loss"]) for r in first] == [2, 2]
+        assert [len(r["loss"]) for r in rest] == [2, 2] and all(r["global_step"] == 4 for r in rest)
+        for r in range(WORLD):
+            assert rest[r]["loss"] == pytest.approx(straight[r]["loss"][2:], rel=1e-5)  # steps 3 and 4
+            assert [log["cluster/active"] for log in rest[r]["logs"]] == [1.0, 1.0]  # centroids came back
+            torch.testing.assert_close(rest[r]["ids"][0], straight[r]["ids"][2], rtol=0, atol=0)  # data position too
+            final, reference = float_items(rest[r]["final"]), float_items(straight[r]["final"])
+            assert final.keys() == reference.keys() and "objective.cluster.centroids" in final
+            for key, value in reference.items():
+                torch.testing.assert_close(final[key], value, rtol=1e-5, atol=1e-6, msg=f"rank {r}: {key} differs after resume")
 
     def test_evaluation_on_rank_zero_with_shared_decisions(ddp_runs):
         r0, r1 = ddp_runs["eval"]
