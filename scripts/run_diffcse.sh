@@ -122,20 +122,11 @@ mark() {  # "key=value", suffixed with "  [unverified]" when the spec marks that
 }
 
 if (( DRY_RUN )); then
-    echo "config=$CONFIG"
+    recipe_print_config
     echo "status=$STATUS"
-    echo "model=$MODEL"
     mark generator_name "$GENERATOR"
-    echo "train_file=$TRAIN_FILE"
-    echo "output_dir=$OUTPUT_DIR"
-    echo "num_gpu=$NUM_GPU"
-    echo "global_batch_size=$GLOBAL_BATCH"
-    echo "per_device_train_batch_size=$PER_DEVICE_BATCH"
     mark learning_rate "$LR"
-    echo "num_train_epochs=$EPOCHS"
-    echo "max_seq_length=$MAX_LEN"
     echo "eval_steps=$EVAL_STEPS"
-    echo "temp=$TEMP"
     mark lambda_weight "$LAMBDA"
     mark masking_ratio "$MASKING"
     echo "generator_replace=$REPLACE"

@@ -104,21 +104,12 @@ EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --output_json "$OUTPUT_DIR/eval_te
            --korsts_dir "$KORSTS_DIR" --korsts_per_batch --max_seq_length "$MAX_LEN" --mode test)
 
 if (( DRY_RUN )); then
-    echo "config=$CONFIG"
-    echo "model=$MODEL"
+    recipe_print_config
     echo "generator_name=$GENERATOR"
-    echo "train_file=$TRAIN_FILE"
-    echo "output_dir=$OUTPUT_DIR"
-    echo "num_gpu=$NUM_GPU"
-    echo "global_batch_size=$GLOBAL_BATCH"
-    echo "per_device_train_batch_size=$PER_DEVICE_BATCH"
     echo "learning_rate=$LR"
-    echo "num_train_epochs=$EPOCHS"
     echo "warmup_ratio=$WARMUP"
-    echo "max_seq_length=$MAX_LEN"
     echo "eval_steps=$EVAL_STEPS"
     echo "early_stop=$PATIENCE"
-    echo "temp=$TEMP"
     echo "lambda_weight=$LAMBDA"
     echo "masking_ratio=$MASKING"
     echo "masking_scheme=kodiffcse"

@@ -91,18 +91,9 @@ EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --output_json "$OUTPUT_DIR/eval_te
 if (( MLP_ONLY_TRAIN )); then SELECT_POOLER="cls_before_pooler (raw CLS, --mlp_only_train)"; else SELECT_POOLER="cls (CLS + MLP output)"; fi
 
 if (( DRY_RUN )); then
-    echo "config=$CONFIG"
-    echo "model=$MODEL"
-    echo "train_file=$TRAIN_FILE"
-    echo "output_dir=$OUTPUT_DIR"
-    echo "num_gpu=$NUM_GPU"
-    echo "global_batch_size=$GLOBAL_BATCH"
-    echo "per_device_train_batch_size=$PER_DEVICE_BATCH"
+    recipe_print_config
     echo "learning_rate=$LR"
-    echo "num_train_epochs=$EPOCHS"
-    echo "max_seq_length=$MAX_LEN"
     echo "eval_steps=$EVAL_STEPS"
-    echo "temp=$TEMP"
     echo "lambdas=$LAMBDAS"
     echo "mixcse_mode=$MODE"
     echo "mask_fill=$MASK_FILL"

@@ -98,20 +98,11 @@ recipe_common_args
 EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --output_json "$OUTPUT_DIR/eval_test.json" --pooler "$TEST_POOLER" --task_set "$TASK_SET" --mode test)
 
 if (( DRY_RUN )); then
-    echo "config=$CONFIG"
-    echo "model=$MODEL"
-    echo "train_file=$TRAIN_FILE"
-    echo "output_dir=$OUTPUT_DIR"
-    echo "num_gpu=$NUM_GPU"
+    recipe_print_config
     echo "published_num_gpu=$PUBLISHED_GPUS"
-    echo "global_batch_size=$GLOBAL_BATCH"
-    echo "per_device_train_batch_size=$PER_DEVICE_BATCH"
     echo "learning_rate=$LR"
-    echo "num_train_epochs=$EPOCHS"
-    echo "max_seq_length=$MAX_LEN"
     echo "eval_steps=$EVAL_STEPS"
     echo "early_stop=$EARLY_STOP"
-    echo "temp=$TEMP"
     echo "kmeans=$KMEANS"
     echo "kmeans_lr=$KMEANS_LR"
     echo "kmeans_optim=$KMEANS_OPTIM"

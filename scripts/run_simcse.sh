@@ -72,18 +72,9 @@ recipe_common_args
 EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --output_json "$OUTPUT_DIR/eval_test.json" --pooler "$TEST_POOLER" --task_set sts --mode test)
 
 if (( DRY_RUN )); then
-    echo "config=$CONFIG"
+    recipe_print_config
     echo "mode=$MODE"
-    echo "model=$MODEL"
-    echo "train_file=$TRAIN_FILE"
-    echo "output_dir=$OUTPUT_DIR"
-    echo "num_gpu=$NUM_GPU"
-    echo "global_batch_size=$GLOBAL_BATCH"
-    echo "per_device_train_batch_size=$PER_DEVICE_BATCH"
     echo "learning_rate=$LR"
-    echo "num_train_epochs=$EPOCHS"
-    echo "max_seq_length=$MAX_LEN"
-    echo "temp=$TEMP"
     echo "mlp_only_train=$MLP_ONLY_TRAIN"
     echo "test_pooler=$TEST_POOLER"
 fi

@@ -54,6 +54,20 @@ recipe_common_args() {
     ARGS+=("${EXTRA[@]+"${EXTRA[@]}"}")
 }
 
+# --dry_run: the configuration lines every recipe shows (the script adds its method's own after them).
+recipe_print_config() {
+    echo "config=$CONFIG"
+    echo "model=$MODEL"
+    echo "train_file=$TRAIN_FILE"
+    echo "output_dir=$OUTPUT_DIR"
+    echo "num_gpu=$NUM_GPU"
+    echo "global_batch_size=$GLOBAL_BATCH"
+    echo "per_device_train_batch_size=$PER_DEVICE_BATCH"
+    echo "num_train_epochs=$EPOCHS"
+    echo "max_seq_length=$MAX_LEN"
+    echo "temp=$TEMP"
+}
+
 # Prints a command with one `--flag value` per line: recipe_print_command "python train.py" ARGS...
 recipe_print_command() {
     local line=""
