@@ -160,7 +160,7 @@ def normalise_argv(argv: list[str]) -> list[str]:
     out = []
     for i, arg in enumerate(argv):
         name, eq, value = arg.partition("=")
-        if name == "--warmup_steps" and "--warmup_ratio" not in FLAG_ALIASES and "warmup_ratio" in TRAINING_FIELDS:
+        if name == "--warmup_steps" and "warmup_ratio" in TRAINING_FIELDS:
             if _is_ratio(value if eq else (argv[i + 1] if i + 1 < len(argv) else "")):
                 out.append("--warmup_ratio" + eq + value)
                 continue

@@ -273,11 +273,9 @@ class ContrastiveTrainer(Trainer):
         self._get_output_dir = lambda trial=None: root  # HF then writes every file under root/checkpoint-<step>
         try:
             super()._save_checkpoint(model, trial)
-            best = self.state.best_model_checkpoint
-            # transformers 5 records the staging path of this (best) checkpoint; 4.x with --save_strategy best
-            # records nothing (it sets the path only for steps/epoch saving), so --load_best_model_at_end loaded nothing.
-            this_is_best = getattr(self.state, "best_global_step", None) == self.state.global_step
-            if this_is_best or (best is not None and os.path.normpath(best) == os.path.normpath(staged)):
+            # This checkpoint is the best one (best_global_step: see _determine_best_metric): record its final
+            # path. HF 5 recorded its staging path; HF 4.x with --save_strategy best recorded nothing.
+            if self.state.best_global_step == self.state.global_step:
                 self.state.best_model_checkpoint = final
                 if self.args.should_save:
                     self.state.save_to_json(os.path.join(staged, ckpt.TRAINER_STATE_NAME))
@@ -334,14 +332,9 @@ class ContrastiveTrainer(Trainer):
         else:  # transformers 4.x: the Trainer method protects state.best_model_checkpoint
             self._rotate_checkpoints(use_mtime=True, output_dir=run_dir)
 
-    def _init_training_state(self, *args: Any, **kwargs: Any):
-        """On resume HF drops a recorded best checkpoint whose path does not exist from here (e.g. the run
-        folder was moved); find it again by its step so --load_best_model_at_end and rotation keep it."""
-        result = super()._init_training_state(*args, **kwargs)
-        self._relocate_best_checkpoint()
-        return result
-
     def _relocate_best_checkpoint(self) -> None:
+        """On resume HF drops (5.x) or keeps (4.x) a recorded best checkpoint whose path does not exist from here
+        (e.g. the run folder was moved); find it again by its step so --load_best_model_at_end and rotation keep it."""
         state = self.state
         if state.best_global_step and not (state.best_model_checkpoint and os.path.isdir(state.best_model_checkpoint)):
             candidate = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.best_global_step}")
@@ -357,7 +350,7 @@ class ContrastiveTrainer(Trainer):
     def _load_callback_state(self) -> None:
         """Exact resume includes the early-stopping patience counter (HF restores callback states only with
         --restore_callback_states_from_checkpoint)."""
-        self._relocate_best_checkpoint()  # transformers 4.x has no _init_training_state; this runs right after the state loads
+        self._relocate_best_checkpoint()  # both 4.x and 5.x call this right after loading the resumed state
         super()._load_callback_state()
         if self.args.restore_callback_states_from_checkpoint:
             return
