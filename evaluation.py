@@ -28,7 +28,7 @@ if os.path.isdir(os.path.join(REPO, "SentEval", "senteval")) and os.path.join(RE
 
 import senteval  # noqa: E402
 from senteval.engine import SE  # noqa: E402
-from senteval.utils import DataFormatError, MissingDataError  # noqa: E402
+from senteval.utils import DataFormatError, MissingDataError, progress_bar_disabled  # noqa: E402
 
 STS_TASKS = ["STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness"]
 TRANSFER_TASKS = ["MR", "CR", "MPQA", "SUBJ", "SST2", "TREC", "MRPC"]
@@ -136,10 +136,9 @@ class CachedBatcher:
         if batch and batch[0] and isinstance(batch[0][0], bytes):
             batch = [[w.decode("utf-8") for w in s] for s in batch]
         sentences = [" ".join(s) for s in batch]
-        # A progress bar for a whole task's sentences (SentEval's progress_bar param: None = on a terminal only).
-        flag = params.get("progress_bar", None) if hasattr(params, "get") else None
-        show = sys.stderr.isatty() if flag is None else bool(flag)
-        show = show and len(sentences) > self.batch_size
+        # A progress bar for a whole task's sentences, as the harness shows one for its own batches.
+        disabled = progress_bar_disabled(params)
+        show = (sys.stderr.isatty() if disabled is None else not disabled) and len(sentences) > self.batch_size
         if not self.use_cache:
             return self.encoder.encode(sentences, batch_size=self.batch_size, max_seq_length=self.max_seq_length,
                                        show_progress_bar=show)

@@ -83,8 +83,8 @@ def to_numpy(emb) -> np.ndarray:
     return np.asarray(emb)
 
 
-def _bar_disabled(params):
-    # None lets tqdm decide (bar on a terminal only); params['progress_bar'] forces it.
+def progress_bar_disabled(params):
+    """tqdm's `disable` for params['progress_bar']: None (not set) = a bar on a terminal only."""
     flag = params.get("progress_bar", None)
     return None if flag is None else not flag
 
@@ -124,7 +124,7 @@ def encode_unique(params, batcher: Callable, sentences: Sequence[Sequence[str]],
     bs = int(params.batch_size or 128)
     chunks = []
     for start in tqdm(range(0, len(order), bs), desc=desc, leave=False,
-                      disable=_bar_disabled(params)):
+                      disable=progress_bar_disabled(params)):
         batch = [uniq[i] for i in order[start:start + bs]]
         emb = to_numpy(batcher(params, batch))
         if emb.ndim != 2 or emb.shape[0] != len(batch):
