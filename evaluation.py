@@ -6,7 +6,7 @@
 Flags follow SimCSE's evaluation.py (--model_name_or_path --pooler --mode --task_set --tasks);
 added: --data_dir, --batch_size, --max_seq_length, --output_json, --device, --korsts,
 --korsts_dir, --korsts_per_batch. Works with our checkpoints and plain HF BERT/RoBERTa
-folders (through clusterns.encoder.SentenceEncoder).
+folders (through clusterns.modeling.encoder.SentenceEncoder).
 """
 from __future__ import annotations
 
@@ -151,12 +151,12 @@ class CachedBatcher:
 
 
 def load_encoder(args):
-    from clusterns.encoder import CONFIG_NAME, SentenceEncoder
+    from clusterns.modeling.encoder import CONFIG_NAME, SentenceEncoder
 
     pooler = args.pooler
     if pooler is None and not os.path.isfile(os.path.join(args.model_name_or_path, CONFIG_NAME)):
         pooler = "cls"  # SimCSE's default for plain HF checkpoints
-    from clusterns.prompts import evaluation_load_kwargs
+    from clusterns.modeling.prompts import evaluation_load_kwargs
 
     prompt_kwargs = evaluation_load_kwargs(
         args.model_name_or_path, args.mask_embedding_sentence, args.mask_embedding_sentence_template,

@@ -287,7 +287,7 @@ OURS_FLAGS = {
 
 def _fix_packing_flag(flags: list[str]) -> list[str]:
     """`--no_packed_linear` only parses while the default is on, `--packed_linear` always does."""
-    from clusterns.arguments import ModelArguments
+    from clusterns.training.arguments import ModelArguments
 
     default = ModelArguments.__dataclass_fields__["packed_linear"].default if "packed_linear" in ModelArguments.__dataclass_fields__ else None
     out = []
@@ -321,12 +321,12 @@ def run_ours(name: str, a, sentences: list[str], init_sentences: list[str]) -> d
     from datasets import Dataset
     from transformers import set_seed
 
-    from clusterns.cli import build_encoder, parse_args
-    from clusterns.data import ContrastiveCollator, tokenize_corpus
-    from clusterns.model import ContrastiveModel
+    from clusterns.cli.train import build_encoder, parse_args
+    from clusterns.training.data import ContrastiveCollator, tokenize_corpus
+    from clusterns.training.model import ContrastiveModel
     from clusterns.objectives import get_objective_class
-    from clusterns.prompts import PromptArguments, get_spec
-    from clusterns.trainer import ContrastiveTrainer
+    from clusterns.modeling.prompts import PromptArguments, get_spec
+    from clusterns.training.trainer import ContrastiveTrainer
 
     out_dir = tempfile.mkdtemp(prefix="bench_train_")
     argv = ["--model_name_or_path", a.model, "--max_seq_length", str(a.max_seq_length), "--pooler_type", "cls"]
@@ -382,7 +382,7 @@ def run_ours(name: str, a, sentences: list[str], init_sentences: list[str]) -> d
         raise SystemExit("error: ClusterNS clustering was not active during the timing")
     wall, cpu = _durations(timer.marks, a.warmup, a.steps)
     stats = recorder.stats[a.warmup:a.warmup + a.steps]
-    from clusterns.packing import is_packed
+    from clusterns.modeling.packing import is_packed
 
     result = {
         "config": name, "wall_per_step": wall, "cpu_per_step": cpu, "peak_rss_mb": rss,
@@ -406,7 +406,7 @@ def _time_diffcse_parts(model, batches: list[dict]) -> dict:
     """Generator forward (no grad) and discriminator forward+backward (with the RTD head) on the measured batches."""
     import torch
 
-    from clusterns.objectives.diffcse import rtd_inputs, rtd_loss
+    from clusterns.objectives.diffcse.objective import rtd_inputs, rtd_loss
 
     objective = model.objective
     model.train()
@@ -426,7 +426,7 @@ def _time_diffcse_parts(model, batches: list[dict]) -> dict:
         loss.backward()
         disc_t.append(time.perf_counter() - t0)
         model.zero_grad(set_to_none=True)
-    from clusterns.packing import is_packed
+    from clusterns.modeling.packing import is_packed
 
     gen_layers = objective.generator.config.num_hidden_layers
     return {"generator_fwd_s": statistics.mean(gen_t), "discriminator_fwd_bwd_s": statistics.mean(disc_t), "generator_layers": gen_layers,

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.top < 1 or (args.kmeans is not None and args.kmeans < 1):
         parser.error("--top and --kmeans must be >= 1")
     try:
-        from clusterns.encoder import SentenceEncoder
+        from clusterns.modeling.encoder import SentenceEncoder
 
         sentences = load_sentences(stsb_file(args.data_dir, args.split), args.max_sentences, args.seed)
         encoder = SentenceEncoder.from_pretrained(args.model_dir)

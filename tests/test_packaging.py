@@ -12,11 +12,11 @@ import pytest
 from conftest import REPO
 
 SCRIPTS = {
-    "clusterns-train": "clusterns.cli:train_cli",
-    "clusterns-evaluate": "clusterns.cli:evaluate_main",
-    "clusterns-export-st": "clusterns.st_export:main",
-    "clusterns-model-card": "clusterns.model_card:main",
-    "clusterns-results-table": "clusterns.model_card:results_table_main",
+    "clusterns-train": "clusterns.cli.train:train_cli",
+    "clusterns-evaluate": "clusterns.cli.train:evaluate_main",
+    "clusterns-export-st": "clusterns.export.sentence_transformers:main",
+    "clusterns-model-card": "clusterns.export.model_card:main",
+    "clusterns-results-table": "clusterns.export.model_card:results_table_main",
 }
 
 
@@ -49,7 +49,7 @@ def test_console_scripts_resolve(pyproject):
         assert callable(getattr(importlib.import_module(module), name)), target
 
 
-@pytest.mark.parametrize("target", ["clusterns.st_export:main", "clusterns.model_card:main", "clusterns.model_card:results_table_main"])
+@pytest.mark.parametrize("target", ["clusterns.export.sentence_transformers:main", "clusterns.export.model_card:main", "clusterns.export.model_card:results_table_main"])
 def test_entry_points_help(target, capsys):
     module, _, name = target.partition(":")
     with pytest.raises(SystemExit) as info:
@@ -59,7 +59,7 @@ def test_entry_points_help(target, capsys):
 
 
 def test_evaluate_entry_point_runs_the_checkout_script(monkeypatch, capsys):
-    from clusterns.cli import evaluate_main
+    from clusterns.cli.train import evaluate_main
 
     monkeypatch.setattr(sys, "argv", ["clusterns-evaluate", "--help"])
     with pytest.raises(SystemExit) as info:

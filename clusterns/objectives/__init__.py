@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import importlib
 
-from .base import EncodedViews, Objective, ObjectiveOutput
+from clusterns.objectives.base import EncodedViews, Objective, ObjectiveOutput
 
 # name -> "module:Class", imported lazily so one method's imports never slow another's start-up.
 OBJECTIVES: dict[str, str] = {
     "infonce": "clusterns.objectives.infonce:InfoNCEObjective",
-    "clusterns": "clusterns.objectives.clusterns:ClusterNSObjective",
+    "clusterns": "clusterns.objectives.clusterns.objective:ClusterNSObjective",
     "mixcse": "clusterns.objectives.mixcse:MixCSEObjective",
-    "diffcse": "clusterns.objectives.diffcse:DiffCSEObjective",
+    "diffcse": "clusterns.objectives.diffcse.objective:DiffCSEObjective",
 }
 
 

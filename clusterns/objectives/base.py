@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..precision import fp32_region
+from clusterns.precision import fp32_region
 
 
 @dataclass

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .base import EncodedViews, Objective, ObjectiveOutput, cosine_matrix, infonce_logits, infonce_loss, similarity_logs
+from clusterns.objectives.base import EncodedViews, Objective, ObjectiveOutput, cosine_matrix, infonce_logits, infonce_loss, similarity_logs
 
 
 class InfoNCEObjective(Objective):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .base import EncodedViews, Objective, ObjectiveOutput, infonce_logits, infonce_loss, similarity_logs
+from clusterns.objectives.base import EncodedViews, Objective, ObjectiveOutput, infonce_logits, infonce_loss, similarity_logs
 
 MASK_FILLS = ("zero", "neginf")
 MIXCSE_MODES = ("repo", "paper")

@@ -1,0 +1,429 @@
+"""DiffCSE (voidism/DiffCSE) and the KoDiffCSE recipe: InfoNCE + lambda * conditional replaced-token detection.
+
+Each view of a sentence is corrupted by a frozen masked-LM generator (collator-side masking, then the
+generator's argmax); a separate discriminator, whose position-0 embedding-layer output is replaced by
+that view's (projected, not detached) sentence vector, predicts which tokens were replaced. The RTD
+gradient flows through the sentence vector back into the projector and the encoder.
+
+Faithful by default (spec diffcse.md section 18), corrected by switch:
+
+=========================  ===========================  ===========================================
+switch                     default (original code)      alternative
+=========================  ===========================  ===========================================
+--generator_replace        argmax (repo)                sample (the paper's "sampling from a MLM")
+--generator_dropout        True (generator in train     False (generator in eval mode)
+                           mode, as a submodule of the
+                           original model)
+--rtd_reduction            all_positions (mean over     exclude_padding (mean over non-pad tokens),
+                           all 2B*L positions, pads     sum_over_views (KoDiffCSE: one mean per view,
+                           and position 0 included)     summed, = V x all_positions)
+--masking_scheme           bert (80/10/10, dynamic)     kodiffcse (fixed count, [SEP], static)
+--before_mlp               False: D is conditioned on   True: on the pooler output before the
+                           the projected vector         projector
+=========================  ===========================  ===========================================
+
+Always corrected (no switch, identical numbers for the published base models): the CLS id written at
+position 0 comes from the tokenizer (the original hard-coded 101 / 0) and the RTD head is
+Linear(hidden_size, 2) (the original hard-coded 768).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clusterns.objectives.diffcse.discriminator import ConditionalDiscriminator, splice_cls_input
+from clusterns.objectives.diffcse.masking import SCHEMES, MLMMasking
+from clusterns.modeling.packing import enable_packed_linear, is_packed
+from clusterns.objectives.base import EncodedViews, Objective, ObjectiveOutput, cosine_matrix, infonce_logits, infonce_loss, similarity_logs
+
+logger = logging.getLogger(__name__)
+
+REPLACE_MODES = ("argmax", "sample")
+RTD_REDUCTIONS = ("all_positions", "exclude_padding", "sum_over_views")
+
+__all__ = [
+    "DiffCSEArguments",
+    "DiffCSEObjective",
+    "rtd_inputs",
+    "rtd_loss",
+    "rtd_metrics",
+    "generator_replacement",
+    "splice_cls_input",
+    "check_shared_vocabulary",
+    "check_data_arguments",
+]
+
+
+@dataclass
+class DiffCSEArguments:
+    """DiffCSE's flags (names as in voidism/DiffCSE train.py) plus the faithful-vs-corrected switches."""
+
+    generator_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "DiffCSE: masked-LM checkpoint used as the frozen generator (e.g. distilbert-base-uncased for BERT, "
+            "distilroberta-base for RoBERTa). Must share the encoder's vocabulary. Required with --objective diffcse."
+        },
+    )
+    lambda_weight: float = field(
+        default=0.1,
+        metadata={"help": "DiffCSE: weight of the RTD loss, loss = InfoNCE + lambda * RTD (code default 0.1; the recipes use 0.005)."},
+    )
+    masking_ratio: float = field(
+        default=0.15,
+        metadata={"help": "DiffCSE: probability of selecting a token for the generator's masking, in (0, 1) (code default 0.15; BERT recipe 0.30)."},
+    )
+    before_mlp: bool = field(
+        default=False,
+        metadata={"help": "DiffCSE: condition the discriminator on the pooler output before the projector (default: after it)."},
+    )
+    batchnorm: bool = field(
+        default=False,
+        metadata={
+            "help": "DiffCSE: use the BatchNorm projector (Linear-BN-ReLU-Linear-BN(affine=False), no biases) instead of "
+            "SimCSE's MLP; same as --projector bn_mlp."
+        },
+    )
+    generator_replace: str = field(
+        default="argmax",
+        metadata={"help": "DiffCSE: how the generator fills the sentence: argmax (original code) or sample (the paper)."},
+    )
+    generator_dropout: bool = field(
+        default=True,
+        metadata={"help": "DiffCSE: keep the frozen generator in train mode with dropout active, as the original (False: eval mode)."},
+    )
+    rtd_reduction: str = field(
+        default="all_positions",
+        metadata={
+            "help": "DiffCSE: RTD cross-entropy reduction: all_positions (original: mean over all 2B*L positions, padding "
+            "included), exclude_padding (mean over real tokens), sum_over_views (KoDiffCSE: per-view means summed)."
+        },
+    )
+    masking_scheme: str = field(
+        default="bert",
+        metadata={
+            "help": "DiffCSE: bert (80/10/10 with the mask token, dynamic per batch; DiffCSE) or kodiffcse (a fixed count "
+            "max(1, int(n*ratio)) of tokens replaced by [SEP], static per sentence; KoDiffCSE)."
+        },
+    )
+
+    def __post_init__(self):
+        if not 0.0 < float(self.masking_ratio) < 1.0:
+            raise ValueError(f"--masking_ratio must lie strictly between 0 and 1, got {self.masking_ratio}")
+        if self.lambda_weight < 0:
+            raise ValueError(f"--lambda_weight must be >= 0, got {self.lambda_weight}")
+        if self.generator_replace not in REPLACE_MODES:
+            raise ValueError(f"--generator_replace must be one of {', '.join(REPLACE_MODES)}, got {self.generator_replace!r}")
+        if self.rtd_reduction not in RTD_REDUCTIONS:
+            raise ValueError(f"--rtd_reduction must be one of {', '.join(RTD_REDUCTIONS)}, got {self.rtd_reduction!r}")
+        if self.masking_scheme not in SCHEMES:
+            raise ValueError(f"--masking_scheme must be one of {', '.join(SCHEMES)}, got {self.masking_scheme!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure functions
+# ---------------------------------------------------------------------------------------------
+
+
+def at_least_fp32(x: Tensor) -> Tensor:
+    """fp16/bf16 -> fp32 for the losses; fp32 and fp64 stay as they are (the golden tests run in fp64)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def generator_replacement(logits: Tensor, mode: str = "argmax", vocab_limit: int | None = None) -> Tensor:
+    """Token ids the generator puts at every position: argmax (original) or a sample of softmax(logits).
+
+    ``vocab_limit`` drops logits of ids the discriminator cannot embed (a generator whose output layer is
+    padded beyond the shared vocabulary)."""
+    if vocab_limit is not None and logits.shape[-1] > vocab_limit:
+        logits = logits[..., :vocab_limit]
+    if mode == "argmax":
+        return logits.argmax(dim=-1)
+    if mode == "sample":
+        # Gumbel-max: argmax(logits + G) is an exact sample of softmax(logits).
+        u = torch.rand(logits.shape, device=logits.device, dtype=torch.float32).clamp_(1e-10, 1.0 - 1e-7)
+        return (logits.float() - torch.log(-torch.log(u))).argmax(dim=-1)
+    raise ValueError(f"unknown replacement mode {mode!r}")
+
+
+def rtd_inputs(generator_ids: Tensor, input_ids: Tensor, attention_mask: Tensor, cls_token_id: int) -> tuple[Tensor, Tensor]:
+    """The discriminator input and the replaced-token labels, as DiffCSE's cl_forward builds them.
+
+    g = generator ids with column 0 := CLS; labels = (g != input_ids) * mask (every differing position
+    counts, masked or not, special tokens included); discriminator input = g * mask (pads -> id 0,
+    attention-masked). All [N, L]."""
+    g = generator_ids.clone()
+    g[:, 0] = cls_token_id
+    mask = attention_mask.to(g.dtype)
+    replaced = (g != input_ids).to(g.dtype) * mask
+    return g * mask, replaced
+
+
+def rtd_loss(logits: Tensor, labels: Tensor, attention_mask: Tensor, reduction: str = "all_positions", num_views: int = 2) -> Tensor:
+    """Two-class cross-entropy of the RTD head, in fp32. logits [N, L, 2], labels/mask [N, L].
+
+    all_positions: mean over all N*L positions (DiffCSE: pads and position 0 included, label 0 there).
+    exclude_padding: mean over positions with attention_mask 1.
+    sum_over_views: KoDiffCSE - rows are ordered (sentence, view); one all-positions mean per view,
+    summed over the ``num_views`` views."""
+    per_token = F.cross_entropy(at_least_fp32(logits).reshape(-1, logits.shape[-1]), labels.reshape(-1).long(), reduction="none")
+    per_token = per_token.view(labels.shape)
+    if reduction == "all_positions":
+        return per_token.mean()
+    if reduction == "exclude_padding":
+        mask = attention_mask.to(per_token.dtype)
+        return (per_token * mask).sum() / mask.sum().clamp_min(1.0)
+    if reduction == "sum_over_views":
+        return per_token.view(-1, num_views, per_token.shape[-1]).mean(dim=(0, 2)).sum()
+    raise ValueError(f"unknown RTD reduction {reduction!r}")
+
+
+def rtd_metrics(logits: Tensor, labels: Tensor, attention_mask: Tensor) -> dict[str, Tensor]:
+    """DiffCSE's logged RTD diagnostics (detached):
+
+    rtd/acc             accuracy over non-pad tokens (electra_acc)
+    rtd/replaced_recall replaced tokens predicted "replaced" (electra_rep_acc; 0 instead of NaN if none)
+    rtd/original_acc    original tokens predicted "original" (electra_fix_acc)
+    rtd/replaced_frac   fraction of non-pad tokens that differ from the input
+    """
+    with torch.no_grad():
+        pred = logits.detach().argmax(dim=-1)
+        mask = attention_mask.bool()
+        lab = labels.bool()
+        rep = lab & mask
+        fix = ~lab & mask
+        n_tok = mask.sum().clamp_min(1).float()
+        return {
+            "rtd/acc": ((pred == labels.long()) & mask).sum().float() / n_tok,
+            "rtd/replaced_recall": ((pred == 1) & rep).sum().float() / rep.sum().clamp_min(1).float(),
+            "rtd/original_acc": 1.0 - ((pred == 1) & fix).sum().float() / fix.sum().clamp_min(1).float(),
+            "rtd/replaced_frac": rep.sum().float() / n_tok,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Construction-time checks
+# ---------------------------------------------------------------------------------------------
+
+SPECIAL_ATTRS = ("cls_token", "sep_token", "pad_token", "mask_token", "unk_token", "bos_token", "eos_token")
+
+
+def check_shared_vocabulary(encoder_tokenizer, generator_tokenizer, generator_name: str = "the generator") -> None:
+    """Raise ValueError unless both tokenizers map the same tokens to the same ids (the generator's output
+    ids are fed to the discriminator as ids of the encoder's vocabulary)."""
+    problems = []
+    n_enc, n_gen = len(encoder_tokenizer), len(generator_tokenizer)
+    if n_enc != n_gen:
+        problems.append(f"vocabulary sizes differ ({n_enc} for the encoder, {n_gen} for the generator)")
+    for attr in SPECIAL_ATTRS:
+        a = getattr(encoder_tokenizer, attr + "_id", None)
+        b = getattr(generator_tokenizer, attr + "_id", None)
+        if a != b:
+            problems.append(f"{attr} id differs ({a} vs {b})")
+    if not problems:
+        enc_vocab = encoder_tokenizer.get_vocab()
+        gen_vocab = generator_tokenizer.get_vocab()
+        diff = [t for t, i in enc_vocab.items() if gen_vocab.get(t) != i]
+        if diff:
+            sample = ", ".join(repr(t) for t in diff[:5])
+            problems.append(f"{len(diff)} tokens have other ids or are missing (e.g. {sample})")
+    if problems:
+        raise ValueError(
+            f"--generator_name {generator_name!r} does not share the encoder's vocabulary: {'; '.join(problems)}. "
+            "DiffCSE feeds the generator's token ids to a copy of the encoder, so both must use the same tokenizer "
+            "(e.g. distilbert-base-uncased for bert-base-uncased, distilroberta-base for roberta-base, "
+            "klue/roberta-small for klue/roberta-base)."
+        )
+
+
+def check_data_arguments(data_args: Any) -> None:
+    """The check train.py runs for --objective diffcse: the original silently dropped the RTD loss with
+    --pad_to_max_length (HF's default collator produced no mlm_input_ids)."""
+    if getattr(data_args, "pad_to_max_length", False):
+        raise ValueError(
+            "--pad_to_max_length cannot be used with --objective diffcse: in the original DiffCSE it silently removed the "
+            "RTD loss (plain SimCSE), and the published recipes pad each batch to its longest sentence; drop the flag"
+        )
+
+
+def load_generator(generator_name: str, model_args: Any) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    trust_pickle = bool(getattr(model_args, "trust_pickle", False))
+    cache_dir = getattr(model_args, "cache_dir", None)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(generator_name, cache_dir=cache_dir)
+    except Exception as err:  # noqa: BLE001 - any failure means the vocabulary cannot be checked
+        raise ValueError(
+            f"--generator_name {generator_name!r}: its tokenizer cannot be loaded ({type(err).__name__}: {err}); "
+            "the generator must ship its tokenizer so that its vocabulary can be checked against the encoder's"
+        ) from None
+    try:
+        model = AutoModelForMaskedLM.from_pretrained(
+            generator_name, cache_dir=cache_dir, use_safetensors=None if trust_pickle else True
+        )
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"--generator_name {generator_name!r} cannot be loaded as a masked-LM model ({err}); give a masked-LM "
+            "checkpoint with safetensors weights (or pass --trust_pickle for .bin files)"
+        ) from None
+    return model, tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# The objective
+# ---------------------------------------------------------------------------------------------
+
+
+class DiffCSEObjective(Objective):
+    """loss = InfoNCE(z1, z2 [, z3]) + lambda * RTD(discriminator(generator(masked x); pos0 := h)).
+
+    Trainable parts owned here (and saved in the objective's state_dict): the discriminator backbone
+    (``discriminator.backbone.*``, initialised as a copy of the encoder's pretrained weights) and the RTD
+    head (``rtd_head``, Linear(H, 2), PyTorch default init as in the original ``electra_head``). The
+    generator is frozen, kept out of the module tree (not in state_dict, not in the optimizer) and moved
+    to the batch's device on first use. The BatchNorm projector (--batchnorm) belongs to the encoder.
+    """
+
+    name = "diffcse"
+    arguments_class = DiffCSEArguments
+    # train.py calls this with the data flags (the objective never sees them): --pad_to_max_length is refused.
+    check_data_arguments = staticmethod(check_data_arguments)
+    # The generator and discriminator are full transformers: let them run under the trainer's autocast
+    # (--fp16/--bf16), as the original's native AMP did; the InfoNCE logits (base.cosine_matrix) and the RTD
+    # cross-entropy (at_least_fp32) are computed in fp32 regardless.
+    keep_autocast = True
+
+    def __init__(self, model_args: Any, objective_args: DiffCSEArguments | None = None, encoder: nn.Module | None = None,
+                 generator: nn.Module | None = None, generator_tokenizer: Any = None):
+        super().__init__(model_args, objective_args, encoder)
+        args = objective_args if objective_args is not None else DiffCSEArguments()
+        self.args = args
+        if encoder is None:
+            raise ValueError("DiffCSEObjective needs the encoder (its backbone initialises the discriminator)")
+        if generator is None and not args.generator_name:
+            raise ValueError(
+                "--generator_name is required with --objective diffcse: a masked-LM checkpoint sharing the encoder's "
+                "vocabulary (distilbert-base-uncased for BERT, distilroberta-base for RoBERTa)"
+            )
+        projector = getattr(getattr(encoder, "config", None), "projector", None)
+        if args.batchnorm and isinstance(projector, str) and projector not in ("bn_mlp", "auto"):
+            raise ValueError(f"--batchnorm selects the bn_mlp projector, but --projector {projector} was given; drop one of them")
+        self.tokenizer = encoder.tokenizer
+        self.hidden_size = int(encoder.hidden_size)
+        self.cls_token_id = self.tokenizer.cls_token_id
+        if self.cls_token_id is None:
+            raise ValueError(f"the encoder's tokenizer ({type(self.tokenizer).__name__}) has no CLS/<s> token")
+        self.lambda_weight = float(args.lambda_weight)
+
+        if generator is None:
+            generator, generator_tokenizer = load_generator(args.generator_name, model_args)
+        if generator_tokenizer is not None:
+            check_shared_vocabulary(self.tokenizer, generator_tokenizer, args.generator_name or type(generator).__name__)
+        gen_rows = generator.get_input_embeddings().num_embeddings
+        if gen_rows < len(self.tokenizer):
+            raise ValueError(
+                f"the generator embeds {gen_rows} ids but the tokenizer has {len(self.tokenizer)}: random replacement ids "
+                "would be out of range"
+            )
+        for p in generator.parameters():
+            p.requires_grad_(False)
+        # Outside the module tree: not in state_dict(), parameters(), .to(), .train().
+        self.__dict__["generator"] = generator
+
+        self.discriminator = ConditionalDiscriminator.from_encoder_backbone(encoder.backbone)
+        if self.discriminator.hidden_size != self.hidden_size:
+            raise ValueError("discriminator and encoder hidden sizes differ")
+        self.vocab_limit = int(self.discriminator.backbone.get_input_embeddings().num_embeddings)
+        self.rtd_head = nn.Linear(self.hidden_size, 2)  # PyTorch default init, like the original electra_head
+        ref = next(encoder.backbone.parameters())
+        self.rtd_head.to(device=ref.device, dtype=ref.dtype)
+        self.packed_generator_head = None
+        if is_packed(encoder.backbone):  # --packed_linear: follow the encoder where results stay the same
+            self._pack_extra_passes(generator, args.rtd_reduction)
+
+    def _pack_extra_passes(self, generator: nn.Module, rtd_reduction: str) -> None:
+        """Run the generator (and, when pads leave the loss, the discriminator) on non-pad tokens only.
+
+        Generator: its pad-position predictions are discarded (rtd_inputs multiplies by the mask), so its
+        layers and, above all, its vocabulary-sized MLM head run on the non-pad tokens only.
+        Discriminator: the original RTD loss averages over every position, pads included, and a pad
+        query's state depends on the real tokens, so it is packed only with --rtd_reduction exclude_padding."""
+        head = next((getattr(generator, n) for n in ("cls", "lm_head") if isinstance(getattr(generator, n, None), nn.Module)), None)
+        base = getattr(generator, "base_model", None)
+        if head is not None and base is not None and base is not generator and enable_packed_linear(base):
+            # Outside the module tree, like the generator (not saved, not trained).
+            self.__dict__["packed_generator_head"] = head
+            self.__dict__["generator_base"] = base
+        if rtd_reduction == "exclude_padding":
+            enable_packed_linear(self.discriminator.backbone)
+
+    # ---- collator side ------------------------------------------------------------------------
+    def batch_transform(self, tokenizer) -> MLMMasking:
+        return MLMMasking.from_tokenizer(tokenizer, self.args.masking_scheme, self.args.masking_ratio)
+
+    # ---- generator ----------------------------------------------------------------------------
+    def _generator_on(self, device: torch.device) -> nn.Module:
+        gen = self.generator
+        if next(gen.parameters()).device != device:
+            gen.to(device)
+        gen.train(self.training and self.args.generator_dropout)
+        return gen
+
+    @torch.no_grad()
+    def corrupt(self, mlm_input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Generator replacement ids [N, L] for the masked inputs (no gradient)."""
+        gen = self._generator_on(mlm_input_ids.device)
+        if self.packed_generator_head is None:
+            logits = gen(input_ids=mlm_input_ids, attention_mask=attention_mask).logits
+            return generator_replacement(logits, self.args.generator_replace, self.vocab_limit)
+        # Packed: the MLM head (a [tokens, vocab] product) on the non-pad tokens only; pads get id 0,
+        # which rtd_inputs' mask would give them anyway.
+        hidden = self.generator_base(input_ids=mlm_input_ids, attention_mask=attention_mask)[0]
+        keep = attention_mask.reshape(-1).nonzero().squeeze(1)
+        logits = self.packed_generator_head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep))
+        ids = mlm_input_ids.new_zeros(mlm_input_ids.numel())
+        ids[keep] = generator_replacement(logits, self.args.generator_replace, self.vocab_limit)
+        return ids.view_as(mlm_input_ids)
+
+    # ---- forward ------------------------------------------------------------------------------
+    def forward(self, views: EncodedViews, batch: dict[str, Tensor], encoder: nn.Module) -> ObjectiveOutput:
+        if "mlm_input_ids" not in batch:
+            raise ValueError(
+                "the batch has no mlm_input_ids: DiffCSE needs its masking batch_transform in the collator "
+                "(ContrastiveCollator(batch_transform=objective.batch_transform(tokenizer)))"
+            )
+        input_ids = batch["input_ids"]
+        batch_size, num_views, length = input_ids.shape
+        ids = input_ids.reshape(-1, length)
+        attn = batch["attention_mask"].reshape(-1, length)
+        mlm_ids = batch["mlm_input_ids"].reshape(-1, length)
+        token_type_ids = batch.get("token_type_ids")
+        if token_type_ids is not None:
+            token_type_ids = token_type_ids.reshape(-1, length)
+
+        # Contrastive part: SimCSE InfoNCE over the gathered projected views.
+        z = views.gathered
+        z3 = z[:, 2] if z.shape[1] > 2 else None
+        logits = infonce_logits(z[:, 0], z[:, 1], self.temp, z3, self.model_args.hard_negative_weight)
+        contrastive = infonce_loss(logits)
+
+        # RTD part on this rank's rows: generator -> labels -> conditional discriminator -> head.
+        cond = (views.pooled if self.args.before_mlp else views.local).reshape(batch_size * num_views, -1)
+        g = self.corrupt(mlm_ids, attn)
+        disc_ids, replaced = rtd_inputs(g, ids, attn, self.cls_token_id)
+        hidden = self.discriminator(disc_ids, attn, cond, token_type_ids)
+        rtd_logits = at_least_fp32(self.rtd_head(hidden))
+        rtd = rtd_loss(rtd_logits, replaced, attn, self.args.rtd_reduction, num_views)
+        loss = contrastive + self.lambda_weight * rtd
+
+        logs = similarity_logs(logits[:, : z.shape[0]] * self.temp)
+        logs["contrastive/loss"] = contrastive.detach()
+        logs["rtd/loss"] = rtd.detach()
+        logs.update(rtd_metrics(rtd_logits, replaced, attn))
+        return ObjectiveOutput(loss=loss, logs=logs)

@@ -1,0 +1,180 @@
+"""Training data: corpus loading (txt / csv / tsv / json) with `datasets`, tokenization, the view collator.
+
+Tokenization happens once, in `datasets.map` (cached on disk beside the datasets cache); the
+collator only pads, so each batch is padded to its own longest sentence (dynamic padding).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+logger = logging.getLogger(__name__)
+
+TEXT_SUFFIXES = {".txt", ".text"}
+CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
+JSON_SUFFIXES = {".json", ".jsonl"}
+ROLES = ("sent0", "sent1", "hard_neg")  # anchor, positive, hard negative (SimCSE's nli csv header)
+
+
+class CorpusError(ValueError):
+    """A training file that cannot be used, with the file (and line) named in the message."""
+
+
+def scan_text_corpus(path: str) -> tuple[int, int]:
+    """Check a one-sentence-a-line file before training: (#non-blank lines, #blank lines).
+
+    Reads bytes so that invalid UTF-8 and NUL bytes are reported with their line number
+    instead of surfacing as a decoding error deep inside `datasets`."""
+    if not os.path.isfile(path):
+        raise CorpusError(f"--train_file {path!r} does not exist")
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data:
+        raise CorpusError(f"--train_file {path!r} is empty")
+    try:
+        data.decode("utf-8")
+        bad_utf8 = False
+    except UnicodeDecodeError:
+        bad_utf8 = True
+    lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    if data.endswith((b"\n", b"\r")):
+        lines = lines[:-1]
+    if bad_utf8 or b"\x00" in data:
+        for number, line in enumerate(lines, start=1):
+            if b"\x00" in line:
+                raise CorpusError(f"{path}:{number}: NUL byte in the line (is this a binary file?)")
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise CorpusError(f"{path}:{number}: invalid UTF-8 at byte {err.start} of the line ({err.reason})") from None
+    blank = sum(1 for line in lines if not line.strip())
+    kept = len(lines) - blank
+    if kept == 0:
+        raise CorpusError(f"--train_file {path!r} has {len(lines)} lines, all blank")
+    return kept, blank
+
+
+def load_corpus(path: str, sentence_columns: str | None = None, cache_dir: str | None = None):
+    """Load a training file as a `datasets.Dataset` whose columns are a prefix of ROLES.
+
+    One column: unsupervised (the sentence becomes both views). Two: positive pairs. Three:
+    pairs with a hard negative (SimCSE's supervised format)."""
+    from datasets import load_dataset
+
+    if not path:
+        raise CorpusError("--train_file is required (a .txt, .csv, .tsv, .json or .jsonl file)")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in TEXT_SUFFIXES:
+        kept, blank = scan_text_corpus(path)
+        ds = load_dataset("text", data_files={"train": path}, cache_dir=cache_dir)["train"]
+        ds = ds.filter(lambda batch: [bool(t and t.strip()) for t in batch["text"]], batched=True, desc="Dropping blank lines")
+        if blank:
+            logger.warning("%s: skipped %d blank line(s); %d sentences kept", path, blank, kept)
+        return ds.rename_column("text", "sent0")
+    if not os.path.isfile(path):
+        raise CorpusError(f"--train_file {path!r} does not exist")
+    if os.path.getsize(path) == 0:
+        raise CorpusError(f"--train_file {path!r} is empty")
+    try:
+        if suffix in CSV_SUFFIXES:
+            ds = load_dataset("csv", data_files={"train": path}, delimiter=CSV_SUFFIXES[suffix], cache_dir=cache_dir)["train"]
+        elif suffix in JSON_SUFFIXES:
+            ds = load_dataset("json", data_files={"train": path}, cache_dir=cache_dir)["train"]
+        else:
+            raise CorpusError(f"--train_file {path!r}: unsupported extension {suffix!r} (use .txt, .csv, .tsv, .json, .jsonl)")
+    except CorpusError:
+        raise
+    except Exception as err:  # pandas / pyarrow parse errors: name the file
+        raise CorpusError(f"--train_file {path!r} could not be parsed: {err}") from None
+    columns = select_columns(ds.column_names, sentence_columns, path)
+    ds = ds.select_columns(columns)
+    ds = ds.rename_columns({old: new for old, new in zip(columns, ROLES) if old != new})
+    if len(ds) == 0:
+        raise CorpusError(f"--train_file {path!r} has a header but no rows")
+    return ds
+
+
+def select_columns(available: list[str], requested: str | None, path: str) -> list[str]:
+    if requested:
+        wanted = [c.strip() for c in requested.split(",") if c.strip()]
+        missing = [c for c in wanted if c not in available]
+        if missing:
+            raise CorpusError(f"--train_file {path!r} has no column(s) {missing} (--sentence_columns); it has {available}")
+    elif "sent0" in available:
+        wanted = [c for c in ROLES if c in available]
+    else:
+        wanted = available[:3]
+    if not 1 <= len(wanted) <= 3:
+        raise CorpusError(f"--train_file {path!r}: expected 1-3 sentence columns, found {available}")
+    return wanted
+
+
+def tokenize_function(tokenizer, max_seq_length: int, prompt=None) -> Callable[[dict], dict]:
+    """Batched map: each sentence column -> `<role>_ids` (truncated, unpadded). None becomes ' ' as in SimCSE.
+
+    `prompt` (a clusterns.modeling.prompts.PromptSpec): the PromptBERT views instead (template 1 / template 2)."""
+    if prompt is not None:
+        return prompt.tokenize_function(tokenizer, max_seq_length)
+
+    def tokenize(examples: dict) -> dict:
+        out = {}
+        for role in ROLES:
+            if role in examples:
+                texts = [t if isinstance(t, str) and t else " " for t in examples[role]]
+                out[f"{role}_ids"] = tokenizer(texts, truncation=True, max_length=max_seq_length, padding=False)["input_ids"]
+        return out
+
+    return tokenize
+
+
+def tokenize_corpus(dataset, tokenizer, max_seq_length: int, num_proc: int | None = None, overwrite_cache: bool = False,
+                    prompt=None):
+    return dataset.map(
+        tokenize_function(tokenizer, max_seq_length, prompt),
+        batched=True,
+        num_proc=num_proc,
+        remove_columns=dataset.column_names,
+        load_from_cache_file=not overwrite_cache,
+        desc="Tokenizing",
+    )
+
+
+@dataclass
+class ContrastiveCollator:
+    """Pads every view of a batch to the batch's longest sentence: input_ids/attention_mask [B, V, L].
+
+    Unsupervised rows carry one sentence; it becomes both views (the two dropout views)."""
+
+    pad_token_id: int
+    num_views: int = 2
+    max_length: int | None = None  # --pad_to_max_length
+    batch_transform: Callable[[dict], dict] | None = None
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        views = []
+        for f in features:
+            anchor = f["sent0_ids"]
+            row = [anchor, f.get("sent1_ids") or anchor]
+            if self.num_views > 2:
+                row.append(f["hard_neg_ids"])
+            views.extend(row[: self.num_views])
+        seqs = [torch.as_tensor(v, dtype=torch.long) for v in views]
+        input_ids = pad_sequence(seqs, batch_first=True, padding_value=self.pad_token_id)
+        lengths = torch.as_tensor([len(v) for v in views])
+        if self.max_length is not None and input_ids.shape[1] < self.max_length:
+            extra = input_ids.new_full((input_ids.shape[0], self.max_length - input_ids.shape[1]), self.pad_token_id)
+            input_ids = torch.cat([input_ids, extra], dim=1)
+        attention_mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
+        batch_size = len(features)
+        batch = {
+            "input_ids": input_ids.view(batch_size, self.num_views, -1),
+            "attention_mask": attention_mask.view(batch_size, self.num_views, -1),
+        }
+        if self.batch_transform is not None:
+            batch = self.batch_transform(batch)
+        return batch

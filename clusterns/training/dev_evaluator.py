@@ -1,0 +1,143 @@
+"""In-training SentEval evaluation (SimCSE's CLTrainer.evaluate, senteval.md section 9),
+plus alignment / uniformity (Wang & Isola, 2020).
+
+    evaluator = SentEvalDevEvaluator("SentEval/data/downstream", transfer=False)
+    metrics = evaluator(encode_fn)   # encode_fn(list[str]) -> float32 [N, H]
+
+Returns fractions (not x100): eval_stsb_spearman (STS-B dev, 1500 pairs), eval_sickr_spearman
+(SICK trial, 500 pairs), eval_avg_sts; with transfer=True eval_<TASK> dev accuracies (%) and
+eval_avg_transfer; with korsts_dir eval_korsts_spearman (KorSTS dev, cosine Spearman over the
+whole set); with align_uniform=True eval_alignment / eval_uniformity on STS-B dev.
+
+Only the dev splits are encoded (SimCSE encodes every split and reads dev: identical metrics
+at ~1/9 of the cost), each distinct sentence once; the files are read once, at construction.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy.special import logsumexp
+from scipy.stats import spearmanr
+
+_SENTEVAL = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "SentEval")
+try:
+    import senteval  # noqa: F401  (installed: mapped by pyproject)
+except ImportError:  # running from a checkout without installation
+    sys.path.insert(0, _SENTEVAL)
+
+from senteval import korsts as _korsts  # noqa: E402
+from senteval import sts as _sts  # noqa: E402
+from senteval.engine import SE, resolve_downstream  # noqa: E402
+from senteval.utils import to_numpy  # noqa: E402
+
+TRANSFER_TASKS = ["MR", "CR", "SUBJ", "MPQA", "SST2", "TREC", "MRPC"]
+# SimCSE evaluates in training with the fast classifier settings.
+FAST_PARAMS = {"usepytorch": True, "kfold": 5, "batch_size": 128,
+               "classifier": {"nhid": 0, "optim": "rmsprop", "batch_size": 128, "tenacity": 3, "epoch_size": 2}}
+
+
+def alignment_uniformity(emb1: np.ndarray, emb2: np.ndarray, scores: Sequence[float],
+                         threshold: float = 4.0, t: float = 2.0, alpha: float = 2.0,
+                         normalize: bool = True) -> tuple[float, float]:
+    """(alignment, uniformity) of paired embeddings.
+
+    alignment  = mean ||f(x) - f(y)||^alpha over the pairs whose gold score >= threshold
+                 (STS-B's 0-5 scale; scores are not truncated to int)
+    uniformity = log mean exp(-t ||f(x) - f(y)||^2) over all pairs of distinct vectors among
+                 emb1 and emb2 (identical rows, i.e. repeated sentences, count once)
+    f is L2-normalised first unless normalize=False. Computed in float64.
+    """
+    a = np.asarray(emb1, dtype=np.float64)
+    b = np.asarray(emb2, dtype=np.float64)
+    s = np.asarray(scores, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2 or len(s) != len(a):
+        raise ValueError(f"emb1 {a.shape}, emb2 {b.shape} and scores ({len(s)}) must be paired [N, H], [N]")
+    if normalize:
+        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    pos = s >= threshold
+    if not pos.any():
+        raise ValueError(f"no pair has a gold score >= {threshold}")
+    alignment = float(np.mean(np.linalg.norm(a[pos] - b[pos], axis=1) ** alpha))
+    x = np.unique(np.concatenate([a, b]), axis=0)
+    if len(x) < 2:
+        raise ValueError("uniformity needs at least two distinct vectors")
+    sq = np.sum(x * x, axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (x @ x.T), 0.0)
+    iu = np.triu_indices(len(x), k=1)
+    uniformity = float(logsumexp(-t * d2[iu]) - np.log(len(iu[0])))
+    return alignment, uniformity
+
+
+def _joined(tokens_list) -> list[str]:
+    return [" ".join(t) for t in tokens_list]
+
+
+class SentEvalDevEvaluator:
+    def __init__(self, data_dir: str, transfer: bool = False, korsts_dir: str | None = None,
+                 align_uniform: bool = False, korsts_per_batch: bool = False,
+                 batch_size: int = 128, device: str | None = None):
+        down = resolve_downstream(data_dir)
+        self.transfer = transfer
+        self.align_uniform = align_uniform
+        self.korsts_per_batch = korsts_per_batch
+        self.batch_size = batch_size
+        stsb = _sts.STSBenchmarkEval(os.path.join(down, "STS", "STSBenchmark")).data["dev"]
+        sick = _sts.SICKRelatednessEval(os.path.join(down, "SICK")).data["dev"]
+        # name -> (sentences A, sentences B, gold); tokens re-joined as SimCSE's batcher does
+        self.pairs = {"stsb": (_joined(stsb[0]), _joined(stsb[1]), list(stsb[2])),
+                      "sickr": (_joined(sick[0]), _joined(sick[1]), list(sick[2]))}
+        if korsts_dir:
+            kdev = _korsts.load_korsts_file(os.path.join(korsts_dir, "sts-dev.tsv"))
+            self.pairs["korsts"] = (_joined(kdev[0]), _joined(kdev[1]), list(kdev[2]))
+        uniq = dict.fromkeys(s for a, b, _ in self.pairs.values() for s in a + b)
+        # length-sorted once, so encode_fn batches with little padding
+        self.sentences = sorted(uniq, key=len)
+        self.index = {s: i for i, s in enumerate(self.sentences)}
+        self.params = dict(FAST_PARAMS, task_path=down, batch_size=batch_size)
+        if device:
+            self.params["device"] = device
+        self.transfer_evals = {}
+        if transfer:
+            se = SE(self.params, None)
+            self.transfer_evals = {t: se.build(t) for t in TRANSFER_TASKS}
+
+    def _pair_embeddings(self, emb: np.ndarray, name: str):
+        a, b, gold = self.pairs[name]
+        return emb[[self.index[s] for s in a]], emb[[self.index[s] for s in b]], gold
+
+    def __call__(self, encode_fn: Callable[[list[str]], np.ndarray]) -> dict[str, float]:
+        emb = to_numpy(encode_fn(list(self.sentences)))
+        if emb.shape[0] != len(self.sentences):
+            raise ValueError(f"encode_fn returned {emb.shape[0]} rows for {len(self.sentences)} sentences")
+        metrics: dict[str, float] = {}
+        for name, key in (("stsb", "eval_stsb_spearman"), ("sickr", "eval_sickr_spearman")):
+            e1, e2, gold = self._pair_embeddings(emb, name)
+            metrics[key] = float(spearmanr(_sts.pair_similarities(e1, e2), gold)[0])
+        metrics["eval_avg_sts"] = (metrics["eval_stsb_spearman"] + metrics["eval_sickr_spearman"]) / 2
+        if "korsts" in self.pairs:
+            e1, e2, gold = self._pair_embeddings(emb, "korsts")
+            labels = np.asarray(gold, dtype=np.float64) / 5.0
+            metrics["eval_korsts_spearman"] = _korsts.korsts_metrics(e1, e2, labels)["cosine_spearman"]
+            if self.korsts_per_batch:
+                metrics["eval_korsts_select"] = _korsts.korsts_per_batch(e1, e2, labels)["select"]
+        if self.align_uniform:
+            e1, e2, gold = self._pair_embeddings(emb, "stsb")
+            metrics["eval_alignment"], metrics["eval_uniformity"] = alignment_uniformity(e1, e2, gold)
+        if self.transfer_evals:
+            def batcher(params, batch):
+                return to_numpy(encode_fn([" ".join(s) for s in batch]))
+
+            batcher.batches_itself = True  # encode_fn length-sorts and batches any number of sentences
+
+            params = SE(self.params, batcher).params
+            accs = []
+            for task, evaluation in self.transfer_evals.items():
+                res = evaluation.run(params, batcher)
+                metrics[f"eval_{task}"] = float(res["devacc"])
+                accs.append(float(res["devacc"]))
+            metrics["eval_avg_transfer"] = float(np.mean(accs))
+        return metrics

@@ -1,0 +1,49 @@
+"""ContrastiveModel: the module the Trainer trains (encoder + objective, so the optimizer sees both).
+
+One encoder pass over the flattened views, the projector, the cross-rank gather, the objective."""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from clusterns.training.distributed import gather_with_local_grad
+from clusterns.modeling.encoder import SentenceEncoder
+from clusterns.precision import fp32_region
+from clusterns.objectives.base import EncodedViews, Objective
+
+
+class ContrastiveModel(nn.Module):
+    def __init__(self, encoder: SentenceEncoder, objective: Objective):
+        super().__init__()
+        self.encoder = encoder
+        self.objective = objective
+
+    def encode_views(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> EncodedViews:
+        batch_size, num_views, length = input_ids.shape
+        flat_type_ids = token_type_ids.reshape(-1, length) if token_type_ids is not None else None
+        # One pass over [B*V, L]: the two identical copies get different dropout masks.
+        pooled = self.encoder.pooled(
+            input_ids.reshape(-1, length), attention_mask.reshape(-1, length), flat_type_ids, num_views=num_views
+        )
+        projected = self.encoder.projector(pooled)  # training: the projector is always applied
+        hidden = pooled.shape[-1]
+        local = projected.view(batch_size, num_views, hidden)
+        # Under DDP the local rows' gradient is multiplied by the world size: DDP's average of the ranks'
+        # gradients is then the single-process gradient of the global batch (clusterns/distributed.py).
+        gathered = gather_with_local_grad(local, scale_local_grad=True)
+        return EncodedViews(pooled=pooled.view(batch_size, num_views, hidden), local=local, gathered=gathered)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None, **batch: Tensor) -> dict:
+        views = self.encode_views(input_ids, attention_mask, token_type_ids)
+        batch = dict(batch, input_ids=input_ids, attention_mask=attention_mask)
+        if token_type_ids is not None:
+            batch["token_type_ids"] = token_type_ids
+        if getattr(self.objective, "keep_autocast", False):
+            # The objective runs sub-networks that should stay in mixed precision (DiffCSE's generator and
+            # discriminator); it computes its own logits and losses in fp32 (base.cosine_matrix, .float()).
+            out = self.objective(views, batch, self.encoder)
+        else:
+            # Similarity logits, cross-entropy and clustering state in full fp32 under --fp16 / --bf16
+            # (autocast would run even fp32 matmuls in half precision) and without TF32 (precision.py).
+            with fp32_region(input_ids.device.type):
+                out = self.objective(views, batch, self.encoder)
+        return {"loss": out.loss, "logs": out.logs}

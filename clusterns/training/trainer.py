@@ -1,0 +1,453 @@
+"""ContrastiveTrainer: a thin transformers.Trainer subclass.
+
+What it changes: the loss comes from the objective (with its scalar logs averaged over each
+logging window), evaluation is SentEval on the dev sets through `SentenceEncoder.encode`
+(never through the objective), and checkpoints are encoder folders that plain
+`AutoModel.from_pretrained` loads, with the objective's state beside them in safetensors.
+"""
+from __future__ import annotations
+
+import copy
+import errno
+import json
+import logging
+import math
+import os
+import shutil
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from transformers import EarlyStoppingCallback, Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+try:
+    from transformers.trainer_utils import rotate_checkpoints
+except ImportError:  # transformers 4.x: Trainer._rotate_checkpoints
+    rotate_checkpoints = None
+
+from clusterns.training import checkpoints as ckpt
+from clusterns.training.distributed import check_no_data_parallel, is_distributed
+from clusterns.modeling.encoder import CONFIG_NAME, PROJECTOR_WEIGHTS_NAME, WEIGHTS_NAME, MLP_KEYS, MLPProjector, _safetensors_files
+from clusterns.training.model import ContrastiveModel
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVE_STATE_NAME = "objective.safetensors"
+TRAINING_ARGS_JSON = "training_args.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """A non-finite loss or gradient under --nan_policy stop (raised before the update is applied)."""
+
+
+class _GuardedScheduler:
+    """Forwards everything to the LR scheduler, except that step() does nothing after a dropped update.
+
+    A proxy rather than a patched method: schedulers pickle their __dict__ into scheduler.pt."""
+
+    def __init__(self, scheduler, trainer: "ContrastiveTrainer"):
+        self.__dict__["_scheduler"] = scheduler
+        self.__dict__["_trainer"] = trainer
+
+    def step(self, *args: Any, **kwargs: Any):
+        if self._trainer._update_skipped:
+            return None
+        return self._scheduler.step(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._scheduler, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._scheduler, name, value)
+
+
+class ContrastiveTrainer(Trainer):
+    def __init__(self, *args: Any, dev_evaluator=None, run_config: dict | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # n_gpu > 1 means one process with several GPUs: HF would use nn.DataParallel, whose replicas each see
+        # only their slice of the batch as negatives. Refuse, showing the torchrun command (distributed.py).
+        check_no_data_parallel(self.args.n_gpu)
+        self.dev_evaluator = dev_evaluator
+        self.run_config = run_config or {}
+        self._log_sums: dict[str, torch.Tensor] = {}
+        self._log_count = 0
+        # --nan_policy: the current update step's losses and logs, checked once at its optimizer step
+        self._step_losses: list[torch.Tensor] = []
+        self._step_log_sums: dict[str, torch.Tensor] = {}
+        self._step_log_count = 0
+        self._step_grad_norm: torch.Tensor | float | None = None
+        self._step_state: dict[str, Any] | None = None  # non-parameter state before the step (skip policy)
+        self._update_skipped = False
+        self._skipped_in_window = 0
+        self.skipped_steps: list[int] = []  # steps whose update was dropped (--nan_policy skip)
+        # checkpoints
+        self._saving_checkpoint = False
+        self._staging_cleaned = False
+        self._loaded_best: str | None = None
+
+    @property
+    def contrastive_model(self) -> ContrastiveModel:
+        return self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
+
+    # ---- loss -----------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self._install_update_guard()
+            if not self._step_losses and self.args.nan_policy == "skip":
+                self._step_state = self._snapshot_state()  # first micro-batch of this update step
+        outputs = model(**inputs)
+        loss = outputs["loss"]
+        if model.training:
+            # Checked once per update, at the optimizer step (_guard_update): no host sync here.
+            self._step_losses.append(loss.detach())
+            for key, value in outputs["logs"].items():
+                value = value.detach().float()
+                self._step_log_sums[key] = self._step_log_sums[key] + value if key in self._step_log_sums else value
+            self._step_log_count += 1
+            # No world-size factor here: the gather scales the gradient of the global terms instead (DDP's
+            # average then equals one process on the global batch; clusterns/distributed.py), so the loss
+            # is the true loss and rank-local terms (DiffCSE's RTD) keep their single-process weight.
+        return (loss, outputs) if return_outputs else loss
+
+    # ---- non-finite loss policy (--nan_policy stop|skip) ----------------------------------------
+    def _install_update_guard(self) -> None:
+        """Route the Trainer's optimizer.step() through _guard_update and make the LR scheduler skip a
+        dropped update. Installed lazily (the optimizer and scheduler exist by the first training step)."""
+        optimizer = self.optimizer
+        if optimizer is not None and not getattr(optimizer.step, "_clusterns_guard", False):
+            original = optimizer.step
+
+            def step(*args: Any, **kwargs: Any):
+                self._update_skipped = self._guard_update()
+                if self._update_skipped:
+                    optimizer.zero_grad(set_to_none=True)
+                    return None
+                return original(*args, **kwargs)
+
+            step._clusterns_guard = True
+            if hasattr(original, "_wrapped_by_lr_sched"):  # keep torch's scheduler-order check quiet
+                step._wrapped_by_lr_sched = True
+            optimizer.step = step
+        scheduler = self.lr_scheduler
+        metric_driven = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) or type(scheduler).__name__ == "GreedyLR"
+        if scheduler is not None and not isinstance(scheduler, _GuardedScheduler) and not metric_driven:
+            self.lr_scheduler = _GuardedScheduler(scheduler, self)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self._step_grad_norm = grad_norm  # the norm HF computed anyway (after the DDP all-reduce)
+        return grad_norm
+
+    def _snapshot_state(self) -> dict[str, Any]:
+        """The model's non-parameter state (objective buffers such as ClusterNS centroids, BatchNorm
+        statistics), so that a dropped update also undoes what the forward changed."""
+        model = self.contrastive_model
+        params = {name for name, _ in model.named_parameters()}
+        return {k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v) for k, v in model.state_dict().items() if k not in params}
+
+    def _step_gradient_norm(self) -> torch.Tensor | None:
+        if self._step_grad_norm is not None:
+            return torch.as_tensor(self._step_grad_norm)
+        grads = [p.grad for p in self.contrastive_model.parameters() if p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) if grads else None
+
+    def _guard_update(self) -> bool:
+        """At each optimizer step: True if the update must be dropped (a non-finite loss in any micro-batch,
+        or a non-finite gradient norm). One host sync per update; all ranks take the same decision.
+        --nan_policy stop raises NonFiniteLossError instead (nothing applied, nothing saved)."""
+        losses = torch.stack(self._step_losses).float() if self._step_losses else None
+        device = losses.device if losses is not None else self.args.device
+        bad = torch.zeros((), dtype=torch.bool, device=device)
+        if losses is not None:
+            bad = bad | ~torch.isfinite(losses).all()
+        grad_norm = None
+        if getattr(self.accelerator, "scaler", None) is None:  # fp16: the GradScaler handles overflowing gradients
+            grad_norm = self._step_gradient_norm()
+            if grad_norm is not None:
+                bad = bad | ~torch.isfinite(grad_norm.to(device)).all()
+        if is_distributed():
+            flag = bad.to(torch.int32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            bad = flag.bool()
+        step_logs, step_count, state = self._step_log_sums, self._step_log_count, self._step_state
+        self._step_losses, self._step_log_sums, self._step_log_count = [], {}, 0
+        self._step_grad_norm, self._step_state = None, None
+        if not bool(bad):
+            for key, value in step_logs.items():
+                self._log_sums[key] = self._log_sums[key] + value if key in self._log_sums else value
+            self._log_count += step_count
+            return False
+        step = self.state.global_step + 1
+        values = losses.tolist() if losses is not None else []
+        loss_text = ", ".join(f"{v:g}" for v in values) or "n/a"
+        what = "gradient" if all(math.isfinite(v) for v in values) else "loss"
+        norm_text = f"{float(grad_norm):g}" if grad_norm is not None else "n/a"
+        message = f"non-finite {what} at step {step} (loss {loss_text}; gradient norm {norm_text})"
+        if self.args.nan_policy != "skip":
+            logger.error(message)
+            raise NonFiniteLossError(
+                f"{message}; stopped (--nan_policy stop): this step's update was not applied and nothing was saved; "
+                "the checkpoints written before it are intact. --nan_policy skip drops such updates and continues."
+            )
+        logger.warning("%s; update dropped (--nan_policy skip): no optimizer or scheduler step", message)
+        if state:
+            self.contrastive_model.load_state_dict(state, strict=False)
+        self.skipped_steps.append(step)
+        self._skipped_in_window += 1
+        self.state.log_history.append({"step": step, "nonfinite": what, "nonfinite_loss": loss_text, "nan_policy": "skip"})
+        return True
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            committed = self._log_count  # micro-batches of applied updates in this window
+            if self._log_count:
+                for key, total in self._log_sums.items():
+                    logs[key] = round((total / self._log_count).item(), 6)
+                self._log_sums, self._log_count = {}, 0
+            if self._skipped_in_window:
+                logs["nonfinite/skipped"] = self._skipped_in_window
+                if not committed:  # only dropped steps: HF's nan filter would report 0
+                    logs["loss"] = float("nan")
+                self._skipped_in_window = 0
+        super().log(logs, start_time)
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """SentEval dev evaluation (STS-B dev, SICK trial; transfer / KorSTS dev on request) on rank 0.
+
+        The other ranks wait and receive the same metrics, so every rank takes the same
+        best-checkpoint and early-stopping decisions."""
+        if self.dev_evaluator is None:
+            raise ValueError(
+                "evaluation during training needs the SentEval dev data: pass --eval_data_dir pointing at the "
+                "SentEval 'downstream' folder (see SentEval/data/downstream/download_dataset.sh)"
+            )
+        metrics: dict[str, float] | None = None
+        if self.args.process_index == 0:
+            encoder = self.contrastive_model.encoder
+            was_training = encoder.training
+            try:
+                metrics = self.dev_evaluator(
+                    lambda sentences: encoder.encode(
+                        sentences, batch_size=self.args.per_device_eval_batch_size, show_progress_bar=not self.args.disable_tqdm
+                    )
+                )
+            finally:
+                encoder.train(was_training)
+            metrics = {k: float(v) for k, v in metrics.items()}
+        if is_distributed():
+            box = [metrics]
+            dist.broadcast_object_list(box, src=0)
+            metrics = box[0]
+        metrics["epoch"] = self.state.epoch if self.state.epoch is not None else 0.0
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    # Every checkpoint is written into tmp-checkpoint-<step>/ and renamed to checkpoint-<step> once complete
+    # (clusterns/checkpointing.py); the final save into output_dir replaces its files one by one.
+    def _determine_best_metric(self, metrics, trial):
+        is_new_best = super()._determine_best_metric(metrics, trial)
+        if is_new_best:  # transformers 4.x records the step only for steps/epoch saving, not for --save_strategy best
+            self.state.best_global_step = self.state.global_step
+        return is_new_best
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """HF's _save_checkpoint (model, objective state, optimizer, scheduler, scaler, RNG states of every
+        rank, trainer_state.json) redirected into a staging folder, then committed with one rename."""
+        run_dir = self._get_output_dir(trial=trial)
+        final = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        root = ckpt.staging_root(final)
+        staged = os.path.join(root, os.path.basename(final))
+        if self.args.should_save:
+            if not self._staging_cleaned:
+                ckpt.remove_stale_staging(run_dir)
+                self._staging_cleaned = True
+            shutil.rmtree(root, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        error: OSError | None = None
+        self._saving_checkpoint = True
+        self._get_output_dir = lambda trial=None: root  # HF then writes every file under root/checkpoint-<step>
+        try:
+            super()._save_checkpoint(model, trial)
+            # This checkpoint is the best one (best_global_step: see _determine_best_metric): record its final
+            # path. HF 5 recorded its staging path; HF 4.x with --save_strategy best recorded nothing.
+            if self.state.best_global_step == self.state.global_step:
+                self.state.best_model_checkpoint = final
+                if self.args.should_save:
+                    self.state.save_to_json(os.path.join(staged, ckpt.TRAINER_STATE_NAME))
+        except OSError as err:
+            error = err
+        finally:
+            del self._get_output_dir
+            self._saving_checkpoint = False
+        # Commit only once every rank has written its part (e.g. rng_state_<rank>.pth); the second
+        # check makes the commit's outcome (and the end of the save) common to all ranks.
+        if self._all_ranks_ok(error is None) and self.args.should_save:
+            try:
+                ckpt.commit_folder(staged, final)
+                os.rmdir(root)
+            except OSError as err:
+                error = err
+        if not self._all_ranks_ok(error is None):
+            if self.args.should_save:
+                shutil.rmtree(root, ignore_errors=True)
+            what = f"{os.path.basename(final)} in {run_dir}"
+            if error is not None:
+                raise ckpt.describe_write_error(error, what, run_dir) from error
+            raise ckpt.CheckpointWriteError(errno.EIO, f"could not write {what}: another rank failed to write its part")
+        if self.args.should_save:
+            self._rotate_keeping_best(run_dir)
+
+    def _all_ranks_ok(self, ok: bool) -> bool:
+        """True when `ok` holds on every rank (a collective: also a barrier)."""
+        if not is_distributed():
+            return ok
+        flag = torch.tensor([0 if ok else 1], device=self.args.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) == 0
+
+    def _best_checkpoint_in(self, run_dir: str) -> str | None:
+        """The best checkpoint as a path inside run_dir (the spelling rotation compares), if it is on disk."""
+        candidates = [self.state.best_model_checkpoint]
+        if self.state.best_global_step:
+            candidates.append(os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}"))
+        for best in candidates:
+            if best and os.path.isdir(best):
+                if os.path.realpath(os.path.dirname(os.path.normpath(best))) == os.path.realpath(run_dir):
+                    return os.path.join(run_dir, os.path.basename(os.path.normpath(best)))
+                return best
+        return None
+
+    def _rotate_keeping_best(self, run_dir: str) -> None:
+        """--save_total_limit: delete the oldest checkpoints, never the newest nor the best one."""
+        if not self.args.save_total_limit or self.args.save_total_limit <= 0:
+            return
+        best = self._best_checkpoint_in(run_dir)
+        if rotate_checkpoints is not None:
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit, best_model_checkpoint=best, use_mtime=True)
+        else:  # transformers 4.x: the Trainer method protects state.best_model_checkpoint
+            self._rotate_checkpoints(use_mtime=True, output_dir=run_dir)
+
+    def _relocate_best_checkpoint(self) -> None:
+        """On resume HF drops (5.x) or keeps (4.x) a recorded best checkpoint whose path does not exist from here
+        (e.g. the run folder was moved); find it again by its step so --load_best_model_at_end and rotation keep it."""
+        state = self.state
+        if state.best_global_step and not (state.best_model_checkpoint and os.path.isdir(state.best_model_checkpoint)):
+            candidate = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.best_global_step}")
+            if ckpt.is_complete_checkpoint(candidate):
+                logger.info("best checkpoint (step %d) found at %s", state.best_global_step, candidate)
+                state.best_model_checkpoint = candidate
+            elif self.args.load_best_model_at_end:
+                logger.warning(
+                    "the best checkpoint (step %d, %s = %s) is not on disk any more: --load_best_model_at_end can only "
+                    "restore a checkpoint that beats it", state.best_global_step, self.args.metric_for_best_model, state.best_metric,
+                )
+
+    def _load_callback_state(self) -> None:
+        """Exact resume includes the early-stopping patience counter (HF restores callback states only with
+        --restore_callback_states_from_checkpoint)."""
+        self._relocate_best_checkpoint()  # both 4.x and 5.x call this right after loading the resumed state
+        super()._load_callback_state()
+        if self.args.restore_callback_states_from_checkpoint:
+            return
+        stored = (self.state.stateful_callbacks or {}).get("EarlyStoppingCallback")
+        if isinstance(stored, list):
+            stored = stored[0] if stored else None
+        if not isinstance(stored, dict):
+            return
+        counter = stored.get("attributes", {}).get("early_stopping_patience_counter")
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, EarlyStoppingCallback) and counter is not None:
+                callback.early_stopping_patience_counter = int(counter)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        """resume_from_checkpoint: a checkpoint folder, `auto` (the latest complete checkpoint of output_dir,
+        or a fresh start when there is none) or True (the latest complete one, which must exist)."""
+        if resume_from_checkpoint is True:
+            found = ckpt.latest_checkpoint(self.args.output_dir)
+            if found is None:
+                raise FileNotFoundError(f"no complete checkpoint in {self.args.output_dir!r} to resume from")
+            resume_from_checkpoint = found
+        elif isinstance(resume_from_checkpoint, str):
+            resume_from_checkpoint = ckpt.resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        if self._saving_checkpoint:  # inside a fresh staging folder that _save_checkpoint commits
+            self._write_model_files(output_dir)
+            return
+        staged = ckpt.new_save_folder(output_dir)
+        try:
+            self._write_model_files(staged)
+            if self._loaded_best and os.path.realpath(output_dir) == os.path.realpath(self.args.output_dir):
+                ckpt.write_json_atomic(os.path.join(staged, ckpt.BEST_METRIC_NAME), self._best_record())
+            ckpt.replace_files_from(staged, output_dir)
+        except OSError as err:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise ckpt.describe_write_error(err, f"the model to {output_dir}", output_dir) from err
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+
+    def _best_record(self) -> dict[str, Any]:
+        return {
+            "metric_for_best_model": self.args.metric_for_best_model,
+            "greater_is_better": self.args.greater_is_better,
+            "best_metric": self.state.best_metric,
+            "best_global_step": self.state.best_global_step,
+            "best_model_checkpoint": self._loaded_best,
+            "global_step": self.state.global_step,
+        }
+
+    def _write_model_files(self, output_dir: str) -> None:
+        os.makedirs(output_dir, exist_ok=True)
+        model = self.contrastive_model
+        model.encoder.save_pretrained(output_dir)
+        objective_state = {k: v.detach().contiguous().cpu() for k, v in model.objective.state_dict().items()}
+        if objective_state:
+            save_file(objective_state, os.path.join(output_dir, OBJECTIVE_STATE_NAME), metadata={"format": "pt"})
+        with open(os.path.join(output_dir, TRAINING_ARGS_JSON), "w") as f:
+            json.dump({"training": self.args.to_dict(), **self.run_config}, f, indent=2, sort_keys=True, default=str)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        load_contrastive_state(self.contrastive_model if model is None else model, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        logger.info("Loading best model from %s (score: %s).", self.state.best_model_checkpoint, self.state.best_metric)
+        load_contrastive_state(self.contrastive_model, self.state.best_model_checkpoint)
+        self._loaded_best = self.state.best_model_checkpoint  # the final save records it in best_metric.json
+
+
+def load_contrastive_state(model: ContrastiveModel, folder: str) -> None:
+    """Restore encoder (backbone + projector) and objective state from a checkpoint folder written by _save."""
+    files = _safetensors_files(folder)
+    if not files or not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
+        raise FileNotFoundError(f"{folder!r} is not a complete checkpoint (missing {WEIGHTS_NAME} or {CONFIG_NAME})")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_file(file))
+    encoder = model.encoder
+    if isinstance(encoder.projector, MLPProjector):
+        encoder.projector.dense.weight.data.copy_(state.pop(MLP_KEYS[0]))
+        encoder.projector.dense.bias.data.copy_(state.pop(MLP_KEYS[1]))
+    else:
+        for key in MLP_KEYS:
+            state.pop(key, None)
+    missing, unexpected = encoder.backbone.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {folder!r} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    projector_file = os.path.join(folder, PROJECTOR_WEIGHTS_NAME)
+    if os.path.isfile(projector_file):
+        encoder.projector.load_state_dict(load_file(projector_file))
+    objective_file = os.path.join(folder, OBJECTIVE_STATE_NAME)
+    if os.path.isfile(objective_file):
+        model.objective.load_state_dict(load_file(objective_file))
+    elif model.objective.state_dict():
+        raise FileNotFoundError(f"{folder!r} has no {OBJECTIVE_STATE_NAME}: the objective's state (e.g. centroids) cannot be restored")

@@ -1,0 +1,309 @@
+"""Packed linear layers (clusterns/packing.py, --packed_linear): same embeddings and gradients as the plain forward."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from clusterns.training.arguments import POOLERS
+from clusterns.modeling.packing import (
+    disable_packed_linear,
+    enable_packed_linear,
+    is_packed,
+    pack_rows,
+    packed_batch,
+    unpack_rows,
+)
+
+SENTENCES = [
+    "a man is playing a guitar .",
+    "two dogs run .",
+    "the woman is slicing a tomato on the table with a big knife near the window .",
+    "a child .",
+    "people are walking on the street in the rain with red and blue umbrellas .",
+]
+
+
+def _argv(model, pooler, extra=()):
+    return ["--model_name_or_path", str(model), "--output_dir", "/tmp/unused-packing", "--use_cpu",
+            "--pooler_type", pooler, "--dropout_prob", "0.0", "--max_seq_length", "40", *extra]
+
+
+def _build(model, pooler, packed, extra=()):
+    from clusterns.cli.train import build_encoder, parse_args
+    from clusterns.modeling.prompts import PromptArguments
+
+    flags = ["--packed_linear", "true" if packed else "false"]
+    model_args, data_args, by_class, _ = parse_args(_argv(model, pooler, [*extra, *flags]))
+    torch.manual_seed(0)
+    return build_encoder(model_args, data_args, None, by_class.get(PromptArguments)), model_args
+
+
+def _batch(encoder, views=1):
+    from clusterns.training.data import ContrastiveCollator
+
+    if encoder.config.prompt:
+        from clusterns.modeling.prompts import get_spec
+
+        feats = get_spec(encoder).tokenize_function(encoder.tokenizer, 40)({"sent0": SENTENCES})
+        features = [{k: feats[k][i] for k in feats} for i in range(len(SENTENCES))]
+    else:
+        ids = encoder.tokenizer(SENTENCES, truncation=True, max_length=40)["input_ids"]
+        features = [{"sent0_ids": x} for x in ids]
+    return ContrastiveCollator(pad_token_id=encoder.tokenizer.pad_token_id, num_views=2)(features)
+
+
+def _pair(model, pooler, extra=()):
+    plain, model_args = _build(model, pooler, False, extra)
+    packed = copy.deepcopy(plain)
+    assert enable_packed_linear(packed.backbone)
+    assert not is_packed(plain.backbone) and is_packed(packed.backbone)
+    return plain, packed, model_args
+
+
+def _assert_grads_close(a: nn.Module, b: nn.Module, rtol=1e-4):
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        if pa.grad is None:
+            assert pb.grad is None or not pb.grad.abs().any(), name
+            continue
+        scale = pa.grad.abs().max().clamp_min(1e-6)
+        # key biases have a zero true gradient (softmax shift invariance): compare on the parameter scale
+        assert (pa.grad - pb.grad).abs().max() <= rtol * scale + 1e-6, name
+
+
+# ---- the gather / scatter functions ---------------------------------------------------------------
+def test_pack_unpack_roundtrip_and_gradcheck():
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    state = packed_batch(mask)
+    assert state.tokens == 7 and state.batch == 3 and state.length == 4
+    assert state.index.tolist() == [0, 1, 4, 5, 6, 7, 8]
+    x = torch.randn(12, 3, dtype=torch.float64, requires_grad=True)
+    packed = pack_rows(x, state.index)
+    assert torch.equal(packed, x[mask.reshape(-1).bool()])
+    full = unpack_rows(packed, state.index, 12)
+    assert torch.equal(full[mask.reshape(-1).bool()], packed) and not full[~mask.reshape(-1).bool()].any()
+    torch.autograd.gradcheck(lambda t: pack_rows(t, state.index), (x,))
+    p = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda t: unpack_rows(t, state.index, 12), (p,))
+
+
+def test_packed_batch_none_without_padding():
+    assert packed_batch(torch.ones(2, 5, dtype=torch.long)) is None
+    assert packed_batch(torch.zeros(2, 5, dtype=torch.long)) is None
+    assert packed_batch(torch.ones(2, 1, 5, 5)) is None  # not a 2-D key-padding mask
+
+
+# ---- equivalence on BERT and RoBERTa, every pooler ------------------------------------------------
+@pytest.mark.parametrize("backbone", ["tiny_bert", "tiny_roberta"])
+@pytest.mark.parametrize("pooler", [p for p in POOLERS if p != "mask"])
+def test_pooled_equal_eval_and_train_with_grads(request, backbone, pooler):
+    model = request.getfixturevalue(backbone)
+    plain, packed, _ = _pair(model, pooler)
+    batch = _batch(plain)
+    ids, mask = batch["input_ids"].reshape(-1, batch["input_ids"].shape[-1]), batch["attention_mask"].reshape(-1, batch["input_ids"].shape[-1])
+    assert (mask == 0).any()  # the batch is padded
+    calls = packed.backbone._clusterns_packing.calls
+    for training in (False, True):
+        plain.train(training)
+        packed.train(training)
+        a = plain(ids, mask)
+        b = packed(ids, mask)
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (pooler, training, (a - b).abs().max())
+        if training:
+            weights = torch.randn_like(a)
+            (a * weights).sum().backward()
+            (b * weights).sum().backward()
+            _assert_grads_close(plain, packed)
+    assert packed.backbone._clusterns_packing.calls == calls + 2  # both forwards ran packed
+    # eval-mode encode() (length-sorted batches) gives the same vectors
+    assert torch.allclose(torch.as_tensor(plain.encode(SENTENCES, batch_size=2)),
+                          torch.as_tensor(packed.encode(SENTENCES, batch_size=2)), atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["tiny_bert", "tiny_roberta"])
+def test_prompt_mask_pooler_with_delta_equal(request, backbone):
+    """The mask pooler (PromptBERT, two templates, template denoising): the delta pass has no attention
+    mask and runs unpacked, the sentence pass runs packed; pooled vectors and gradients agree."""
+    model = request.getfixturevalue(backbone)
+    extra = ["--mask_embedding_sentence", "--mask_embedding_sentence_delta", "--prompt_templates", "per_backbone"]
+    plain, packed, _ = _pair(model, "mask", extra)
+    batch = _batch(plain)
+    n, v, length = batch["input_ids"].shape
+    ids, mask = batch["input_ids"].reshape(-1, length), batch["attention_mask"].reshape(-1, length)
+    for training in (False, True):
+        plain.train(training)
+        packed.train(training)
+        a = plain.pooled(ids, mask, num_views=v)
+        b = packed.pooled(ids, mask, num_views=v)
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (training, (a - b).abs().max())
+        if training:
+            a.sum().backward()
+            b.sum().backward()
+            _assert_grads_close(plain, packed)
+
+
+@pytest.mark.parametrize("objective", ["infonce", "clusterns", "mixcse"])
+def test_contrastive_model_loss_and_grads_equal(tiny_bert, objective):
+    from clusterns.training.model import ContrastiveModel
+    from clusterns.objectives import get_objective_class
+
+    plain, packed, model_args = _pair(tiny_bert, "cls")
+    cls = get_objective_class(objective)
+    args = cls.arguments_class() if cls.arguments_class else None
+    if objective == "clusterns":
+        args.kmeans, args.kmean_cosine = 4, 1.0
+    models = [ContrastiveModel(enc, cls(model_args, copy.deepcopy(args), enc)).train() for enc in (plain, packed)]
+    if objective == "clusterns":  # the same greedy-chain start in both (it is drawn from Python's random otherwise)
+        for m in models:
+            m.objective.forced_first_index = 0
+    batch = _batch(plain)
+    for _ in range(2):  # clusterns: the first forward starts the clustering, the second uses it
+        outs = [m(**batch) for m in models]
+        assert torch.allclose(outs[0]["loss"], outs[1]["loss"], atol=1e-5), (outs[0]["loss"], outs[1]["loss"])
+    for out in outs:
+        out["loss"].backward()
+    _assert_grads_close(models[0], models[1])
+
+
+def test_bf16_autocast_close(tiny_bert):
+    plain, packed, _ = _pair(tiny_bert, "avg")
+    batch = _batch(plain)
+    ids, mask = batch["input_ids"].reshape(-1, batch["input_ids"].shape[-1]), batch["attention_mask"].reshape(-1, batch["input_ids"].shape[-1])
+    plain.eval(), packed.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = plain(ids, mask).float(), packed(ids, mask).float()
+    assert torch.allclose(a, b, atol=5e-2, rtol=5e-2)
+
+
+def test_dropout_train_mode_runs_and_pads_are_zero(tiny_bert):
+    from clusterns.cli.train import build_encoder, parse_args
+
+    model_args, data_args, _, _ = parse_args(_argv(tiny_bert, "avg")[:-4] + ["--max_seq_length", "40", "--packed_linear", "true"])
+    encoder = build_encoder(model_args, data_args, None)
+    assert is_packed(encoder.backbone)
+    encoder.train()
+    batch = _batch(encoder)
+    ids, mask = batch["input_ids"].reshape(-1, batch["input_ids"].shape[-1]), batch["attention_mask"].reshape(-1, batch["input_ids"].shape[-1])
+    out = encoder.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    assert torch.isfinite(out.last_hidden_state).all()
+    assert not out.last_hidden_state[mask == 0].any()  # pad positions are zeros, never read
+    assert len(out.hidden_states) == encoder.backbone.config.num_hidden_layers + 1
+    a, b = encoder(ids, mask), encoder(ids, mask)
+    assert not torch.allclose(a, b)  # dropout is active
+
+
+# ---- fallbacks and the switch ---------------------------------------------------------------------
+def test_unpadded_and_maskless_calls_use_the_plain_forward(tiny_bert):
+    plain, packed, _ = _pair(tiny_bert, "cls")
+    plain.eval(), packed.eval()
+    controller = packed.backbone._clusterns_packing
+    ids = plain.tokenizer(["a man is playing .", "a dog runs ."], padding=True, return_tensors="pt")["input_ids"][:, :4]
+    before = controller.calls
+    torch.testing.assert_close(packed.backbone(input_ids=ids).last_hidden_state, plain.backbone(input_ids=ids).last_hidden_state)
+    full = torch.ones_like(ids)
+    torch.testing.assert_close(packed.backbone(input_ids=ids, attention_mask=full).last_hidden_state,
+                               plain.backbone(input_ids=ids, attention_mask=full).last_hidden_state)
+    assert controller.calls == before and controller.stack == []
+
+
+def test_gradient_checkpointing_falls_back(tiny_bert):
+    plain, packed, _ = _pair(tiny_bert, "avg")
+    if hasattr(packed.backbone, "activation_checkpointing_enable"):  # transformers >= 5
+        packed.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        packed.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    packed.train(), plain.train()
+    batch = _batch(plain)
+    ids, mask = batch["input_ids"].reshape(-1, batch["input_ids"].shape[-1]), batch["attention_mask"].reshape(-1, batch["input_ids"].shape[-1])
+    calls = packed.backbone._clusterns_packing.calls
+    packed(ids, mask).sum().backward()
+    assert packed.backbone._clusterns_packing.calls == calls
+
+
+def test_enable_disable_idempotent_state_dict_unchanged(tiny_bert, tmp_path):
+    plain, _ = _build(tiny_bert, "cls", False)
+    keys = list(plain.state_dict())
+    assert enable_packed_linear(plain.backbone) and enable_packed_linear(plain.backbone)
+    assert list(plain.state_dict()) == keys
+    plain.save_pretrained(tmp_path / "saved")  # checkpoints are unaffected
+    from clusterns.modeling.encoder import SentenceEncoder
+
+    loaded = SentenceEncoder.from_pretrained(tmp_path / "saved")
+    assert not is_packed(loaded.backbone)
+    disable_packed_linear(plain.backbone)
+    assert not is_packed(plain.backbone)
+    assert "forward" not in plain.backbone.encoder.layer[0].__dict__
+    assert len(plain.backbone._forward_pre_hooks) == 0
+
+
+def test_unsupported_backbone_is_left_alone():
+    class Other(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+
+    model = Other()
+    assert enable_packed_linear(model) is False
+    assert not is_packed(model)
+
+
+def test_switch_parses_and_reaches_the_encoder(tiny_bert):
+    from clusterns.training.arguments import ModelArguments
+    from clusterns.cli.train import build_encoder, parse_args
+
+    default = ModelArguments().packed_linear
+    argv = _argv(tiny_bert, "cls")
+    for flags, expected in (([], default), (["--packed_linear"], True), (["--packed_linear", "false"], False)):
+        model_args, data_args, _, _ = parse_args(argv + flags)
+        assert model_args.packed_linear is expected
+        assert is_packed(build_encoder(model_args, data_args, None).backbone) is expected
+    if default:
+        model_args, _, _, _ = parse_args(argv + ["--no_packed_linear"])
+        assert model_args.packed_linear is False
+
+
+# ---- DiffCSE: the generator (and, without pads in the loss, the discriminator) follow the encoder -------------------
+@pytest.mark.parametrize("reduction,discriminator_packed", [("all_positions", False), ("exclude_padding", True)])
+def test_diffcse_extra_passes_follow_packing(tiny_bert, reduction, discriminator_packed):
+    """Packed, the generator runs its layers and MLM head on non-pad tokens only (same replacement ids, pads 0);
+    the discriminator is packed only when pads leave the RTD loss. Loss and gradients equal the plain run's."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    from clusterns.training.data import ContrastiveCollator
+    from clusterns.training.model import ContrastiveModel
+    from clusterns.objectives.diffcse.objective import DiffCSEArguments, DiffCSEObjective
+
+    plain, packed, model_args = _pair(tiny_bert, "cls")
+    cfg = AutoConfig.from_pretrained(str(tiny_bert), num_hidden_layers=1, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0)
+    torch.manual_seed(1)
+    generator = AutoModelForMaskedLM.from_config(cfg)
+    args = DiffCSEArguments(lambda_weight=1.0, masking_ratio=0.3, generator_dropout=False, rtd_reduction=reduction)
+    objectives = []
+    for enc in (plain, packed):
+        torch.manual_seed(2)  # the same RTD head
+        objectives.append(DiffCSEObjective(model_args, copy.deepcopy(args), enc, generator=copy.deepcopy(generator)))
+    assert objectives[0].packed_generator_head is None and not is_packed(objectives[0].discriminator.backbone)
+    assert objectives[1].packed_generator_head is not None and is_packed(objectives[1].generator_base)
+    assert not any(k.startswith(("packed_generator_head", "generator")) for k in objectives[1].state_dict())
+    assert is_packed(objectives[1].discriminator.backbone) is discriminator_packed
+
+    ids = plain.tokenizer(SENTENCES, truncation=True, max_length=40)["input_ids"]
+    collate = ContrastiveCollator(pad_token_id=plain.tokenizer.pad_token_id, num_views=2,
+                                  batch_transform=objectives[0].batch_transform(plain.tokenizer))
+    torch.manual_seed(3)
+    batch = collate([{"sent0_ids": x} for x in ids])
+    mlm = batch["mlm_input_ids"].reshape(-1, batch["mlm_input_ids"].shape[-1])
+    mask = batch["attention_mask"].reshape(mlm.shape)
+    assert (mask == 0).any()  # the batch has padding to skip
+    got = [o.train().corrupt(mlm, mask) for o in objectives]
+    assert torch.equal(got[0] * mask, got[1]) and not got[1][mask == 0].any()
+
+    models = [ContrastiveModel(enc, obj).train() for enc, obj in zip((plain, packed), objectives)]
+    outs = [m(**batch) for m in models]
+    assert torch.allclose(outs[0]["loss"], outs[1]["loss"], atol=1e-5), (outs[0]["loss"], outs[1]["loss"])
+    for out in outs:
+        out["loss"].backward()
+    _assert_grads_close(models[0], models[1])

@@ -1,0 +1,110 @@
+"""Smoke tests of scripts/bench_train.py (tiny model, 1 step): it runs every configuration and writes the JSON keys."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "bench_train.py"
+sys.path.insert(0, str(REPO / "scripts"))
+
+import bench_train  # noqa: E402
+
+REQUIRED_RATIOS = ("infonce_vs_sentence_transformers", "clusterns_vs_infonce", "mixcse_vs_infonce", "diffcse_vs_infonce")
+
+
+def _check_report(report: dict, configs: list[str]) -> None:
+    for key in REQUIRED_RATIOS:
+        assert report["ratios"][key] > 0, key
+    assert 0 < report["matmul_utilisation"]
+    assert set(report["peak_rss_mb"]) == set(configs)
+    assert all(v > 0 for v in report["peak_rss_mb"].values())
+    assert 0 <= report["padding_fraction"] < 1
+    assert report["summary"]["clusterns"]["wall_s_per_step"] > 0
+    d = report["diffcse_expected"]
+    assert d["implied_by_time"] > 1 and d["implied_by_flops"] > 1
+
+
+def test_bench_train_smoke_in_process(tiny_bert, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    configs = list(bench_train.DEFAULT_CONFIGS)
+    code = bench_train.main([
+        "--model_name_or_path", str(tiny_bert), "--batch_size", "8", "--max_seq_length", "16", "--warmup", "1",
+        "--steps", "1", "--repeat", "1", "--threads", "1", "--in_process", "--json", str(out), "--markdown",
+    ])
+    assert code == 0
+    report = json.loads(out.read_text())
+    _check_report(report, configs)
+    printed = capsys.readouterr().out
+    assert "| configuration | packed linear |" in printed and "GPU: not measured" in printed
+    assert report["summary"]["infonce-nopack"]["packed_linear"] is False
+    assert "| target (CPU, issue 9) | threshold | measured | met |" in printed
+    # --from_json prints the same tables from the saved report, without measuring
+    assert bench_train.main(["--from_json", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == bench_train.markdown(report).strip()
+
+
+def test_targets_table_marks_each_threshold():
+    report = {
+        "ratios": {"infonce_vs_sentence_transformers": 1.3, "clusterns_vs_infonce": 1.06, "mixcse_vs_infonce": 1.01,
+                   "diffcse_vs_infonce": 2.4},
+        "summary": {"infonce": {"peak_rss_mb": 900.0}, "st": {"peak_rss_mb": 1000.0}},
+        "diffcse_expected": {"implied_by_time": 2.3, "measured_over_implied": 2.4 / 2.3},
+        "matmul_utilisation": 0.49,
+    }
+    met = {t: ok for t, _, _, ok in bench_train.targets(report)}
+    assert met == {
+        "infonce sentences/s vs sentence-transformers": True, "infonce peak RSS vs sentence-transformers": True,
+        "clusterns time per step vs infonce": False, "mixcse time per step vs infonce": True,
+        "diffcse vs what its extra passes imply (timings)": True, "infonce matmul utilisation": False,
+    }
+
+
+def test_flop_count_by_hand():
+    shapes = {"hidden": 4, "intermediate": 8, "layers": 2}
+    # per token and layer 2 * (4*16 + 2*4*8) = 256; attention 4 * L^2 * H per sequence
+    assert bench_train.encoder_flops(shapes, 10, [3, 2]) == 2 * (10 * 256 + 4 * 4 * (9 + 4))
+    m = bench_train.matmul_throughput(shapes, 16, repeat=1)
+    assert m["flops"] == 3 * 2 * 16 * (4 * 12 + 4 * 4 + 4 * 8 + 8 * 4) and m["flop_per_s"] > 0
+
+
+def test_sentences_cycle_and_file(tmp_path):
+    assert len(bench_train.load_sentences(None, 500)) == 500
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("one\n\ntwo\nthree\n")
+    got = bench_train.load_sentences(str(corpus), 7)
+    assert sorted(set(got)) == ["one", "three", "two"] and len(got) == 7
+
+
+def test_memory_search_bisects(monkeypatch):
+    calls = []
+
+    def fake(a, config, batch_size=None, steps=None, warmup=None, matmul=True):
+        calls.append(batch_size)
+        return {"peak_rss_mb": 1000 + 10 * batch_size}
+
+    monkeypatch.setattr(bench_train, "run_worker", fake)
+    a = type("A", (), {"memory_start": 64, "memory_max": 4096, "memory_resolution": 8})()
+    found = bench_train.memory_search(a, "infonce", 3000)  # fits up to batch 200
+    assert found["largest_batch"] <= 200 < found["largest_batch"] + 8
+    assert calls[:3] == [64, 128, 256]
+
+
+@pytest.mark.slow
+def test_bench_train_subprocess_json(tiny_bert, tmp_path):
+    """The real mode: one fresh process per configuration and repeat, plus the memory search."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--model_name_or_path", str(tiny_bert), "--batch_size", "8", "--max_seq_length", "16",
+         "--warmup", "1", "--steps", "1", "--repeat", "1", "--threads", "1", "--json", str(out),
+         "--memory_budget_mb", "100000", "--memory_start", "8", "--memory_max", "16", "--memory_resolution", "8"],
+        cwd=REPO, capture_output=True, text=True, timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    _check_report(report, list(bench_train.DEFAULT_CONFIGS))
+    assert report["memory"]["infonce"]["largest_batch"] >= 16 and report["memory"]["diffcse"]["largest_batch"] >= 16

@@ -1,0 +1,122 @@
+"""--nan_policy: a non-finite loss (or gradient) is caught at the step it happens.
+
+stop: NonFiniteLossError naming the step; nothing is applied or saved, earlier checkpoints intact.
+skip: that update is dropped entirely (no optimizer step: weights, Adam moments and step count
+unchanged; no scheduler step; the objective's buffers rolled back), logged with its step, and
+training goes on."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clusterns.cli.train import train_main
+from clusterns.objectives.base import ObjectiveOutput
+from clusterns.training.trainer import NonFiniteLossError
+
+
+def inject(monkeypatch, objective_cls, at_forward: int, kind: str) -> None:
+    """Make the objective's `at_forward`-th training forward return a bad loss.
+
+    kind: nan / inf (the loss itself), or grad (a finite loss whose gradient is NaN: the derivative
+    of sqrt at 0 is inf, times the zero inner derivative)."""
+    original = objective_cls.forward
+    calls = {"n": 0}
+
+    def forward(self, views, batch, encoder):
+        out = original(self, views, batch, encoder)
+        if not self.training:
+            return out
+        calls["n"] += 1
+        if calls["n"] != at_forward:
+            return out
+        if kind == "nan":
+            loss = out.loss * float("nan")
+        elif kind == "inf":
+            loss = out.loss + float("inf")
+        else:
+            z = views.local
+            loss = out.loss + 0.0 * torch.sqrt(((z - z.detach()) ** 2).sum())
+        return ObjectiveOutput(loss=loss, logs=out.logs)
+
+    monkeypatch.setattr(objective_cls, "forward", forward)
+
+
+def argv(model, corpus, out, *extra):
+    return [str(a) for a in (
+        "--model_name_or_path", model, "--train_file", corpus, "--output_dir", out, "--per_device_train_batch_size", 8,
+        "--max_steps", 4, "--use_cpu", "--logging_steps", 1, "--save_steps", 1, "--seed", 7, "--report_to", "none",
+        "--disable_tqdm", "true", "--dataloader_num_workers", 0, *extra,
+    )]
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def adam_steps(folder) -> set[float]:
+    state = torch.load(folder / "optimizer.pt", weights_only=True)["state"]
+    return {float(s["step"]) for s in state.values()}
+
+
+def scheduler_epoch(folder) -> int:
+    return torch.load(folder / "scheduler.pt", weights_only=True)["last_epoch"]
+
+
+@pytest.mark.parametrize("kind", ["nan", "grad"])
+def test_skip_drops_the_whole_update(tiny_bert, tiny_corpus, tmp_path, monkeypatch, kind):
+    from clusterns.objectives.infonce import InfoNCEObjective
+
+    inject(monkeypatch, InfoNCEObjective, 3, kind)
+    out = tmp_path / "run"
+    train_main(argv(tiny_bert, tiny_corpus, out, "--nan_policy", "skip"))
+    c2, c3, c4 = (out / f"checkpoint-{s}" for s in (2, 3, 4))
+    assert same(weights(c2), weights(c3))  # a zero-gradient Adam step would still move them (momentum)
+    assert not same(weights(c3), weights(c4))  # training went on
+    assert adam_steps(c2) == adam_steps(c3) == {2.0} and adam_steps(c4) == {3.0}
+    assert scheduler_epoch(c2) == scheduler_epoch(c3) == 2 and scheduler_epoch(c4) == 3
+    assert all(torch.isfinite(t).all() for t in weights(out).values())
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    events = [h for h in state["log_history"] if "nonfinite" in h]
+    assert events == [{"step": 3, "nonfinite": "loss" if kind == "nan" else "gradient",
+                       "nonfinite_loss": events[0]["nonfinite_loss"], "nan_policy": "skip"}]
+    logged = {h["step"]: h for h in state["log_history"] if "loss" in h}
+    assert logged[3]["nonfinite/skipped"] == 1 and all("nonfinite/skipped" not in logged[s] for s in (1, 2, 4))
+    assert math.isnan(logged[3]["loss"]) and "sim/pos" not in logged[3]  # the dropped step's logs are not averaged in
+    assert all(math.isfinite(logged[s]["loss"]) and math.isfinite(logged[s]["sim/pos"]) for s in (1, 2, 4))
+
+
+@pytest.mark.parametrize("kind", ["inf", "grad"])
+def test_stop_raises_at_the_step_and_saves_nothing(tiny_bert, tiny_corpus, tmp_path, monkeypatch, kind):
+    from clusterns.objectives.infonce import InfoNCEObjective
+
+    inject(monkeypatch, InfoNCEObjective, 3, kind)
+    out = tmp_path / "run"
+    what = "loss" if kind == "inf" else "gradient"
+    with pytest.raises(NonFiniteLossError, match=rf"non-finite {what} at step 3 .*--nan_policy stop"):
+        train_main(argv(tiny_bert, tiny_corpus, out))  # stop is the default
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["checkpoint-1", "checkpoint-2"]  # no tmp-* either
+    assert not (out / "model.safetensors").exists()
+    assert all(torch.isfinite(t).all() for t in weights(out / "checkpoint-2").values())
+
+
+@pytest.mark.slow
+def test_skip_rolls_back_the_clusterns_state(tiny_bert, tiny_corpus, tmp_path, monkeypatch):
+    """The forward of the dropped step updated the centroids and the forward counter: both are restored."""
+    from clusterns.objectives.clusterns.objective import ClusterNSObjective
+
+    inject(monkeypatch, ClusterNSObjective, 3, "nan")
+    out = tmp_path / "run"
+    train_main(argv(tiny_bert, tiny_corpus, out, "--nan_policy", "skip", "--objective", "clusterns", "--kmeans", 4,
+                    "--kmean_cosine", 1.0, "--kmeans_lr", 0.1))
+    s2, s3, s4 = (load_file(str(out / f"checkpoint-{s}" / "objective.safetensors")) for s in (2, 3, 4))
+    assert same(s2, s3) and int(s3["cluster.num_forwards"]) == 2 and bool(s3["cluster.started"])
+    assert not torch.equal(s3["cluster.centroids"], s4["cluster.centroids"])
