@@ -19,7 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
-import evaluation  # noqa: E402  (also puts SentEval/ on sys.path from a checkout)
+from clusterns.cli import evaluate as evaluation  # noqa: E402
 from benchmarks_md import command_line, machine, publish, short_model_name, utc_now  # noqa: E402
 
 TARGET_RATIO = 1.3

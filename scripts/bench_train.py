@@ -303,82 +303,71 @@ def _fix_packing_flag(flags: list[str]) -> list[str]:
     return out
 
 
-def tiny_generator(encoder_backbone, layers: int = 2, seed: int = 0):
+def tiny_generator_from_config(config, layers: int = 2, seed: int = 0):
     """A masked LM sharing the encoder's vocabulary: the encoder's config with `layers` layers, random weights."""
     import copy
 
     import torch
     from transformers import AutoModelForMaskedLM
 
-    config = copy.deepcopy(encoder_backbone.config)
+    config = copy.deepcopy(config)
     config.num_hidden_layers = layers
     torch.manual_seed(seed)
     return AutoModelForMaskedLM.from_config(config)
 
 
-def run_ours(name: str, a, sentences: list[str], init_sentences: list[str]) -> dict:
-    import torch
+def _init_features(run, sentences: list[str], max_seq_length: int) -> list[dict]:
+    """The ClusterNS init batch, tokenised as the training data (the pooler's views function or the plain one)."""
     from datasets import Dataset
-    from transformers import set_seed
 
-    from clusterns.cli.train import build_encoder, parse_args
-    from clusterns.training.data import ContrastiveCollator, tokenize_corpus
-    from clusterns.training.model import ContrastiveModel
-    from clusterns.objectives import get_objective_class
-    from clusterns.modeling.prompts import PromptArguments, get_spec
-    from clusterns.training.trainer import ContrastiveTrainer
+    from clusterns.training.data import tokenize_corpus
+
+    encoder = run.encoder
+    views = encoder.pooling.training_tokenize_function(encoder, max_seq_length)
+    init = tokenize_corpus(Dataset.from_dict({"sent0": sentences}), encoder.tokenizer, max_seq_length, views_function=views)
+    return [init[i] for i in range(len(init))]
+
+
+def run_ours(name: str, a, sentences: list[str], init_sentences: list[str]) -> dict:
+    """One configuration through the framework's own run builder (clusterns.build_run), timed by a callback."""
+    import torch
+
+    from clusterns.training.run import build_run
 
     out_dir = tempfile.mkdtemp(prefix="bench_train_")
     argv = ["--model_name_or_path", a.model, "--max_seq_length", str(a.max_seq_length), "--pooler_type", "cls"]
     argv += _fix_packing_flag(OURS_FLAGS[name]) + _common_training_flags(a, out_dir)
-    model_args, data_args, by_class, training_args = parse_args(argv)
-    objective_cls = get_objective_class(model_args.objective)
-    objective_args = by_class.get(objective_cls.arguments_class) if objective_cls.arguments_class else None
-    set_seed(training_args.seed)
-    encoder = build_encoder(model_args, data_args, objective_args, by_class.get(PromptArguments))
+    diffcse = "diffcse" in name
+    recorders: list[_Recorder] = []
+
+    def wrap(collator):
+        recorders.append(_Recorder(collator, keep_last=a.steps if diffcse else 0))
+        return recorders[-1]
+
+    timer = _timer_callback()
+    objective_kwargs = {}
+    if diffcse:  # a stand-in generator of 2 layers sharing the encoder's vocabulary (no hub here)
+        from transformers import AutoConfig, AutoTokenizer
+
+        objective_kwargs = {"generator": tiny_generator_from_config(AutoConfig.from_pretrained(a.model)),
+                            "generator_tokenizer": AutoTokenizer.from_pretrained(a.model)}
+    run = build_run(argv, sentences=sentences, objective_kwargs=objective_kwargs, wrap_collator=wrap, callbacks=[timer])
+    model, objective, encoder, trainer = run.model, run.objective, run.encoder, run.trainer
+    recorder = recorders[-1]
     extra = {}
-    if model_args.objective == "diffcse":
-        generator = tiny_generator(encoder.backbone)
-        objective = objective_cls(model_args, objective_args, encoder, generator=generator, generator_tokenizer=encoder.tokenizer)
-    else:
-        objective = objective_cls(model_args, objective_args, encoder)
-    model = ContrastiveModel(encoder, objective)
-    prompt = get_spec(encoder) if encoder.config.prompt else None
-    dataset = tokenize_corpus(Dataset.from_dict({"sent0": sentences}), encoder.tokenizer, a.max_seq_length, prompt=prompt)
-    collator = ContrastiveCollator(pad_token_id=encoder.tokenizer.pad_token_id, num_views=2,
-                                   batch_transform=objective.batch_transform(encoder.tokenizer))
-    if model_args.objective == "clusterns":  # start the clustering on a dedicated init batch of K sentences
-        init = tokenize_corpus(Dataset.from_dict({"sent0": init_sentences}), encoder.tokenizer, a.max_seq_length, prompt=prompt)
-        batch = collator([init[i] for i in range(len(init))])
+    if run.model_args.objective == "clusterns":  # start the clustering on a dedicated init batch of K sentences
+        batch = run.collator(_init_features(run, init_sentences, a.max_seq_length))
         model.train()
         with torch.no_grad():
             model(**batch)
         if not objective.started:
             raise SystemExit("error: ClusterNS did not start on the init batch")
-        extra["clustering_started_on_init_batch"] = len(init)
-    recorder = _Recorder(collator, keep_last=a.steps if model_args.objective == "diffcse" else 0)
-    timer = _timer_callback()
-    trainer = ContrastiveTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=recorder,
-                                 processing_class=encoder.tokenizer, callbacks=[timer])
-    if not _has_sampling_strategy():  # transformers 4.57: the same sentence order as on 5.x
-        from torch.utils.data import SequentialSampler
-
-        trainer._get_train_sampler = lambda *args, **kwargs: SequentialSampler(dataset)
-    guard_times: list[float] = []
-    if hasattr(trainer, "_guard_update"):  # the once-per-update non-finite check (its host sync): timed on its own
-        guard = trainer._guard_update
-
-        def timed_guard():
-            t0 = time.perf_counter()
-            try:
-                return guard()
-            finally:
-                guard_times.append(time.perf_counter() - t0)
-
-        trainer._guard_update = timed_guard
+        extra["clustering_started_on_init_batch"] = len(init_sentences)
     trainer.train()
     rss = peak_rss_mb()
-    if model_args.objective == "clusterns" and not objective.started:
+    guard_times = trainer.update_check_seconds
+    training_args = run.training_args
+    if run.model_args.objective == "clusterns" and not objective.started:
         raise SystemExit("error: ClusterNS clustering was not active during the timing")
     wall, cpu = _durations(timer.marks, a.warmup, a.steps)
     stats = recorder.stats[a.warmup:a.warmup + a.steps]
@@ -394,7 +383,7 @@ def run_ours(name: str, a, sentences: list[str], init_sentences: list[str]) -> d
         "guard_ms_per_step": 1000 * statistics.mean(guard_times[a.warmup:a.warmup + a.steps]) if guard_times[a.warmup:] else None,
         "collate_ms_per_step": 1000 * statistics.mean(recorder.seconds[a.warmup:a.warmup + a.steps]),
     }
-    if model_args.objective == "diffcse":
+    if diffcse:
         result["diffcse_parts"] = _time_diffcse_parts(model, recorder.batches)
     if name.startswith("infonce") and a.matmul:
         tokens = statistics.mean(result["tokens"] if result["packed_linear"] else result["padded_tokens"])

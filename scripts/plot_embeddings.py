@@ -29,7 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 OBJECTIVE_STATE = "objective.safetensors"
-CENTROIDS_KEY = "cluster.centroids"  # ClusterNSObjective.cluster (clusterns/clustering.py CentroidState)
+CENTROIDS_KEY = "cluster.centroids"  # ClusterNSObjective.cluster (clusterns/objectives/clusterns/clustering.py CentroidState)
 STARTED_KEY = "cluster.started"
 
 

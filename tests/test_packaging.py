@@ -13,8 +13,8 @@ from conftest import REPO
 
 SCRIPTS = {
     "clusterns-train": "clusterns.cli.train:train_cli",
-    "clusterns-evaluate": "clusterns.cli.train:evaluate_main",
-    "clusterns-export-st": "clusterns.export.sentence_transformers:main",
+    "clusterns-evaluate": "clusterns.cli.evaluate:evaluate_cli",
+    "clusterns-export-st": "clusterns.cli.export:main",
     "clusterns-model-card": "clusterns.export.model_card:main",
     "clusterns-results-table": "clusterns.export.model_card:results_table_main",
 }
@@ -49,7 +49,7 @@ def test_console_scripts_resolve(pyproject):
         assert callable(getattr(importlib.import_module(module), name)), target
 
 
-@pytest.mark.parametrize("target", ["clusterns.export.sentence_transformers:main", "clusterns.export.model_card:main", "clusterns.export.model_card:results_table_main"])
+@pytest.mark.parametrize("target", ["clusterns.cli.export:main", "clusterns.export.model_card:main", "clusterns.export.model_card:results_table_main"])
 def test_entry_points_help(target, capsys):
     module, _, name = target.partition(":")
     with pytest.raises(SystemExit) as info:
@@ -58,12 +58,12 @@ def test_entry_points_help(target, capsys):
     assert "usage:" in capsys.readouterr().out
 
 
-def test_evaluate_entry_point_runs_the_checkout_script(monkeypatch, capsys):
-    from clusterns.cli.train import evaluate_main
+def test_evaluate_entry_point_is_packaged(monkeypatch, capsys):
+    from clusterns.cli.evaluate import evaluate_cli
 
     monkeypatch.setattr(sys, "argv", ["clusterns-evaluate", "--help"])
     with pytest.raises(SystemExit) as info:
-        evaluate_main()
+        evaluate_cli()
     assert info.value.code == 0
     assert "--model_name_or_path" in capsys.readouterr().out
 

@@ -29,13 +29,15 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
+
+from clusterns.io import CONFIG_NAME, MODEL_CARD_NAME, TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+from clusterns.modeling.encoder import EncoderConfig
+from clusterns.objectives import get_objective_class, objective_names
 
 logger = logging.getLogger(__name__)
 
-CARD_NAME = "README.md"
-TRAINING_ARGS_JSON = "training_args.json"
-TRAINER_STATE_JSON = "trainer_state.json"
+CARD_NAME = MODEL_CARD_NAME
 MISSING = "–"
 
 STS_COLUMNS = [("STS12", "STS12"), ("STS13", "STS13"), ("STS14", "STS14"), ("STS15", "STS15"), ("STS16", "STS16"),
@@ -44,12 +46,6 @@ DEV_STS_COLUMNS = [("STS-B", "STSBenchmark"), ("SICK-R", "SICKRelatedness")]
 TRANSFER_COLUMNS = [("MR", "MR"), ("CR", "CR"), ("SUBJ", "SUBJ"), ("MPQA", "MPQA"), ("SST", "SST2"), ("TREC", "TREC"),
                     ("MRPC", "MRPC")]
 KORSTS_COLUMNS = ["Cos P", "Cos S", "Euc P", "Euc S", "Man P", "Man S", "Dot P", "Dot S"]
-METHODS = {
-    "infonce": "SimCSE (InfoNCE with dropout views)",
-    "clusterns": "ClusterNS (clustering-aided negative sampling)",
-    "mixcse": "MixCSE (mixed hard negatives)",
-    "diffcse": "DiffCSE (contrastive + conditional replaced-token detection)",
-}
 
 
 # ---- evaluation.py JSON -> tables -------------------------------------------------------------------
@@ -248,13 +244,24 @@ def _dev_metrics(metrics: dict, state: dict | None) -> str:
     return "\n\n".join(lines) if lines else "No dev evaluation was run during training."
 
 
+def _method(objective: str) -> "_Method":
+    """The objective's description and citation from the registry (a name it does not know: the name)."""
+    if objective in objective_names():
+        cls = get_objective_class(objective)
+        return _Method(cls.description or objective, cls.citation)
+    return _Method(objective, "")
+
+
+class _Method(NamedTuple):
+    description: str
+    citation: str
+
+
 def render_model_card(output_dir: str, run_config: dict | None = None, metrics: dict | None = None,
                       eval_jsons: list[str] | None = None) -> str:
-    from clusterns.modeling.encoder import CONFIG_NAME
-
     output_dir = str(output_dir)
-    run_config = run_config or _read_json(os.path.join(output_dir, TRAINING_ARGS_JSON)) or {}
-    state = _read_json(os.path.join(output_dir, TRAINER_STATE_JSON))
+    run_config = run_config or _read_json(os.path.join(output_dir, TRAINING_ARGS_NAME)) or {}
+    state = _read_json(os.path.join(output_dir, TRAINER_STATE_NAME))
     encoder_config = _read_json(os.path.join(output_dir, CONFIG_NAME)) or {}
     modules = _read_json(os.path.join(output_dir, "modules.json")) or []
     model_args = run_config.get("model", {})
@@ -268,8 +275,8 @@ def render_model_card(output_dir: str, run_config: dict | None = None, metrics: 
     pooler = encoder_config.get("pooler_type", "cls")
     projector = encoder_config.get("projector", "none")
     mlp_only_train = bool(encoder_config.get("mlp_only_train"))
-    at_eval = projector != "none" and not mlp_only_train
-    eval_pooler = ("cls" if at_eval else "cls_before_pooler") if pooler == "cls" else pooler
+    eval_pooler = EncoderConfig.from_dict(encoder_config).eval_pooler if encoder_config else pooler
+    method = _method(objective)
 
     front = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity", "tags:",
              "- sentence-transformers", "- sentence-similarity", "- feature-extraction", "- clusterns"]
@@ -289,13 +296,13 @@ def render_model_card(output_dir: str, run_config: dict | None = None, metrics: 
         "```",
     ]
     if custom:
-        usage.append("\nThis encoder uses the `clusterns.export.st_module.ClusternsEncoder` module (prompt pooler or BatchNorm "
+        usage.append("\nThis encoder uses the `clusterns.st_modules.ClusternsEncoder` module (prompt pooler or BatchNorm "
                      "projector), so it needs `pip install` of this repository and `trust_remote_code=True` "
                      "(or `clusterns.export.st_module.load_sentence_transformer(path)`).")
     usage += [
         "",
         "```python",
-        "from clusterns.modeling.encoder import SentenceEncoder",
+        "from clusterns import SentenceEncoder",
         "",
         f'encoder = SentenceEncoder.from_pretrained("{output_dir}")',
         'embeddings = encoder.encode(["A man is playing a guitar."], batch_size=64)',
@@ -314,7 +321,8 @@ def render_model_card(output_dir: str, run_config: dict | None = None, metrics: 
                      f"--output_json {output_dir}/eval_test.json")
 
     model_rows = [
-        ("base model", base), ("objective", f"{objective} — {METHODS.get(objective, objective)}"),
+        ("base model", base), ("objective", f"{objective} — {method.description}"),
+        *([("reference", method.citation)] if method.citation else []),
         ("pooler (training)", pooler), ("projector", projector), ("mlp_only_train", mlp_only_train),
         ("sentence vector at evaluation", eval_pooler), ("first_layer_index", encoder_config.get("first_layer_index")),
         ("sentence-transformers modules", " -> ".join(str(m.get("type", "?")).rsplit(".", 1)[-1] for m in modules) or MISSING),
@@ -371,7 +379,7 @@ def render_model_card(output_dir: str, run_config: dict | None = None, metrics: 
     body = [
         "\n".join(front),
         "",
-        f"# {METHODS.get(objective, objective).split(' (')[0]} sentence encoder",
+        f"# {method.description.split(' (')[0]} sentence encoder",
         "",
         f"A sentence encoder trained with the **{objective}** objective from `{base}` with "
         "clusterns (SimCSE-family training on one framework). It maps sentences to "
@@ -397,7 +405,7 @@ def render_model_card(output_dir: str, run_config: dict | None = None, metrics: 
     ]
     if objective_args:
         body += ["", f"### Objective flags ({objective})", "", _kv_table(sorted(objective_args.items()))]
-    body += ["", f"Every flag is recorded in `{TRAINING_ARGS_JSON}`.", "", "## Results", "", "### Dev (during training)", "",
+    body += ["", f"Every flag is recorded in `{TRAINING_ARGS_NAME}`.", "", "## Results", "", "### Dev (during training)", "",
              _dev_metrics(metrics or {}, state), "", "### Test (evaluation.py)", "", test_tables, "",
              "## Framework versions", "", _kv_table(_versions()), ""]
     return "\n".join(body)

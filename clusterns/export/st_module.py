@@ -28,7 +28,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
-MODULE_CONFIG_NAME = "clusterns_st_module.json"
+from clusterns.export.folder import write_model_folder
+from clusterns.io import ST_MODULE_CONFIG_NAME, read_json, write_json
+from clusterns.modeling.encoder import SentenceEncoder
+
+MODULE_CONFIG_NAME = ST_MODULE_CONFIG_NAME
 
 
 class ClusternsEncoder(nn.Module):
@@ -74,11 +78,8 @@ class ClusternsEncoder(nn.Module):
 
     def save(self, output_path: str, *args: Any, **kwargs: Any) -> None:
         """SentenceTransformer.save: the encoder folder (weights, configs, sentence-transformers files)."""
-        from clusterns.export.sentence_transformers import write_sentence_transformers_files
-
-        self.encoder.save_pretrained(output_path)
-        write_sentence_transformers_files(output_path, self.encoder)
-        self._write_config(output_path)
+        write_model_folder(self.encoder, output_path)
+        write_json(os.path.join(output_path, MODULE_CONFIG_NAME), {"max_seq_length": self.max_seq_length, **self._options()})
 
     @classmethod
     def load(cls, input_path: str) -> "ClusternsEncoder":
@@ -89,16 +90,11 @@ class ClusternsEncoder(nn.Module):
     # ---- helpers --------------------------------------------------------------------------------
     @classmethod
     def from_folder(cls, path: str, prompt_convention: str | None = None, max_seq_length: int | None = None) -> "ClusternsEncoder":
-        from clusterns.modeling.encoder import SentenceEncoder
-
         encoder = SentenceEncoder.from_pretrained(path, prompt_convention=prompt_convention)
         return cls(encoder, max_seq_length)
 
-    def _write_config(self, path: str) -> None:
-        config = {"max_seq_length": self.max_seq_length, "prompt_convention": getattr(self.encoder, "prompt_convention", None)}
-        with open(os.path.join(path, MODULE_CONFIG_NAME), "w") as f:
-            json.dump(config, f, indent=2)
-            f.write("\n")
+    def _options(self) -> dict[str, Any]:
+        return {"prompt_convention": None, **self.encoder.pooling.st_module_options()}
 
     @staticmethod
     def _text(item: Any) -> str:
@@ -109,15 +105,11 @@ class ClusternsEncoder(nn.Module):
     def __repr__(self) -> str:
         c = self.encoder.config
         return (f"ClusternsEncoder(pooler={c.pooler_type!r}, projector={c.projector!r}, mlp_only_train={c.mlp_only_train}, "
-                f"prompt_convention={getattr(self.encoder, 'prompt_convention', None)!r}, max_seq_length={self.max_seq_length})")
+                f"prompt_convention={self._options()['prompt_convention']!r}, max_seq_length={self.max_seq_length})")
 
 
 def _read_config(path: str) -> dict[str, Any]:
-    file = os.path.join(path, MODULE_CONFIG_NAME)
-    if not os.path.isfile(file):
-        return {}
-    with open(file) as f:
-        return json.load(f)
+    return read_json(os.path.join(path, MODULE_CONFIG_NAME)) or {}
 
 
 def load_sentence_transformer(path: str, prompt_convention: str | None = None, device: str | None = None, **kwargs: Any):
@@ -125,6 +117,7 @@ def load_sentence_transformer(path: str, prompt_convention: str | None = None, d
 
     Native layouts load as usual; for the custom layout the ClusternsEncoder module is built
     here (this package's code) and handed to SentenceTransformer(modules=[...])."""
+    # sentence-transformers is an optional dependency (the `ecosystem` extra): imported only when used.
     from sentence_transformers import SentenceTransformer
 
     with open(os.path.join(path, "modules.json")) as f:

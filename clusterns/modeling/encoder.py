@@ -7,7 +7,6 @@ SimCSE's conversion script. `clusterns_config.json` records how to pool.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -17,23 +16,27 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer
-from transformers.utils import logging as hf_logging
 
-from clusterns.training.arguments import POOLERS
-from clusterns.modeling.poolers import NEEDS_HIDDEN_STATES, pool
+from clusterns.io import (
+    CONFIG_NAME,
+    HF_CONFIG_NAME,
+    MLP_KEYS,
+    PROJECTOR_WEIGHTS_NAME,
+    WEIGHTS_NAME,
+    read_tensors,
+    safetensors_files,
+    save_tensors,
+    write_json,
+)
+from clusterns.modeling.backbones import quiet_transformers
+from clusterns.modeling.poolers import get_pooler
 from clusterns.modeling.projectors import BNProjectionMLP, MLPProjector, build_projector
 
 logger = logging.getLogger(__name__)
-
-CONFIG_NAME = "clusterns_config.json"
-WEIGHTS_NAME = "model.safetensors"
-PROJECTOR_WEIGHTS_NAME = "projector.safetensors"
-MLP_KEYS = ("pooler.dense.weight", "pooler.dense.bias")
 
 
 @dataclass
@@ -51,8 +54,7 @@ class EncoderConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.pooler_type not in POOLERS:
-            raise ValueError(f"--pooler_type {self.pooler_type!r} is not known; choose one of: {', '.join(POOLERS)}")
+        get_pooler(self.pooler_type)  # raises, naming the flag and the registered poolers
         if self.first_layer_index not in (0, 1):
             raise ValueError(f"--first_layer_index must be 0 (embedding output) or 1 (first layer), got {self.first_layer_index}")
 
@@ -64,9 +66,7 @@ class EncoderConfig:
     @property
     def eval_pooler(self) -> str:
         """The evaluation.py --pooler name that reproduces encode() on this checkpoint."""
-        if self.pooler_type == "cls":
-            return "cls" if self.projector_at_eval else "cls_before_pooler"
-        return self.pooler_type
+        return get_pooler(self.pooler_type).eval_name(self.projector_at_eval)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,29 +76,14 @@ class EncoderConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "EncoderConfig | None":
+        """The folder's clusterns_config.json, or None for a folder without one (a plain HF checkpoint)."""
+        file = Path(folder, CONFIG_NAME)
+        return cls.from_dict(json.loads(file.read_text())) if file.is_file() else None
 
-@contextlib.contextmanager
-def quiet_transformers():
-    """Silence transformers' load report: dropping the NSP pooler (add_pooling_layer=False) is intended."""
-    previous = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(previous)
-
-
-def _is_roberta(config) -> bool:
-    return getattr(config, "model_type", "") in {"roberta", "xlm-roberta", "camembert"}
-
-
-def max_positions(config, tokenizer) -> int:
-    """Longest input the backbone accepts (RoBERTa reserves padding_idx + 1 positions)."""
-    limit = getattr(config, "max_position_embeddings", 512)
-    if _is_roberta(config):
-        limit -= config.pad_token_id + 1
-    tok_limit = getattr(tokenizer, "model_max_length", limit) or limit
-    return int(min(limit, tok_limit))
+    def save(self, folder: str | os.PathLike) -> None:
+        write_json(Path(folder, CONFIG_NAME), self.to_dict(), sort_keys=True)
 
 
 class SentenceEncoder(nn.Module):
@@ -109,6 +94,17 @@ class SentenceEncoder(nn.Module):
         self.config = config
         self.hidden_size = backbone.config.hidden_size
         self.projector = build_projector(config.projector, self.hidden_size, backbone.config.initializer_range)
+        # The pooler for this encoder (modeling/poolers.py): pooling, encode() inputs, training inputs.
+        self.pooling = get_pooler(config.pooler_type).bind(config)
+
+    def configure(self, **changes: Any) -> None:
+        """Change EncoderConfig fields that do not touch weights (e.g. `prompt`) and rebind the pooler."""
+        for key, value in changes.items():
+            if key not in {f.name for f in fields(EncoderConfig)} or key == "projector":
+                raise ValueError(f"EncoderConfig has no field {key!r} that can be changed after construction")
+            setattr(self.config, key, value)
+        self.config.__post_init__()
+        self.pooling = get_pooler(self.config.pooler_type).bind(self.config)
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -118,17 +114,19 @@ class SentenceEncoder(nn.Module):
         config: EncoderConfig,
         tokenizer_name: str | None = None,
         dropout_prob: float | None = None,
+        config_name: str | None = None,
+        use_fast_tokenizer: bool = True,
         trust_pickle: bool = False,
         cache_dir: str | None = None,
         revision: str = "main",
     ) -> "SentenceEncoder":
-        """Start training from a pretrained BERT/RoBERTa checkpoint (the pooling layer is not built)."""
-        if os.path.isdir(model_name_or_path) and not trust_pickle and not _safetensors_files(str(model_name_or_path)):
+        """Start training from a pretrained Hugging Face checkpoint (the pooling layer is not built)."""
+        if os.path.isdir(model_name_or_path) and not trust_pickle and not safetensors_files(model_name_or_path):
             raise FileNotFoundError(
                 f"--model_name_or_path {model_name_or_path!r} holds no safetensors weights; .bin/pickle files are refused "
                 "unless you pass --trust_pickle (unpickling can run arbitrary code)"
             )
-        hf_config = AutoConfig.from_pretrained(model_name_or_path, cache_dir=cache_dir, revision=revision)
+        hf_config = AutoConfig.from_pretrained(config_name or model_name_or_path, cache_dir=cache_dir, revision=revision)
         if dropout_prob is not None:
             hf_config.hidden_dropout_prob = dropout_prob
             hf_config.attention_probs_dropout_prob = dropout_prob
@@ -137,7 +135,8 @@ class SentenceEncoder(nn.Module):
                 model_name_or_path, config=hf_config, add_pooling_layer=False, use_safetensors=None if trust_pickle else True,
                 cache_dir=cache_dir, revision=revision,
             )
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name or model_name_or_path, cache_dir=cache_dir, revision=revision)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name or model_name_or_path, cache_dir=cache_dir, revision=revision,
+                                                  use_fast=use_fast_tokenizer)
         config.base_model = config.base_model or str(model_name_or_path)
         return cls(backbone, tokenizer, config)
 
@@ -155,30 +154,31 @@ class SentenceEncoder(nn.Module):
 
         `pooler` overrides the saved pooling, with evaluation.py's names: `cls` uses the
         checkpoint's pooler weights (our MLP, or HF's dense+tanh), `cls_before_pooler` the raw
-        [CLS] state, `avg`, `avg_top2`, `avg_first_last` as in training.
+        [CLS] state, `avg`, `avg_top2`, `avg_first_last` as in training (modeling/poolers.py).
         Prompt checkpoints (pooler `mask`): `prompt_convention` = test (default: the recorded final-test
-        convention), original, dev / consistent (see clusterns/prompts.py); a plain checkpoint takes
-        `pooler="mask", prompt=clusterns.modeling.prompts.prompt_config(template)`.
+        convention), original, dev / consistent (modeling/prompt/settings.py); a plain checkpoint takes
+        `pooler="mask", prompt=clusterns.modeling.prompt.prompt_config(template)`.
         """
         path = str(path)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"model folder {path!r} does not exist (give a checkpoint folder saved by train.py or a HF model folder)")
-        if not os.path.isfile(os.path.join(path, "config.json")):
+        if not os.path.isfile(os.path.join(path, HF_CONFIG_NAME)):
             raise FileNotFoundError(f"{path!r} has no config.json: it is not a complete checkpoint")
-        saved = Path(path, CONFIG_NAME)
-        config = EncoderConfig.from_dict(json.loads(saved.read_text())) if saved.exists() else EncoderConfig(pooler_type="cls", projector="none", base_model=path)
+        config = EncoderConfig.load(path)
+        saved = config is not None
+        if config is None:
+            config = EncoderConfig(pooler_type="cls", projector="none", base_model=path)
         if pooler is not None and pooler != config.eval_pooler:
-            if pooler not in POOLERS:
-                raise ValueError(f"--pooler {pooler!r} is not known; choose one of: {', '.join(POOLERS)}")
+            chosen = get_pooler(pooler, flag="--pooler")
             # The pooler is chosen explicitly: `cls` means CLS + the checkpoint's dense+tanh pooler.
             config.pooler_type = pooler
-            config.projector = "simcse_mlp" if pooler == "cls" else "none"
+            config.projector = "simcse_mlp" if chosen.uses_checkpoint_pooler else "none"
             config.mlp_only_train = False
-        elif not saved.exists() and pooler is None:
+        elif not saved and pooler is None:
             config.pooler_type, config.projector = "cls_before_pooler", "none"
         for key, value in overrides.items():
             setattr(config, key, value)
-        weights = _safetensors_files(path)
+        weights = safetensors_files(path)
         if not weights and not trust_pickle:
             raise FileNotFoundError(
                 f"{path!r} holds no safetensors weights; .bin/pickle files are refused unless you pass --trust_pickle "
@@ -189,11 +189,9 @@ class SentenceEncoder(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(path)
         encoder = cls(backbone, tokenizer, config)
         encoder._load_projector(path, weights)
-        if config.pooler_type == "mask":  # prompt encoders: final-test convention unless asked otherwise
-            from clusterns.modeling.prompts import check_convention, get_spec
-
-            encoder.prompt_convention = check_convention(prompt_convention or "test")
-            get_spec(encoder)  # resolve (and validate) the recorded templates now
+        # A loaded prompt encoder evaluates with the final-test convention unless asked otherwise; other
+        # poolers refuse the option (it would be silently ignored).
+        encoder.pooling.configure_loaded(encoder, prompt_convention=prompt_convention)
         if device is not None:
             encoder.to(device)
         encoder.eval()
@@ -201,7 +199,7 @@ class SentenceEncoder(nn.Module):
 
     def _load_projector(self, path: str, weights: list[str]) -> None:
         if isinstance(self.projector, MLPProjector):
-            tensors = _read_tensors(weights, MLP_KEYS)
+            tensors = read_tensors(weights, MLP_KEYS)
             if len(tensors) != 2:
                 raise ValueError(
                     f"{path!r} has no pooler weights (pooler.dense.*), so --pooler cls cannot be applied; "
@@ -217,25 +215,22 @@ class SentenceEncoder(nn.Module):
 
     # ---- saving -------------------------------------------------------------------------------
     def save_pretrained(self, output_dir: str | os.PathLike) -> None:
-        """Write an AutoModel-loadable folder: config, safetensors weights, tokenizer, clusterns_config.json."""
+        """The encoder only: config, safetensors weights, tokenizer, clusterns_config.json (AutoModel loads it).
+        export/folder.py's write_model_folder adds the sentence-transformers files and the model card."""
         output_dir = str(output_dir)
         os.makedirs(output_dir, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.backbone.state_dict().items()}
+        state = dict(self.backbone.state_dict())
         if isinstance(self.projector, MLPProjector):
-            state[MLP_KEYS[0]] = self.projector.dense.weight.detach().contiguous().cpu()
-            state[MLP_KEYS[1]] = self.projector.dense.bias.detach().contiguous().cpu()
+            state[MLP_KEYS[0]] = self.projector.dense.weight
+            state[MLP_KEYS[1]] = self.projector.dense.bias
         elif isinstance(self.projector, BNProjectionMLP):
-            projector_state = {k: v.detach().contiguous().cpu() for k, v in self.projector.state_dict().items()}
-            save_file(projector_state, os.path.join(output_dir, PROJECTOR_WEIGHTS_NAME), metadata={"format": "pt"})
+            save_tensors(self.projector.state_dict(), os.path.join(output_dir, PROJECTOR_WEIGHTS_NAME))
         hf_config = self.backbone.config
         hf_config.architectures = [type(self.backbone).__name__]
         hf_config.save_pretrained(output_dir)
-        save_file(state, os.path.join(output_dir, WEIGHTS_NAME), metadata={"format": "pt"})
+        save_tensors(state, os.path.join(output_dir, WEIGHTS_NAME))
         self.tokenizer.save_pretrained(output_dir)
-        Path(output_dir, CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
-        from clusterns.export.sentence_transformers import write_sentence_transformers_files  # SentenceTransformer(output_dir) loads it too
-
-        write_sentence_transformers_files(output_dir, self)
+        self.config.save(output_dir)
 
     # ---- forward ------------------------------------------------------------------------------
     @property
@@ -245,19 +240,7 @@ class SentenceEncoder(nn.Module):
     def pooled(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
                num_views: int | None = None) -> Tensor:
         """Pooler output before the projector, [N, H]. `num_views`: rows are flattened [B, V] views (prompts)."""
-        if self.config.pooler_type == "mask":  # PromptBERT: mask state (- template delta), clusterns/prompts.py
-            from clusterns.modeling.prompts import prompt_pooled
-
-            return prompt_pooled(self, input_ids, attention_mask, token_type_ids, num_views)
-        need_all = self.config.pooler_type in NEEDS_HIDDEN_STATES
-        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        out = self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=need_all, return_dict=True, **kwargs
-        )
-        return pool(
-            self.config.pooler_type, attention_mask, out.last_hidden_state,
-            out.hidden_states if need_all else None, self.config.first_layer_index,
-        )
+        return self.pooling.pooled(self, input_ids, attention_mask, token_type_ids, num_views)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
         """The evaluation embedding: pooled, then the projector unless --mlp_only_train."""
@@ -267,13 +250,7 @@ class SentenceEncoder(nn.Module):
     # ---- encode -------------------------------------------------------------------------------
     def tokenize(self, sentences: list[str], max_seq_length: int | None = None) -> dict[str, list[list[int]]]:
         """Token ids without padding; truncated to max_seq_length (default: the model's limit)."""
-        if self.config.pooler_type == "mask":  # the saved template, per self.prompt_convention (prompts.py)
-            from clusterns.modeling.prompts import tokenize_for_encode
-
-            return tokenize_for_encode(self, sentences, max_seq_length)
-        limit = max_positions(self.backbone.config, self.tokenizer)
-        max_len = min(max_seq_length or self.config.max_seq_length or limit, limit)
-        return self.tokenizer(list(sentences), truncation=True, max_length=max_len, padding=False)
+        return self.pooling.tokenize(self, sentences, max_seq_length)
 
     @torch.inference_mode()
     def encode(
@@ -327,21 +304,3 @@ class SentenceEncoder(nn.Module):
         arr = emb.cpu().numpy().astype(np.float32, copy=False)
         return arr[0] if single else arr
 
-
-def _safetensors_files(path: str) -> list[str]:
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        shards = sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
-        return [os.path.join(path, s) for s in shards]
-    single = os.path.join(path, WEIGHTS_NAME)
-    return [single] if os.path.isfile(single) else []
-
-
-def _read_tensors(files: list[str], keys: tuple[str, ...]) -> dict[str, Tensor]:
-    found = {}
-    for file in files:
-        with safe_open(file, framework="pt") as f:
-            for key in keys:
-                if key in f.keys():
-                    found[key] = f.get_tensor(key)
-    return found

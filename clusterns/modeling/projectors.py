@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from clusterns.modeling.poolers import get_pooler
+
 
 class MLPProjector(nn.Module):
     """SimCSE's MLPLayer: tanh(W h + b), randomly initialised (not the NSP-trained BERT pooler).
@@ -51,10 +53,13 @@ def build_projector(kind: str, hidden_size: int, initializer_range: float = 0.02
     raise ValueError(f"--projector {kind!r} is not known; choose none, simcse_mlp or bn_mlp")
 
 
-def resolve_projector(projector: str, pooler_type: str, batchnorm: bool = False) -> str:
-    """`auto`: SimCSE's rule (MLP only for the cls pooler), DiffCSE's BN-MLP when --batchnorm."""
+def resolve_projector(projector: str, pooler_type: str, required: str | None = None, required_by: str = "the objective") -> str:
+    """`auto`: the pooler's rule (SimCSE: the MLP for cls; PromptBERT: the MLP), unless the objective
+    requires a projector (DiffCSE's --batchnorm: bn_mlp), which an explicit other --projector contradicts."""
+    if required is not None:
+        if projector not in ("auto", required):
+            raise ValueError(f"{required_by} selects the {required} projector, but --projector {projector} was given; drop one of them")
+        return required
     if projector != "auto":
         return projector
-    if batchnorm:
-        return "bn_mlp"
-    return "simcse_mlp" if pooler_type == "cls" else "none"
+    return get_pooler(pooler_type).auto_projector

@@ -1,20 +1,17 @@
-"""The Objective interface and the InfoNCE pieces every method shares.
+"""The Objective interface: every hook an objective may implement, declared here with its default.
 
-An objective receives the pooled views of a batch (already projected and, under
-DDP, gathered across ranks) and the raw batch, and returns the loss with a dict
-of scalar logs. It owns its trainable parts and its non-parameter state, so the
-Trainer's optimizer and checkpointing see them.
+An objective receives the pooled views of a batch (already projected and, under DDP, gathered across
+ranks) and the raw batch, and returns the loss with a dict of scalar logs. It owns its trainable parts
+and its non-parameter state, so the Trainer's optimizer and checkpointing see them. Adding one is one
+file (a subclass of Objective, its flags as a dataclass beside it) and one line in the registry
+(objectives/__init__.py), or `register_objective(MyObjective)` from outside the package.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-
-from clusterns.precision import fp32_region
 
 
 @dataclass
@@ -40,17 +37,39 @@ class ObjectiveOutput:
 
 
 class Objective(nn.Module):
-    """Base class of every training objective (one file per method, see the registry)."""
+    """Base class of every training objective."""
 
+    # ---- what the objective is (registry, --help, model card) --------------------------------------
     name: ClassVar[str] = ""
-    # The dataclass holding this objective's own flags (None: only the shared flags).
+    description: ClassVar[str] = ""  # one line, e.g. "SimCSE (InfoNCE with dropout views)"
+    citation: ClassVar[str] = ""  # the paper and the upstream repository
+    # The dataclass holding this objective's own flags (None: only the shared --temp/--hard_negative_weight).
     arguments_class: ClassVar[type | None] = None
 
+    # ---- what it needs from the run ---------------------------------------------------------------
+    # The smallest global batch the loss is defined for (checked against the last batch at start-up).
+    min_global_batch_size: ClassVar[int] = 1
+    # False: the whole forward runs in the fp32 region of training/model.py (autocast and TF32 off).
+    # True: it runs under the trainer's autocast, because it runs sub-networks that should stay in mixed
+    # precision (DiffCSE's generator and discriminator), and wraps its own losses in precision.fp32_region.
+    runs_subnetworks_in_autocast: ClassVar[bool] = False
+
+    @classmethod
+    def check_data_arguments(cls, data_args: Any, objective_args: Any) -> None:
+        """Raise ValueError for data flags the objective cannot honour (e.g. DiffCSE and --pad_to_max_length)."""
+
+    @classmethod
+    def required_projector(cls, objective_args: Any) -> tuple[str, str] | None:
+        """(projector, the flag that asks for it) the encoder must have, or None (the --projector rule)."""
+        return None
+
+    # ---- construction and the step ------------------------------------------------------------------
     def __init__(self, model_args: Any, objective_args: Any = None, encoder: nn.Module | None = None):
+        """model_args: read for the shared contrastive flags only (--temp, --hard_negative_weight)."""
         super().__init__()
-        self.model_args = model_args
         self.objective_args = objective_args
         self.temp = float(model_args.temp)
+        self.hard_negative_weight = float(getattr(model_args, "hard_negative_weight", 0.0) or 0.0)
 
     def batch_transform(self, tokenizer) -> Callable[[dict], dict] | None:
         """A picklable function the collator applies to each padded batch (e.g. MLM masking)."""
@@ -61,55 +80,3 @@ class Objective(nn.Module):
 
     # Non-parameter state (e.g. ClusterNS centroids) goes through state_dict via buffers or
     # get_extra_state/set_extra_state, so resumed runs continue exactly.
-
-
-def cosine_matrix(a: Tensor, b: Tensor) -> Tensor:
-    """cos(a_i, b_j) for all pairs: normalise once, one matmul. [N, H] x [M, H] -> [N, M].
-
-    The eps matches torch.nn.CosineSimilarity (clamp of each norm at 1e-8). fp16/bf16 inputs are
-    promoted to fp32 and the product runs outside autocast (and TF32): under --fp16/--bf16 autocast
-    would otherwise run the matmul in half precision even on fp32 inputs (clusterns/precision.py)."""
-    if a.dtype in (torch.float16, torch.bfloat16):
-        a = a.float()
-    if b.dtype in (torch.float16, torch.bfloat16):
-        b = b.float()
-    with fp32_region(a.device.type):
-        a_n = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        b_n = b / b.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        return a_n @ b_n.transpose(0, 1)
-
-
-def infonce_logits(
-    z1: Tensor,
-    z2: Tensor,
-    temp: float,
-    z3: Tensor | None = None,
-    hard_negative_weight: float = 0.0,
-) -> Tensor:
-    """SimCSE logits: [cos(z1_i, z2_j)/temp | cos(z1_i, z3_j)/temp] with the weight added at (i, B+i).
-
-    At least fp32 whatever the autocast dtype (softmax over /0.05 logits needs it): cosine_matrix
-    promotes half precision; fp64 inputs (the golden tests) stay fp64."""
-    logits = cosine_matrix(z1, z2) / temp
-    if z3 is not None:
-        hard = cosine_matrix(z1, z3) / temp
-        if hard_negative_weight:
-            hard = hard + hard_negative_weight * torch.eye(hard.shape[0], hard.shape[1], device=hard.device, dtype=hard.dtype)
-        logits = torch.cat([logits, hard], dim=1)
-    return logits
-
-
-def infonce_loss(logits: Tensor) -> Tensor:
-    """Cross-entropy with labels arange(B), mean over rows."""
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return F.cross_entropy(logits, labels)
-
-
-def similarity_logs(cos: Tensor) -> dict[str, Tensor]:
-    """Mean positive (diagonal) and negative (off-diagonal) cosine of a square block."""
-    cos = cos.detach()
-    n = cos.shape[0]
-    diag = cos.diagonal()
-    pos = diag.mean()
-    neg = (cos.sum() - diag.sum()) / max(n * n - n, 1)
-    return {"sim/pos": pos, "sim/neg": neg}

@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from clusterns.objectives.base import EncodedViews, Objective, ObjectiveOutput, infonce_logits, infonce_loss, similarity_logs
+from clusterns.objectives.base import EncodedViews, Objective, ObjectiveOutput
+from clusterns.objectives.functional import (
+    add_to_diagonal,
+    at_least_fp32,
+    infonce_logits,
+    infonce_loss,
+    l2_normalize,
+    similarity_logs,
+)
 
 MASK_FILLS = ("zero", "neginf")
 MIXCSE_MODES = ("repo", "paper")
@@ -39,11 +47,6 @@ BATCH_OF_ONE_MESSAGE = (
     "(number of training sentences = 1 mod the global batch size), pass --dataloader_drop_last or choose "
     "a different --per_device_train_batch_size; otherwise use a batch size of at least 2."
 )
-
-
-def _l2_normalize(x: Tensor) -> Tensor:
-    # Same eps as base.cosine_matrix (clamp of each norm at 1e-8).
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
 
 def mix_embeddings(x: Tensor, lambdas: float | Tensor, normalize: bool = False, shift: int = 1) -> Tensor:
@@ -59,7 +62,7 @@ def mix_embeddings(x: Tensor, lambdas: float | Tensor, normalize: bool = False, 
     """
     x = x.detach()
     if normalize:
-        x = _l2_normalize(x)
+        x = l2_normalize(x)
     if isinstance(lambdas, Tensor):
         lambdas = lambdas.detach().to(device=x.device, dtype=x.dtype)
         if lambdas.dim() == 1:
@@ -83,12 +86,6 @@ def _mask(block: Tensor, mask: Tensor, mask_fill: str) -> Tensor:
     return block.masked_fill(mask, 0.0 if mask_fill == "zero" else float("-inf"))
 
 
-def _add_own(block: Tensor, weight: float) -> Tensor:
-    if not weight:
-        return block
-    return block + weight * torch.eye(block.shape[0], block.shape[1], device=block.device, dtype=block.dtype)
-
-
 def mixed_negative_blocks(
     z1: Tensor,
     z2: Tensor,
@@ -102,8 +99,8 @@ def mixed_negative_blocks(
     """The extra logit columns of MixCSE, to append after an objective's own logits.
 
     Inputs: z1, z2 = [B, H] the two views of the **gathered** (global) batch, with their gradient
-    (u = z1 the anchors, v = z2 the positives); any dtype (computed in fp32 with autocast off;
-    float64 inputs stay float64).
+    (u = z1 the anchors, v = z2 the positives); any dtype (computed in at least fp32: float64 inputs
+    stay float64; the caller's fp32 region keeps autocast off, training/model.py).
     Output: a list of fp32 logit blocks, each with B rows, to concatenate along dim 1 after the
     caller's logits (whose column i of the first block is the positive, labels arange(B)):
 
@@ -128,30 +125,24 @@ def mixed_negative_blocks(
     batch_size = z1.shape[0]
     if batch_size < 2:
         raise ValueError(BATCH_OF_ONE_MESSAGE)
-    # fp32 (float64 stays float64) and outside autocast, whatever the training precision.
-    with torch.autocast(device_type=z1.device.type, enabled=False):
-        return _mixed_blocks(_at_least_fp32(z1), _at_least_fp32(z2), lambdas, temp, hard_negative_weight, mask_fill, mode, normalize)
-
-
-def _at_least_fp32(x: Tensor) -> Tensor:
-    return x if x.dtype == torch.float64 else x.float()
+    return _mixed_blocks(at_least_fp32(z1), at_least_fp32(z2), lambdas, temp, hard_negative_weight, mask_fill, mode, normalize)
 
 
 def _mixed_blocks(u, v, lambdas, temp, hard_negative_weight, mask_fill, mode, normalize) -> list[Tensor]:
     batch_size = u.shape[0]
     m = mix_embeddings(v, lambdas, normalize=normalize)
-    u_n = _l2_normalize(u)
-    m_n = _l2_normalize(m)
+    u_n = l2_normalize(u)
+    m_n = l2_normalize(m)
     if mode == "paper":
         col = (u_n * m_n).sum(dim=-1, keepdim=True) / temp
         return [col + hard_negative_weight if hard_negative_weight else col]
     n = mix_embeddings(u, lambdas, normalize=normalize)
-    v_n = _l2_normalize(v)
+    v_n = l2_normalize(v)
     c_block = u_n @ m_n.transpose(0, 1) / temp
-    d_block = _l2_normalize(n) @ v_n.transpose(0, 1) / temp
+    d_block = l2_normalize(n) @ v_n.transpose(0, 1) / temp
     c_mask, d_mask = mixed_mask_positions(batch_size, device=u.device)
-    c_block = _add_own(_mask(c_block, c_mask, mask_fill), hard_negative_weight)
-    d_block = _add_own(_mask(d_block, d_mask, mask_fill), hard_negative_weight)
+    c_block = add_to_diagonal(_mask(c_block, c_mask, mask_fill), hard_negative_weight)
+    d_block = add_to_diagonal(_mask(d_block, d_mask, mask_fill), hard_negative_weight)
     return [c_block, d_block]
 
 
@@ -239,6 +230,9 @@ class MixCSEObjective(Objective):
     """
 
     name = "mixcse"
+    description = "MixCSE (mixed hard negatives)"
+    citation = ("Zhang et al. Unsupervised Sentence Representation via Contrastive Learning with Mixing Negatives. "
+                "AAAI 2022. BDBC-KG-NLP/MixCSE_AAAI2022")
     arguments_class = MixCSEArguments
     # Mixing needs a next sentence: a global batch of 1 raises BATCH_OF_ONE_MESSAGE at its forward.
     min_global_batch_size = 2
@@ -250,15 +244,12 @@ class MixCSEObjective(Objective):
         self.mode = args.mixcse_mode
         self.mask_fill = args.mask_fill
         self.mix_normalize = args.mix_normalize
-        self.hard_negative_weight = float(getattr(model_args, "hard_negative_weight", 0.0) or 0.0)
 
     def logits(self, z1: Tensor, z2: Tensor, z3: Tensor | None = None) -> Tensor:
         """The full widened logit matrix [A (| z3 block) | mixed blocks] in fp32 (labels arange(B))."""
         if z1.shape[0] < 2:
             raise ValueError(BATCH_OF_ONE_MESSAGE)
-        z1, z2 = z1.float(), z2.float()  # one fp32 matrix, as infonce_logits
-        with torch.autocast(device_type=z1.device.type, enabled=False):
-            base = infonce_logits(z1, z2, self.temp, z3, self.hard_negative_weight)
+        base = infonce_logits(z1, z2, self.temp, z3, self.hard_negative_weight)
         blocks = mixed_negative_blocks(
             z1, z2, self.lambdas, self.temp, self.hard_negative_weight,
             mask_fill=self.mask_fill, mode=self.mode, normalize=self.mix_normalize,

@@ -9,8 +9,18 @@ from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
 
-POOLERS = ("cls", "cls_before_pooler", "avg", "avg_top2", "avg_first_last", "mask")
+from clusterns.modeling.poolers import POOLERS
+from clusterns.objectives import describe_objectives
+
 PROJECTORS = ("auto", "none", "simcse_mlp", "bn_mlp")
+
+
+class UsageError(SystemExit):
+    """A bad flag or input: printed as one line, exit code 2, no traceback."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
 
 
 @dataclass
@@ -18,19 +28,19 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Backbone checkpoint (BERT or RoBERTa folder or hub name) to start from."}
     )
-    config_name: str | None = field(default=None, metadata={"help": "Config to use instead of the model's own."})
+    config_name: str | None = field(default=None, metadata={"help": "Model config (folder or hub name) to use instead of the model's own."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer to use instead of the model's own."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where to cache downloaded models."})
     use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use a fast (Rust) tokenizer."})
     model_revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit)."})
     objective: str = field(
         default="infonce",
-        metadata={"help": "Training objective: infonce (SimCSE), clusterns, mixcse, diffcse (see clusterns/objectives)."},
+        metadata={"help": "Training objective (clusterns/objectives): " + describe_objectives() + "."},
     )
     temp: float = field(default=0.05, metadata={"help": "Temperature of the softmax over cosine logits."})
     pooler_type: str = field(
         default="cls",
-        metadata={"help": "Pooler: cls (CLS + MLP projector), cls_before_pooler, avg, avg_top2, avg_first_last, mask (prompt)."},
+        metadata={"help": "Pooler (clusterns/modeling/poolers.py): " + "; ".join(f"{p.name} ({p.description})" for p in POOLERS.values()) + "."},
     )
     first_layer_index: int = field(
         default=1,

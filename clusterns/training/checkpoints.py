@@ -26,15 +26,28 @@ import re
 import shutil
 import uuid
 
+import torch
+from safetensors.torch import load_file
+from torch import nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from clusterns.io import (
+    CONFIG_NAME,
+    HF_CONFIG_NAME,
+    MLP_KEYS,
+    OBJECTIVE_STATE_NAME,
+    PICKLE_WEIGHTS_NAMES,
+    PROJECTOR_WEIGHTS_NAME,
+    TRAINER_STATE_NAME,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+    safetensors_files,
+)
+from clusterns.modeling.projectors import MLPProjector
 
 logger = logging.getLogger(__name__)
 
-TRAINER_STATE_NAME = "trainer_state.json"
-HF_CONFIG_NAME = "config.json"
-ENCODER_CONFIG_NAME = "clusterns_config.json"
-WEIGHTS_NAMES = ("model.safetensors", "model.safetensors.index.json")
-PICKLE_WEIGHTS_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHTS_NAMES = (WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
 STAGING_PREFIX = "tmp-"  # tmp-checkpoint-<step> (a save in progress), tmp-replaced-..., tmp-save-...
 RESUME_AUTO = "auto"
 BEST_METRIC_NAME = "best_metric.json"
@@ -57,7 +70,7 @@ def checkpoint_step(path: str) -> int | None:
 
 def missing_checkpoint_files(folder: str) -> list[str]:
     """What a training checkpoint written by ContrastiveTrainer lacks (empty: complete)."""
-    missing = [name for name in (TRAINER_STATE_NAME, HF_CONFIG_NAME, ENCODER_CONFIG_NAME) if not os.path.isfile(os.path.join(folder, name))]
+    missing = [name for name in (TRAINER_STATE_NAME, HF_CONFIG_NAME, CONFIG_NAME) if not os.path.isfile(os.path.join(folder, name))]
     if not any(os.path.isfile(os.path.join(folder, name)) for name in WEIGHTS_NAMES):
         missing.append(WEIGHTS_NAMES[0])
     return missing
@@ -226,3 +239,35 @@ def describe_write_error(err: OSError, what: str, run_dir: str) -> CheckpointWri
         "Free some space, then rerun the same command with --resume_from_checkpoint auto."
     )
     return CheckpointWriteError(err.errno or errno.EIO, message)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------
+def load_contrastive_state(model: nn.Module, folder: str) -> None:
+    """Restore a ContrastiveModel's encoder (backbone + projector) and objective state from a checkpoint folder
+    written by ContrastiveTrainer (safetensors only)."""
+    files = safetensors_files(folder)
+    if not files or not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
+        raise FileNotFoundError(f"{folder!r} is not a complete checkpoint (missing {WEIGHTS_NAME} or {CONFIG_NAME})")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_file(file))
+    encoder = model.encoder
+    if isinstance(encoder.projector, MLPProjector):
+        encoder.projector.dense.weight.data.copy_(state.pop(MLP_KEYS[0]))
+        encoder.projector.dense.bias.data.copy_(state.pop(MLP_KEYS[1]))
+    else:
+        for key in MLP_KEYS:
+            state.pop(key, None)
+    missing, unexpected = encoder.backbone.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {folder!r} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    projector_file = os.path.join(folder, PROJECTOR_WEIGHTS_NAME)
+    if os.path.isfile(projector_file):
+        encoder.projector.load_state_dict(load_file(projector_file))
+    objective_file = os.path.join(folder, OBJECTIVE_STATE_NAME)
+    if os.path.isfile(objective_file):
+        model.objective.load_state_dict(load_file(objective_file))
+    elif model.objective.state_dict():
+        raise FileNotFoundError(f"{folder!r} has no {OBJECTIVE_STATE_NAME}: the objective's state (e.g. centroids) cannot be restored")

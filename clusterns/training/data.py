@@ -114,12 +114,13 @@ def select_columns(available: list[str], requested: str | None, path: str) -> li
     return wanted
 
 
-def tokenize_function(tokenizer, max_seq_length: int, prompt=None) -> Callable[[dict], dict]:
+def tokenize_function(tokenizer, max_seq_length: int, views_function: Callable[[dict], dict] | None = None) -> Callable[[dict], dict]:
     """Batched map: each sentence column -> `<role>_ids` (truncated, unpadded). None becomes ' ' as in SimCSE.
 
-    `prompt` (a clusterns.modeling.prompts.PromptSpec): the PromptBERT views instead (template 1 / template 2)."""
-    if prompt is not None:
-        return prompt.tokenize_function(tokenizer, max_seq_length)
+    `views_function`: the pooler's own training inputs instead (Pooler.training_tokenize_function, e.g.
+    PromptBERT's template 1 / template 2 views)."""
+    if views_function is not None:
+        return views_function
 
     def tokenize(examples: dict) -> dict:
         out = {}
@@ -133,9 +134,9 @@ def tokenize_function(tokenizer, max_seq_length: int, prompt=None) -> Callable[[
 
 
 def tokenize_corpus(dataset, tokenizer, max_seq_length: int, num_proc: int | None = None, overwrite_cache: bool = False,
-                    prompt=None):
+                    views_function: Callable[[dict], dict] | None = None):
     return dataset.map(
-        tokenize_function(tokenizer, max_seq_length, prompt),
+        tokenize_function(tokenizer, max_seq_length, views_function),
         batched=True,
         num_proc=num_proc,
         remove_columns=dataset.column_names,

@@ -15,23 +15,15 @@ at ~1/9 of the cost), each distinct sentence once; the files are read once, at c
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.special import logsumexp
 from scipy.stats import spearmanr
 
-_SENTEVAL = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "SentEval")
-try:
-    import senteval  # noqa: F401  (installed: mapped by pyproject)
-except ImportError:  # running from a checkout without installation
-    sys.path.insert(0, _SENTEVAL)
-
-from senteval import korsts as _korsts  # noqa: E402
-from senteval import sts as _sts  # noqa: E402
-from senteval.engine import SE, resolve_downstream  # noqa: E402
-from senteval.utils import to_numpy  # noqa: E402
+from clusterns.harness import SE, resolve_downstream, to_numpy
+from clusterns.harness import korsts as _korsts
+from clusterns.harness import sts as _sts
 
 TRANSFER_TASKS = ["MR", "CR", "SUBJ", "MPQA", "SST2", "TREC", "MRPC"]
 # SimCSE evaluates in training with the fast classifier settings.
@@ -104,6 +96,13 @@ class SentEvalDevEvaluator:
         if transfer:
             se = SE(self.params, None)
             self.transfer_evals = {t: se.build(t) for t in TRANSFER_TASKS}
+
+    # The Trainer's eval_dataset: the distinct dev sentences that __call__ encodes.
+    def __len__(self) -> int:
+        return len(self.sentences)
+
+    def __getitem__(self, index: int) -> str:
+        return self.sentences[index]
 
     def _pair_embeddings(self, emb: np.ndarray, name: str):
         a, b, gold = self.pairs[name]

@@ -1,6 +1,7 @@
 """ContrastiveModel: the module the Trainer trains (encoder + objective, so the optimizer sees both).
 
-One encoder pass over the flattened views, the projector, the cross-rank gather, the objective."""
+One encoder pass over the flattened views, the projector, the cross-rank gather, the objective; and the
+one precision boundary (the objective in fp32_region, clusterns/precision.py)."""
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -37,13 +38,13 @@ class ContrastiveModel(nn.Module):
         batch = dict(batch, input_ids=input_ids, attention_mask=attention_mask)
         if token_type_ids is not None:
             batch["token_type_ids"] = token_type_ids
-        if getattr(self.objective, "keep_autocast", False):
-            # The objective runs sub-networks that should stay in mixed precision (DiffCSE's generator and
-            # discriminator); it computes its own logits and losses in fp32 (base.cosine_matrix, .float()).
+        if self.objective.runs_subnetworks_in_autocast:
+            # Sub-networks stay in mixed precision (DiffCSE's generator and discriminator); the objective runs
+            # its logits and losses in fp32_region itself.
             out = self.objective(views, batch, self.encoder)
         else:
-            # Similarity logits, cross-entropy and clustering state in full fp32 under --fp16 / --bf16
-            # (autocast would run even fp32 matmuls in half precision) and without TF32 (precision.py).
+            # The precision boundary: similarity logits, cross-entropy and clustering state in full fp32 under
+            # --fp16 / --bf16 (autocast would run even fp32 matmuls in half precision) and without TF32.
             with fp32_region(input_ids.device.type):
                 out = self.objective(views, batch, self.encoder)
         return {"loss": out.loss, "logs": out.logs}

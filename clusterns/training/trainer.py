@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import copy
 import errno
-import json
 import logging
 import math
 import os
 import shutil
+import time
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from transformers import EarlyStoppingCallback, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -27,15 +26,14 @@ try:
 except ImportError:  # transformers 4.x: Trainer._rotate_checkpoints
     rotate_checkpoints = None
 
+from clusterns.export.folder import write_model_folder
+from clusterns.io import OBJECTIVE_STATE_NAME, TRAINING_ARGS_NAME, save_tensors, write_json
 from clusterns.training import checkpoints as ckpt
 from clusterns.training.distributed import check_no_data_parallel, is_distributed
-from clusterns.modeling.encoder import CONFIG_NAME, PROJECTOR_WEIGHTS_NAME, WEIGHTS_NAME, MLP_KEYS, MLPProjector, _safetensors_files
 from clusterns.training.model import ContrastiveModel
 
 logger = logging.getLogger(__name__)
 
-OBJECTIVE_STATE_NAME = "objective.safetensors"
-TRAINING_ARGS_JSON = "training_args.json"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -64,12 +62,13 @@ class _GuardedScheduler:
 
 
 class ContrastiveTrainer(Trainer):
-    def __init__(self, *args: Any, dev_evaluator=None, run_config: dict | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, run_config: dict | None = None, **kwargs: Any):
+        """As transformers.Trainer; eval_dataset is the dev evaluator (training/dev_evaluator.py: its
+        sentences, and the scoring evaluate() runs), run_config the flags recorded beside every checkpoint."""
         super().__init__(*args, **kwargs)
         # n_gpu > 1 means one process with several GPUs: HF would use nn.DataParallel, whose replicas each see
         # only their slice of the batch as negatives. Refuse, showing the torchrun command (distributed.py).
         check_no_data_parallel(self.args.n_gpu)
-        self.dev_evaluator = dev_evaluator
         self.run_config = run_config or {}
         self._log_sums: dict[str, torch.Tensor] = {}
         self._log_count = 0
@@ -82,6 +81,7 @@ class ContrastiveTrainer(Trainer):
         self._update_skipped = False
         self._skipped_in_window = 0
         self.skipped_steps: list[int] = []  # steps whose update was dropped (--nan_policy skip)
+        self.update_check_seconds: list[float] = []  # time of each update's non-finite check (benchmarks read it)
         # checkpoints
         self._saving_checkpoint = False
         self._staging_cleaned = False
@@ -120,7 +120,9 @@ class ContrastiveTrainer(Trainer):
             original = optimizer.step
 
             def step(*args: Any, **kwargs: Any):
+                started = time.perf_counter()
                 self._update_skipped = self._guard_update()
+                self.update_check_seconds.append(time.perf_counter() - started)  # its one host sync, timed
                 if self._update_skipped:
                     optimizer.zero_grad(set_to_none=True)
                     return None
@@ -215,11 +217,13 @@ class ContrastiveTrainer(Trainer):
 
     # ---- evaluation -----------------------------------------------------------------------------
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """SentEval dev evaluation (STS-B dev, SICK trial; transfer / KorSTS dev on request) on rank 0.
+        """SentEval dev evaluation (STS-B dev, SICK trial; transfer / KorSTS dev on request) on rank 0,
+        through SentenceEncoder.encode only (never the objective).
 
         The other ranks wait and receive the same metrics, so every rank takes the same
         best-checkpoint and early-stopping decisions."""
-        if self.dev_evaluator is None:
+        evaluator = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if evaluator is None:
             raise ValueError(
                 "evaluation during training needs the SentEval dev data: pass --eval_data_dir pointing at the "
                 "SentEval 'downstream' folder (see SentEval/data/downstream/download_dataset.sh)"
@@ -229,7 +233,7 @@ class ContrastiveTrainer(Trainer):
             encoder = self.contrastive_model.encoder
             was_training = encoder.training
             try:
-                metrics = self.dev_evaluator(
+                metrics = evaluator(
                     lambda sentences: encoder.encode(
                         sentences, batch_size=self.args.per_device_eval_batch_size, show_progress_bar=not self.args.disable_tqdm
                     )
@@ -407,47 +411,19 @@ class ContrastiveTrainer(Trainer):
         }
 
     def _write_model_files(self, output_dir: str) -> None:
-        os.makedirs(output_dir, exist_ok=True)
+        """A model folder (encoder, sentence-transformers files) plus the objective state and the run's flags."""
         model = self.contrastive_model
-        model.encoder.save_pretrained(output_dir)
-        objective_state = {k: v.detach().contiguous().cpu() for k, v in model.objective.state_dict().items()}
+        write_model_folder(model.encoder, output_dir)
+        objective_state = model.objective.state_dict()
         if objective_state:
-            save_file(objective_state, os.path.join(output_dir, OBJECTIVE_STATE_NAME), metadata={"format": "pt"})
-        with open(os.path.join(output_dir, TRAINING_ARGS_JSON), "w") as f:
-            json.dump({"training": self.args.to_dict(), **self.run_config}, f, indent=2, sort_keys=True, default=str)
+            save_tensors(objective_state, os.path.join(output_dir, OBJECTIVE_STATE_NAME))
+        write_json(os.path.join(output_dir, TRAINING_ARGS_NAME), {"training": self.args.to_dict(), **self.run_config}, sort_keys=True)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        load_contrastive_state(self.contrastive_model if model is None else model, resume_from_checkpoint)
+        ckpt.load_contrastive_state(self.contrastive_model if model is None else model, resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
         logger.info("Loading best model from %s (score: %s).", self.state.best_model_checkpoint, self.state.best_metric)
-        load_contrastive_state(self.contrastive_model, self.state.best_model_checkpoint)
+        ckpt.load_contrastive_state(self.contrastive_model, self.state.best_model_checkpoint)
         self._loaded_best = self.state.best_model_checkpoint  # the final save records it in best_metric.json
 
-
-def load_contrastive_state(model: ContrastiveModel, folder: str) -> None:
-    """Restore encoder (backbone + projector) and objective state from a checkpoint folder written by _save."""
-    files = _safetensors_files(folder)
-    if not files or not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
-        raise FileNotFoundError(f"{folder!r} is not a complete checkpoint (missing {WEIGHTS_NAME} or {CONFIG_NAME})")
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        state.update(load_file(file))
-    encoder = model.encoder
-    if isinstance(encoder.projector, MLPProjector):
-        encoder.projector.dense.weight.data.copy_(state.pop(MLP_KEYS[0]))
-        encoder.projector.dense.bias.data.copy_(state.pop(MLP_KEYS[1]))
-    else:
-        for key in MLP_KEYS:
-            state.pop(key, None)
-    missing, unexpected = encoder.backbone.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {folder!r} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    projector_file = os.path.join(folder, PROJECTOR_WEIGHTS_NAME)
-    if os.path.isfile(projector_file):
-        encoder.projector.load_state_dict(load_file(projector_file))
-    objective_file = os.path.join(folder, OBJECTIVE_STATE_NAME)
-    if os.path.isfile(objective_file):
-        model.objective.load_state_dict(load_file(objective_file))
-    elif model.objective.state_dict():
-        raise FileNotFoundError(f"{folder!r} has no {OBJECTIVE_STATE_NAME}: the objective's state (e.g. centroids) cannot be restored")

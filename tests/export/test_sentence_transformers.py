@@ -13,9 +13,11 @@ from safetensors.torch import load_file
 pytest.importorskip("sentence_transformers")
 from sentence_transformers import SentenceTransformer  # noqa: E402
 
+from clusterns.export.folder import write_model_folder
 from clusterns.modeling.encoder import EncoderConfig, SentenceEncoder  # noqa: E402
-from clusterns.modeling.prompts import BERT_TEMPLATES, ROBERTA_TEMPLATES, prompt_config  # noqa: E402
-from clusterns.export.sentence_transformers import CUSTOM_MODULE_TYPE, main as export_main  # noqa: E402
+from clusterns.modeling.prompt import BERT_TEMPLATES, ROBERTA_TEMPLATES, prompt_config  # noqa: E402
+from clusterns.cli.export import main as export_main
+from clusterns.export.sentence_transformers import CUSTOM_MODULE_TYPE  # noqa: E402
 from clusterns.export.st_module import MODULE_CONFIG_NAME, load_sentence_transformer  # noqa: E402
 
 SENTENCES = [
@@ -39,7 +41,7 @@ def build(model_dir, tmp_path, name, **config) -> tuple[SentenceEncoder, Path]:
         torch.nn.init.normal_(encoder.projector.dense.weight, std=0.5)
         torch.nn.init.normal_(encoder.projector.dense.bias, std=0.5)
     out = tmp_path / name
-    encoder.save_pretrained(out)
+    write_model_folder(encoder, out)
     return encoder, out
 
 
@@ -124,7 +126,7 @@ def test_bn_projector_at_eval_uses_the_clusterns_module(tiny_bert, tmp_path):
             if isinstance(m, torch.nn.BatchNorm1d):
                 m.running_mean.normal_()
                 m.running_var.uniform_(0.5, 2.0)
-    encoder.save_pretrained(out)
+    write_model_folder(encoder, out)
     assert json.loads((out / "modules.json").read_text())[0]["type"] == CUSTOM_MODULE_TYPE
     reference = SentenceEncoder.from_pretrained(out).encode(SENTENCES)
     st = SentenceTransformer(str(out), device="cpu", trust_remote_code=True)

@@ -15,7 +15,7 @@ for p in (REPO, REPO / "SentEval"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-import evaluation  # noqa: E402
+from clusterns.cli import evaluate as evaluation  # noqa: E402
 
 README_TABLE = """------ test ------
 +-------+-------+-------+-------+-------+--------------+-----------------+-------+

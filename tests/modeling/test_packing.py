@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from clusterns.training.arguments import POOLERS
+from clusterns.modeling.poolers import POOLERS
 from clusterns.modeling.packing import (
     disable_packed_linear,
     enable_packed_linear,
@@ -32,8 +32,8 @@ def _argv(model, pooler, extra=()):
 
 
 def _build(model, pooler, packed, extra=()):
-    from clusterns.cli.train import build_encoder, parse_args
-    from clusterns.modeling.prompts import PromptArguments
+    from clusterns.training.run import build_encoder, parse_args
+    from clusterns.modeling.prompt import PromptArguments
 
     flags = ["--packed_linear", "true" if packed else "false"]
     model_args, data_args, by_class, _ = parse_args(_argv(model, pooler, [*extra, *flags]))
@@ -45,7 +45,7 @@ def _batch(encoder, views=1):
     from clusterns.training.data import ContrastiveCollator
 
     if encoder.config.prompt:
-        from clusterns.modeling.prompts import get_spec
+        from clusterns.modeling.prompt import get_spec
 
         feats = get_spec(encoder).tokenize_function(encoder.tokenizer, 40)({"sent0": SENTENCES})
         features = [{k: feats[k][i] for k in feats} for i in range(len(SENTENCES))]
@@ -178,7 +178,7 @@ def test_bf16_autocast_close(tiny_bert):
 
 
 def test_dropout_train_mode_runs_and_pads_are_zero(tiny_bert):
-    from clusterns.cli.train import build_encoder, parse_args
+    from clusterns.training.run import build_encoder, parse_args
 
     model_args, data_args, _, _ = parse_args(_argv(tiny_bert, "avg")[:-4] + ["--max_seq_length", "40", "--packed_linear", "true"])
     encoder = build_encoder(model_args, data_args, None)
@@ -251,7 +251,7 @@ def test_unsupported_backbone_is_left_alone():
 
 def test_switch_parses_and_reaches_the_encoder(tiny_bert):
     from clusterns.training.arguments import ModelArguments
-    from clusterns.cli.train import build_encoder, parse_args
+    from clusterns.training.run import build_encoder, parse_args
 
     default = ModelArguments().packed_linear
     argv = _argv(tiny_bert, "cls")

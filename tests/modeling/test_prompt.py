@@ -10,19 +10,18 @@ import torch
 from clusterns.training.arguments import ModelArguments
 from clusterns.training.data import ContrastiveCollator
 from clusterns.modeling.encoder import CONFIG_NAME, EncoderConfig, SentenceEncoder
-from clusterns.modeling.prompts import (
+from clusterns.modeling.prompt import (
     BERT_TEMPLATES,
     ORIGINAL_DEFAULT_TEMPLATE,
     ROBERTA_TEMPLATES,
     PromptArguments,
-    check_limits,
     delta_inputs,
     enable_prompt,
     eval_settings,
     get_spec,
     mask_positions,
     prompt_config,
-    prompt_pooled,
+    PromptPooler,
     split_template,
     string_input,
     template_delta,
@@ -83,11 +82,12 @@ def test_literal_mask_token_in_a_template_is_rejected(tiny_bert):
 
 def test_template_plus_max_seq_length_over_the_limit(tiny_bert):
     encoder = make_encoder(tiny_bert)
-    spec = check_limits(encoder, 32)
+    encoder.pooling.check(encoder, 32)
+    spec = get_spec(encoder)
     limit = 128  # the tiny BERT's position table
-    check_limits(encoder, limit - spec.t1.overhead)
+    encoder.pooling.check(encoder, limit - spec.t1.overhead)
     with pytest.raises(ValueError, match="--mask_embedding_sentence_template.*--max_seq_length"):
-        check_limits(encoder, limit - spec.t1.overhead + 1)
+        encoder.pooling.check(encoder, limit - spec.t1.overhead + 1)
 
 
 def test_switch_values_are_checked():
@@ -155,7 +155,7 @@ def test_training_views_and_mask_position(backbone, request):
 def test_mask_position_ignores_a_mask_string_inside_the_sentence(backbone, request):
     encoder = make_encoder(request.getfixturevalue(backbone)).eval()
     tok = encoder.tokenizer
-    encoder.prompt_convention = "dev"
+    encoder.pooling.convention = "dev"
     ids = encoder.tokenize([f"a {tok.mask_token} dog"])["input_ids"][0]
     assert ids.count(tok.mask_token_id) == 2
     position = mask_positions(torch.tensor([ids]), tok.mask_token_id)
@@ -163,7 +163,7 @@ def test_mask_position_ignores_a_mask_string_inside_the_sentence(backbone, reque
     assert np.isfinite(encoder.encode([f"a {tok.mask_token} dog"])).all()
     # a template whose mask is in the prefix: the first occurrence
     encoder2 = make_encoder(request.getfixturevalue(backbone), "*cls*_a*mask*_means_*sent_0*_.*sep+*").eval()
-    encoder2.prompt_convention = "dev"
+    encoder2.pooling.convention = "dev"
     ids = encoder2.tokenize([f"a {tok.mask_token} dog"])["input_ids"][0]
     assert mask_positions(torch.tensor([ids]), tok.mask_token_id, last=False).item() == 1 + get_spec(encoder2).t1.prefix_ids.index(tok.mask_token_id)
 
@@ -172,18 +172,17 @@ def test_eval_inputs_per_convention_roberta(tiny_roberta):
     encoder = make_encoder(tiny_roberta).eval()
     tok = encoder.tokenizer
     spec = get_spec(encoder)
-    encoder.prompt_convention = "dev"
+    encoder.pooling.convention = "dev"
     dev = encoder.tokenize(["a dog runs"])["input_ids"][0]
     assert dev == spec.t1.wrap(tok.encode("a dog runs", add_special_tokens=False))
     for convention in ("test", "original"):  # faithful defaults: the final test is evaluation_prompt.py's string
-        encoder.prompt_convention = convention
+        encoder.pooling.convention = convention
         test = encoder.tokenize(["a dog runs"])["input_ids"][0]
         assert test == tok.encode("This sentence : ' a dog runs. ' means<mask>.")
         assert test != dev  # period appended, and the sentence's first word gets its leading space
-    assert eval_settings(spec, "test").delta is False and eval_settings(spec, "dev").delta is True
-    encoder.prompt_convention = "sideways"
-    with pytest.raises(ValueError, match="prompt convention"):
-        encoder.tokenize(["a dog"])
+    assert eval_settings(spec.settings, "test").delta is False and eval_settings(spec.settings, "dev").delta is True
+    with pytest.raises(ValueError, match="prompt convention"):  # refused when set, before any encode
+        encoder.pooling.convention = "sideways"
 
 
 def test_eval_inputs_are_truncated_to_fit(tiny_bert):
@@ -191,11 +190,11 @@ def test_eval_inputs_are_truncated_to_fit(tiny_bert):
     spec = get_spec(encoder)
     long = " ".join(["dog"] * 300)
     for convention in ("dev", "original"):
-        encoder.prompt_convention = convention
+        encoder.pooling.convention = convention
         ids = encoder.tokenize([long])["input_ids"][0]
         assert len(ids) <= 128 and ids.count(encoder.tokenizer.mask_token_id) == 1
         assert np.isfinite(encoder.encode([long])).all()
-    encoder.prompt_convention = "dev"
+    encoder.pooling.convention = "dev"
     assert len(encoder.tokenize([long], max_seq_length=7)["input_ids"][0]) == spec.t1.overhead + 7
 
 
@@ -268,7 +267,7 @@ def test_delta_has_gradient_in_training_and_none_in_evaluation(tiny_bert):
 
     def eval_grads(**settings):
         encoder = make_encoder(tiny_bert, **settings).eval()
-        encoder.prompt_convention = "dev"
+        encoder.pooling.convention = "dev"
         batch = encoder.tokenizer.pad(encoder.tokenize(SENTENCES), return_tensors="pt")
         out = encoder(batch["input_ids"], batch["attention_mask"])
         (out * WEIGHTS[: out.shape[-1]]).sum().backward()
@@ -278,19 +277,19 @@ def test_delta_has_gradient_in_training_and_none_in_evaluation(tiny_bert):
     without_delta, grad_no_delta, _ = eval_grads(delta_no_delta_eval=True)
     assert not torch.allclose(with_delta, without_delta)
     torch.testing.assert_close(grad, grad_no_delta)  # the evaluation delta is a constant
-    delta = next(iter(get_spec(encoder)._eval_cache.values()))
+    delta = next(iter(get_spec(encoder).eval_cache.values()))
     assert not delta.requires_grad and delta.shape[0] == min(128, 128 - get_spec(encoder).t1.length + 1)
 
 
 def test_eval_delta_cache_follows_the_weights(tiny_bert):
     encoder = make_encoder(tiny_bert).eval()
-    encoder.prompt_convention = "dev"
+    encoder.pooling.convention = "dev"
     before = encoder.encode(SENTENCES[:2])
     with torch.no_grad():
         encoder.backbone.embeddings.word_embeddings.weight.mul_(1.5)
     after_direct = encoder.encode(SENTENCES[:2])
     fresh = make_encoder(tiny_bert).eval()
-    fresh.prompt_convention = "dev"
+    fresh.pooling.convention = "dev"
     with torch.no_grad():
         fresh.backbone.embeddings.word_embeddings.weight.mul_(1.5)
     np.testing.assert_allclose(after_direct, fresh.encode(SENTENCES[:2]), atol=1e-6)
@@ -305,7 +304,7 @@ def test_checkpoint_records_the_prompt_and_conventions(tiny_bert, tmp_path):
     assert saved["pooler_type"] == "mask" and saved["prompt"]["template"] == BERT_TEMPLATES[0] and saved["prompt"]["delta"]
     dev = encoder.encode(SENTENCES)  # an in-memory (training) encoder evaluates as the dev selection
     loaded = SentenceEncoder.from_pretrained(tmp_path)
-    assert loaded.prompt_convention == "test"
+    assert loaded.pooling.convention == "test"
     np.testing.assert_allclose(SentenceEncoder.from_pretrained(tmp_path, prompt_convention="dev").encode(SENTENCES), dev, atol=1e-6)
     np.testing.assert_allclose(SentenceEncoder.from_pretrained(tmp_path, prompt_convention="consistent").encode(SENTENCES), dev, atol=1e-6)
     test = loaded.encode(SENTENCES)
@@ -331,7 +330,7 @@ def test_corrected_test_switches_equal_the_selection(tiny_bert, tmp_path):
 
 def test_plain_checkpoint_with_a_template(tiny_roberta):
     encoder = SentenceEncoder.from_pretrained(tiny_roberta, pooler="mask", prompt=prompt_config(ROBERTA_TEMPLATES[0]))
-    assert encoder.config.pooler_type == "mask" and encoder.prompt_convention == "test"
+    assert encoder.config.pooler_type == "mask" and encoder.pooling.convention == "test"
     emb = encoder.encode(SENTENCES)
     assert emb.shape == (4, encoder.hidden_size) and np.isfinite(emb).all()
 
@@ -339,5 +338,5 @@ def test_plain_checkpoint_with_a_template(tiny_roberta):
 def test_non_prompt_encoder_is_untouched(tiny_bert):
     encoder = SentenceEncoder.from_backbone(str(tiny_bert), EncoderConfig(pooler_type="cls", projector="simcse_mlp"))
     assert encoder.tokenize(["a dog"])["input_ids"] == [encoder.tokenizer.encode("a dog")]
-    with pytest.raises(ValueError, match="prompt settings"):
-        prompt_pooled(encoder, torch.tensor([[2, 3]]), torch.tensor([[1, 1]]))
+    with pytest.raises(ValueError, match="prompt settings"):  # the mask pooler without the settings it needs
+        PromptPooler().pooled(encoder, torch.tensor([[2, 3]]), torch.tensor([[1, 1]]))

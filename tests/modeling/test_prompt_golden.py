@@ -12,9 +12,9 @@ from clusterns.training.arguments import ModelArguments
 from clusterns.training.data import ContrastiveCollator
 from clusterns.modeling.encoder import EncoderConfig, SentenceEncoder
 from clusterns.training.model import ContrastiveModel
-from clusterns.objectives.base import cosine_matrix, infonce_loss
+from clusterns.objectives.functional import cosine_matrix, infonce_loss
 from clusterns.objectives.infonce import InfoNCEObjective
-from clusterns.modeling.prompts import delta_inputs, get_spec, mask_positions, prompt_config, split_template, template_delta
+from clusterns.modeling.prompt import delta_inputs, get_spec, mask_positions, prompt_config, split_template, template_delta
 from conftest import golden_case
 
 F64 = torch.float64
@@ -175,7 +175,7 @@ def test_dev_evaluation_uses_template1_and_128_copy_delta(ids_case, golden_token
     case = golden_case("prompt", "prompt_forward_tiny_bert")
     exp = case["expected"]
     encoder = golden_encoder(golden_tokenizer, ids_case, case).eval()
-    encoder.prompt_convention = "dev"
+    encoder.pooling.convention = "dev"
     sentences = ids_case["inputs"]["sentences"]
     features = encoder.tokenize(sentences)
     assert features["input_ids"] == [row[0][: sum(m[0])] for row, m in zip(ids_case["expected"]["input_ids"], ids_case["expected"]["attention_mask"])]
@@ -185,7 +185,7 @@ def test_dev_evaluation_uses_template1_and_128_copy_delta(ids_case, golden_token
     # delta rows < 50 are the same with 128 copies (dropout 0), so view 1's denoised state is reproduced
     close(emb.detach(), exp["denoised_view1"])
     close(encoder.encode(sentences), exp["denoised_view1"], atol=1e-5, rtol=1e-4)  # encode() returns float32
-    cache = get_spec(encoder)._eval_cache
+    cache = get_spec(encoder).eval_cache
     assert len(cache) == 1
     delta = next(iter(cache.values()))
     # 128 copies, capped where the shifted positions would leave the 128-row position table (the original crashes)

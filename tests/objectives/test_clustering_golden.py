@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from clusterns.objectives.clusterns import clustering as C
-from clusterns.objectives.base import EncodedViews, cosine_matrix
+from clusterns.objectives.base import EncodedViews
+from clusterns.objectives.functional import cosine_matrix
 from clusterns.objectives.clusterns.objective import ClusterNSArguments, ClusterNSObjective
 from conftest import golden_case
 

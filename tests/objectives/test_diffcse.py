@@ -353,7 +353,7 @@ def test_batchnorm_conflicting_projector(models):
 def test_runs_under_bf16_autocast(models):
     """--bf16: the generator and discriminator run in mixed precision, the losses come out in fp32."""
     model = make(models)
-    assert model.objective.keep_autocast
+    assert model.objective.runs_subnetworks_in_autocast
     batch = collate(model)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(**batch)

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from conftest import golden_case
-from clusterns.objectives.base import EncodedViews, infonce_logits, infonce_loss
+from clusterns.objectives.base import EncodedViews
+from clusterns.objectives.functional import infonce_logits, infonce_loss
 from clusterns.objectives.diffcse.objective import DiffCSEArguments, DiffCSEObjective, rtd_inputs, rtd_loss, rtd_metrics, splice_cls_input
 
 D = torch.float64

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import golden_case
-from clusterns.objectives.base import cosine_matrix, infonce_logits, infonce_loss, similarity_logs
+from clusterns.objectives.functional import cosine_matrix, infonce_logits, infonce_loss, similarity_logs
 from clusterns.modeling.poolers import pool
 from clusterns.modeling.projectors import MLPProjector
 

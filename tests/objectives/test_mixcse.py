@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 from conftest import golden_case, load_golden
 
+from clusterns.precision import fp32_region
 from clusterns.training.arguments import ModelArguments
 from clusterns.objectives import get_objective_class, objective_argument_classes
-from clusterns.objectives.base import EncodedViews, cosine_matrix, infonce_logits, infonce_loss
+from clusterns.objectives.base import EncodedViews
+from clusterns.objectives.functional import cosine_matrix, infonce_logits, infonce_loss
 from clusterns.objectives.mixcse import (
     MixCSEArguments,
     MixCSEObjective,
@@ -239,7 +241,7 @@ def test_third_view_hard_negative_block_comes_first():
 def test_low_precision_inputs_give_fp32_logits():
     torch.manual_seed(7)
     u, v = torch.randn(4, 8).bfloat16(), torch.randn(4, 8).bfloat16()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16), fp32_region("cpu"):  # the trainer's precision boundary
         blocks = mixed_negative_blocks(u, v, 0.2, 0.05)
         logits = objective().logits(u, v)
     assert all(b.dtype == torch.float32 for b in blocks) and logits.dtype == torch.float32

@@ -125,7 +125,7 @@ def dry_run(script: Path, *args: str, **env: str):
 
 
 def parse(train: dict):
-    from clusterns.cli.train import parse_args
+    from clusterns.training.run import parse_args
 
     argv = []
     for key, value in train.items():
@@ -152,13 +152,14 @@ def test_diffcse_dry_run_matches_the_published_table(config):
 def test_diffcse_command_parses(config):
     from clusterns.objectives.diffcse.objective import DiffCSEArguments
     from clusterns.modeling.projectors import resolve_projector
+    from clusterns.objectives.diffcse import DiffCSEObjective
 
     _, _, train, _, _ = dry_run(DIFFCSE, config)
     model_args, data_args, by_class, training_args = parse(train)
     d = by_class[DiffCSEArguments]
     assert model_args.objective == "diffcse" and model_args.pooler_type == "cls" and model_args.mlp_only_train
     assert model_args.temp == 0.05 and data_args.max_seq_length == 32 and not data_args.pad_to_max_length
-    assert d.batchnorm and resolve_projector(model_args.projector, model_args.pooler_type, d.batchnorm) == "bn_mlp"
+    assert d.batchnorm and resolve_projector(model_args.projector, model_args.pooler_type, *(DiffCSEObjective.required_projector(d) or (None,))) == "bn_mlp"
     assert d.lambda_weight == float(train["lambda_weight"]) and d.masking_ratio == float(train["masking_ratio"])
     assert d.generator_name == train["generator_name"] and not d.before_mlp
     assert d.generator_dropout is (config != "bert-base-corrected")
@@ -211,13 +212,14 @@ def test_kodiffcse_dry_run_matches_the_published_script(config):
 def test_kodiffcse_command_parses(config):
     from clusterns.objectives.diffcse.objective import DiffCSEArguments
     from clusterns.modeling.projectors import resolve_projector
+    from clusterns.objectives.diffcse import DiffCSEObjective
 
     _, _, train, _, _ = dry_run(KODIFFCSE, config)
     model_args, data_args, by_class, training_args = parse(train)
     d = by_class[DiffCSEArguments]
     assert d.masking_scheme == "kodiffcse" and d.rtd_reduction == "sum_over_views" and d.generator_replace == "argmax"
     assert d.generator_dropout and not d.batchnorm and d.lambda_weight == 0.005 and d.masking_ratio == 0.15
-    assert resolve_projector(model_args.projector, model_args.pooler_type, d.batchnorm) == "simcse_mlp"
+    assert resolve_projector(model_args.projector, model_args.pooler_type, *(DiffCSEObjective.required_projector(d) or (None,))) == "simcse_mlp"
     assert data_args.max_seq_length == 64 and data_args.korsts_dir == "SentEval/data/downstream/KorSTS"
     # transformers 5 reads a fractional --warmup_steps as a ratio; on 4.x train.py renames it --warmup_ratio
     warmup = training_args.warmup_ratio if getattr(training_args, "warmup_ratio", 0) else training_args.warmup_steps

@@ -122,7 +122,7 @@ def test_bad_configuration_and_indivisible_gpu_count():
 @pytest.mark.parametrize("config", sorted(EXPECTED))
 def test_train_command_parses(config):
     """The exact command is accepted by train.py's parser and resolves to the recipe's values."""
-    from clusterns.cli.train import parse_args
+    from clusterns.training.run import parse_args
     from clusterns.objectives.mixcse import MixCSEArguments
 
     _, train, _, _ = dry_run(config)

@@ -109,7 +109,7 @@ def test_bad_configuration_and_gpu_count():
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_command_lines_parse_with_train_py(name):
-    from clusterns.cli.train import parse_args
+    from clusterns.training.run import parse_args
     from clusterns.objectives.clusterns.objective import ClusterNSArguments
 
     _, _, train, _, argv = dry_run(name, NUM_GPU="0")  # CPU: no --fp16 (needs a GPU to validate)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from clusterns.cli.train import parse_args
-from clusterns.modeling.prompts import BERT_TEMPLATES, ROBERTA_TEMPLATES, PromptArguments
+from clusterns.training.run import parse_args
+from clusterns.modeling.prompt import BERT_TEMPLATES, ROBERTA_TEMPLATES, PromptArguments
 from conftest import data_mirror
 
 REPO = Path(__file__).resolve().parents[2]

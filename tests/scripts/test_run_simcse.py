@@ -45,7 +45,7 @@ def test_published_hyperparameters(config, num_gpu):
 
 
 def test_resolved_command_parses_with_train_flags():
-    from clusterns.cli.train import parse_args
+    from clusterns.training.run import parse_args
 
     _, (train, _) = dry_run("scripts/run_simcse.sh", "unsup-bert-base", env={"NUM_GPU": "0"})
     model_args, data_args, _, training_args = parse_args(train_argv(train) + ["--output_dir", "/tmp/unused"])

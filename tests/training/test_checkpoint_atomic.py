@@ -108,7 +108,7 @@ def test_killed_save_leaves_no_checkpoint_and_auto_resumes_from_the_previous(tin
 
 @pytest.mark.parametrize("writer", ["model", "optimizer"])
 def test_disk_full_during_checkpoint(tiny_bert, tiny_corpus, tiny_sts_dir, tmp_path, monkeypatch, writer):
-    import clusterns.modeling.encoder
+    import clusterns.io
 
     monkeypatch.setattr(ContrastiveTrainer, "evaluate", scripted_evaluate)
     out = tmp_path / "run"
@@ -123,8 +123,8 @@ def test_disk_full_during_checkpoint(tiny_bert, tiny_corpus, tiny_sts_dir, tmp_p
 
         return save
 
-    if writer == "model":  # safetensors weights, written by SentenceEncoder.save_pretrained
-        monkeypatch.setattr(clusterns.modeling.encoder, "save_file", full_disk(clusterns.modeling.encoder.save_file))
+    if writer == "model":  # safetensors weights, written through clusterns.io.save_tensors
+        monkeypatch.setattr(clusterns.io, "save_file", full_disk(clusterns.io.save_file))
     else:  # optimizer.pt, written by HF with torch.save
         monkeypatch.setattr(torch, "save", full_disk(torch.save))
     with pytest.raises(ckpt.CheckpointWriteError) as err:

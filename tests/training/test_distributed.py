@@ -98,7 +98,7 @@ def test_auto_mixed_precision_flag_cases():
 
 
 def test_parse_args_adds_the_auto_flag_unless_switched_off(monkeypatch, tmp_path):
-    from clusterns.cli import train as cli
+    from clusterns.training import run as cli
 
     seen = []
 

@@ -22,7 +22,7 @@ from clusterns.training.data import ContrastiveCollator
 from clusterns.modeling.encoder import EncoderConfig, SentenceEncoder
 from clusterns.training.model import ContrastiveModel
 from clusterns.objectives import get_objective_class
-from clusterns.objectives.base import cosine_matrix, infonce_logits
+from clusterns.objectives.functional import cosine_matrix, infonce_logits
 from clusterns.precision import fp32_region
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -155,14 +155,44 @@ def test_cosine_logits_fp32_inside_autocast(precision):
     z1, z2 = torch.randn(16, 64, generator=g), torch.randn(16, 64, generator=g)
     exact = (F.normalize(z1.double(), dim=-1) @ F.normalize(z2.double(), dim=-1).T) / 0.05
     with torch.autocast("cpu", dtype=DTYPES[precision]):
-        logits = infonce_logits(z1, z2, 0.05)
-        cos = cosine_matrix(z1.to(DTYPES[precision]), z2)
         naive = (F.normalize(z1, dim=-1) @ F.normalize(z2, dim=-1).T) / 0.05  # what autocast does to a bare matmul
-        with fp32_region("cpu"):
+        with fp32_region("cpu"):  # the precision boundary of training/model.py
+            logits = infonce_logits(z1, z2, 0.05)
+            cos = cosine_matrix(z1.to(DTYPES[precision]), z2)  # half-precision inputs are promoted
             inside = z1 @ z2.T
     assert logits.dtype == cos.dtype == inside.dtype == torch.float32
     torch.testing.assert_close(logits.double(), exact, rtol=1e-5, atol=1e-5)
     assert naive.dtype == DTYPES[precision] and (naive.double() - exact).abs().max() > 1e-3  # the check is sensitive
+
+
+@pytest.mark.parametrize("subnetworks", [False, True])
+def test_the_model_is_the_one_precision_boundary(subnetworks):
+    """ContrastiveModel runs an objective with autocast off (its logits in full fp32), unless the objective
+    declares sub-networks that stay in mixed precision (then it wraps its own losses, as DiffCSE)."""
+    from clusterns.objectives.base import EncodedViews, Objective, ObjectiveOutput
+
+    seen = {}
+
+    class Probe(Objective):
+        name = "probe"
+        runs_subnetworks_in_autocast = subnetworks
+
+        def forward(self, views: EncodedViews, batch, encoder):
+            seen["autocast"] = torch.is_autocast_enabled("cpu")
+            z = views.gathered
+            return ObjectiveOutput(infonce_logits(z[:, 0], z[:, 1], 0.05).logsumexp(-1).mean())
+
+    class Encoder(torch.nn.Module):
+        projector = torch.nn.Identity()
+
+        def pooled(self, input_ids, attention_mask, token_type_ids=None, num_views=None):
+            return torch.randn(input_ids.shape[0], 8)
+
+    model = ContrastiveModel(Encoder(), Probe(SimpleNamespace(temp=0.05)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.ones(4, 2, 3, dtype=torch.long), torch.ones(4, 2, 3, dtype=torch.long))
+    assert seen["autocast"] is subnetworks
+    assert out["loss"].dtype == (torch.bfloat16 if subnetworks else torch.float32)
 
 
 @pytest.mark.parametrize("name", OBJECTIVES)

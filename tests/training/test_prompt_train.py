@@ -8,7 +8,7 @@ import pytest
 
 from clusterns.cli.train import train_main
 from clusterns.modeling.encoder import SentenceEncoder
-from clusterns.modeling.prompts import BERT_TEMPLATES, ORIGINAL_DEFAULT_TEMPLATE, ROBERTA_TEMPLATES, get_spec, string_input
+from clusterns.modeling.prompt import BERT_TEMPLATES, ORIGINAL_DEFAULT_TEMPLATE, ROBERTA_TEMPLATES, get_spec, string_input
 
 SENTENCES = ["a man is playing a guitar .", "a dog runs", "two children are eating food"]
 

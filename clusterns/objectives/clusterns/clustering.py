@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clusterns.objectives.base import cosine_matrix
+from clusterns.objectives.functional import cosine_matrix
 
 KMEANS_OPTIMS = ("momentum", "kmeans", "adamw")
 CENTROID_STATS = ("sum", "mean")

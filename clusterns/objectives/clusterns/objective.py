@@ -35,7 +35,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from clusterns.objectives.clusterns import clustering as C
-from clusterns.objectives.base import EncodedViews, Objective, ObjectiveOutput, cosine_matrix, infonce_loss, similarity_logs
+from clusterns.objectives.base import EncodedViews, Objective, ObjectiveOutput
+from clusterns.objectives.functional import add_to_diagonal, cosine_matrix, infonce_loss, row_cosine, similarity_logs
+from clusterns.objectives.mixcse import mixed_negative_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -171,24 +173,11 @@ class ClusterNSArguments:
             raise ValueError(f"--mix_lambdas must be in [0, 1], got {self.mix_lambdas!r}")
 
 
-def _add_own_offset(block: Tensor, weight: float, scope: str) -> Tensor:
-    """hard_negative_weight at each anchor's own hard negative: (i, i) of a square block, column 0 of a [B, 1] one."""
-    if not weight:
-        return block
-    if scope == "diag":
-        return block + weight * torch.eye(block.shape[0], block.shape[1], device=block.device, dtype=block.dtype)
-    return block + weight
-
-
-def _row_cos(a: Tensor, b: Tensor) -> Tensor:
-    """cos(a_i, b_i) per row, same eps as cosine_matrix."""
-    a_n = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    b_n = b / b.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    return (a_n * b_n).sum(dim=-1)
-
-
 class ClusterNSObjective(Objective):
     name = "clusterns"
+    description = "ClusterNS (clustering-aided negative sampling)"
+    citation = ("Deng et al. Clustering-Aware Negative Sampling for Unsupervised Sentence Representation. "
+                "Findings of ACL 2023. djz233/ClusterNS")
     arguments_class = ClusterNSArguments
 
     def __init__(self, model_args, objective_args: ClusterNSArguments | None = None, encoder: nn.Module | None = None,
@@ -210,13 +199,10 @@ class ClusterNSObjective(Objective):
             hidden_size = int(getattr(encoder, "hidden_size", None) or encoder.config.hidden_size)
         self.args = args
         self.k = int(args.kmeans)
-        self.hard_negative_weight = float(getattr(model_args, "hard_negative_weight", 0.0) or 0.0)
         self.cluster = C.CentroidState(self.k, hidden_size, args.kmeans_optim, args.kmeans_lr, args.centroid_stat)
         # Tests (and golden replays) force the greedy chain's first index here; None: Python random.
         self.forced_first_index: int | None = None
         self._warned_small_batch = False
-        if args.mix_negatives:
-            from clusterns.objectives.mixcse import mixed_negative_blocks  # noqa: F401  (fail at start-up if unavailable)
 
     # ------------------------------------------------------------------------------------------
     # start trigger and initialisation (host syncs allowed: they happen only before the start)
@@ -285,26 +271,20 @@ class ClusterNSObjective(Objective):
         blocks = [positives]
         use_centroids = hard is not None and args.enable_hardneg
         if z3 is not None and not (use_centroids and args.dataset_hardneg == "overwrite"):
-            blocks.append(_add_own_offset(cosine_matrix(z1, z3) / self.temp, self.hard_negative_weight, "diag"))
+            blocks.append(add_to_diagonal(cosine_matrix(z1, z3) / self.temp, self.hard_negative_weight))
         if use_centroids:
             if args.hardneg_scope == "batch_block":
-                blocks.append(_add_own_offset(cosine_matrix(z1, hard) / self.temp, self.hard_negative_weight, "diag"))
+                blocks.append(add_to_diagonal(cosine_matrix(z1, hard) / self.temp, self.hard_negative_weight))
             else:
-                blocks.append(_add_own_offset(_row_cos(z1, hard)[:, None] / self.temp, self.hard_negative_weight, "col"))
+                own = row_cosine(z1, hard)[:, None] / self.temp  # one column: each anchor's own centroid
+                blocks.append(own + self.hard_negative_weight if self.hard_negative_weight else own)
         if args.mix_negatives:
-            from clusterns.objectives.mixcse import mixed_negative_blocks
-
             blocks.extend(mixed_negative_blocks(z1, z2, args.mix_lambdas, self.temp, self.hard_negative_weight))
         return blocks
 
     # ------------------------------------------------------------------------------------------
     def forward(self, views: EncodedViews, batch: dict[str, Tensor], encoder: nn.Module) -> ObjectiveOutput:
-        # Logits, clustering and BML in fp32 even inside the trainer's autocast (which would run the
-        # matmuls of fp32 inputs in fp16/bf16).
-        with torch.autocast(device_type=views.gathered.device.type, enabled=False):
-            return self._forward(views)
-
-    def _forward(self, views: EncodedViews) -> ObjectiveOutput:
+        # Runs in training/model.py's fp32 region: logits, clustering and BML in full fp32.
         z = views.gathered
         model_dtype = z.dtype
         z1, z2 = z[:, 0].float(), z[:, 1].float()
@@ -348,9 +328,9 @@ class ClusterNSObjective(Objective):
         # ---- logs (detached scalars, same keys every step) ----------------------------------------
         logs = similarity_logs(cos)
         if hard is not None:
-            logs["sim/hardneg"] = _row_cos(x, hard).mean()
+            logs["sim/hardneg"] = row_cosine(x, hard).mean()
         elif z3 is not None:
-            logs["sim/hardneg"] = _row_cos(x, z3.detach()).mean()
+            logs["sim/hardneg"] = row_cosine(x, z3.detach()).mean()
         else:
             logs["sim/hardneg"] = zero
         logs["cluster/active"] = zero + float(active)

@@ -35,11 +35,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from clusterns.objectives.diffcse.discriminator import ConditionalDiscriminator, splice_cls_input
 from clusterns.objectives.diffcse.masking import SCHEMES, MLMMasking
 from clusterns.modeling.packing import enable_packed_linear, is_packed
-from clusterns.objectives.base import EncodedViews, Objective, ObjectiveOutput, cosine_matrix, infonce_logits, infonce_loss, similarity_logs
+from clusterns.objectives.base import EncodedViews, Objective, ObjectiveOutput
+from clusterns.objectives.functional import at_least_fp32, infonce_logits, infonce_loss, similarity_logs
+from clusterns.precision import fp32_region
 
 logger = logging.getLogger(__name__)
 
@@ -128,11 +131,6 @@ class DiffCSEArguments:
 # ---------------------------------------------------------------------------------------------
 # Pure functions
 # ---------------------------------------------------------------------------------------------
-
-
-def at_least_fp32(x: Tensor) -> Tensor:
-    """fp16/bf16 -> fp32 for the losses; fp32 and fp64 stay as they are (the golden tests run in fp64)."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def generator_replacement(logits: Tensor, mode: str = "argmax", vocab_limit: int | None = None) -> Tensor:
@@ -252,8 +250,6 @@ def check_data_arguments(data_args: Any) -> None:
 
 
 def load_generator(generator_name: str, model_args: Any) -> tuple[nn.Module, Any]:
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
-
     trust_pickle = bool(getattr(model_args, "trust_pickle", False))
     cache_dir = getattr(model_args, "cache_dir", None)
     try:
@@ -291,13 +287,23 @@ class DiffCSEObjective(Objective):
     """
 
     name = "diffcse"
+    description = "DiffCSE (contrastive + conditional replaced-token detection)"
+    citation = ("Chuang et al. DiffCSE: Difference-based Contrastive Learning for Sentence Embeddings. NAACL 2022. "
+                "voidism/DiffCSE; the KoDiffCSE recipe: BM-K/KoDiffCSE")
     arguments_class = DiffCSEArguments
-    # train.py calls this with the data flags (the objective never sees them): --pad_to_max_length is refused.
-    check_data_arguments = staticmethod(check_data_arguments)
-    # The generator and discriminator are full transformers: let them run under the trainer's autocast
-    # (--fp16/--bf16), as the original's native AMP did; the InfoNCE logits (base.cosine_matrix) and the RTD
-    # cross-entropy (at_least_fp32) are computed in fp32 regardless.
-    keep_autocast = True
+    # The generator and discriminator are full transformers: they run under the trainer's autocast
+    # (--fp16/--bf16), as the original's native AMP did; the InfoNCE logits and the RTD cross-entropy are
+    # computed in fp32_region regardless.
+    runs_subnetworks_in_autocast = True
+
+    @classmethod
+    def check_data_arguments(cls, data_args: Any, objective_args: Any) -> None:
+        check_data_arguments(data_args)  # --pad_to_max_length is refused
+
+    @classmethod
+    def required_projector(cls, objective_args: Any) -> tuple[str, str] | None:
+        """--batchnorm: DiffCSE's BatchNorm projector on the encoder."""
+        return ("bn_mlp", "--batchnorm") if objective_args is not None and objective_args.batchnorm else None
 
     def __init__(self, model_args: Any, objective_args: DiffCSEArguments | None = None, encoder: nn.Module | None = None,
                  generator: nn.Module | None = None, generator_tokenizer: Any = None):
@@ -410,16 +416,19 @@ class DiffCSEObjective(Objective):
         # Contrastive part: SimCSE InfoNCE over the gathered projected views.
         z = views.gathered
         z3 = z[:, 2] if z.shape[1] > 2 else None
-        logits = infonce_logits(z[:, 0], z[:, 1], self.temp, z3, self.model_args.hard_negative_weight)
-        contrastive = infonce_loss(logits)
+        with fp32_region(z.device.type):
+            logits = infonce_logits(z[:, 0], z[:, 1], self.temp, z3, self.hard_negative_weight)
+            contrastive = infonce_loss(logits)
 
         # RTD part on this rank's rows: generator -> labels -> conditional discriminator -> head.
         cond = (views.pooled if self.args.before_mlp else views.local).reshape(batch_size * num_views, -1)
         g = self.corrupt(mlm_ids, attn)
         disc_ids, replaced = rtd_inputs(g, ids, attn, self.cls_token_id)
         hidden = self.discriminator(disc_ids, attn, cond, token_type_ids)
-        rtd_logits = at_least_fp32(self.rtd_head(hidden))
-        rtd = rtd_loss(rtd_logits, replaced, attn, self.args.rtd_reduction, num_views)
+        rtd_head_out = self.rtd_head(hidden)
+        with fp32_region(z.device.type):
+            rtd_logits = at_least_fp32(rtd_head_out)
+            rtd = rtd_loss(rtd_logits, replaced, attn, self.args.rtd_reduction, num_views)
         loss = contrastive + self.lambda_weight * rtd
 
         logs = similarity_logs(logits[:, : z.shape[0]] * self.temp)

@@ -1,0 +1,357 @@
+"""evaluation.py and `clusterns-evaluate`: evaluate a checkpoint on SentEval tasks and print SimCSE's tables (plus JSON).
+
+    python evaluation.py --model_name_or_path result/my-unsup-simcse --pooler cls_before_pooler \
+        --task_set sts --mode test [--output_json results.json]
+
+Flags follow SimCSE's evaluation.py (--model_name_or_path --pooler --mode --task_set --tasks);
+added: --data_dir, --batch_size, --max_seq_length, --output_json, --device, --korsts,
+--korsts_dir, --korsts_per_batch. Works with our checkpoints and plain HF BERT/RoBERTa
+folders, through SentenceEncoder.encode only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from prettytable import PrettyTable
+
+from clusterns.harness import SE, DataFormatError, MissingDataError, progress_bar_disabled, senteval
+from clusterns.io import CONFIG_NAME
+from clusterns.modeling.encoder import EncoderConfig, SentenceEncoder
+from clusterns.modeling.poolers import pooler_names
+from clusterns.modeling.prompt import check_convention, check_template_syntax, prompt_config
+from clusterns.modeling.prompt.settings import CONVENTIONS
+
+STS_TASKS = ["STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness"]
+TRANSFER_TASKS = ["MR", "CR", "MPQA", "SUBJ", "SST2", "TREC", "MRPC"]
+TRANSFER_TABLE = ["MR", "CR", "SUBJ", "MPQA", "SST2", "TREC", "MRPC"]  # SimCSE's print order
+POOLER_CHOICES = pooler_names()
+KORSTS_COLUMNS = [("Cos P", "cosine_pearson"), ("Cos S", "cosine_spearman"),
+                  ("Euc P", "euclidean_pearson"), ("Euc S", "euclidean_spearman"),
+                  ("Man P", "manhattan_pearson"), ("Man S", "manhattan_spearman"),
+                  ("Dot P", "dot_pearson"), ("Dot S", "dot_spearman")]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_name_or_path", type=str, required=True,
+                   help="checkpoint folder (ours or a plain HF BERT/RoBERTa)")
+    p.add_argument("--pooler", type=str, choices=POOLER_CHOICES, default=None,
+                   help="sentence vector; default: the pooler saved with our checkpoints, "
+                        "'cls' for plain HF checkpoints (SimCSE's default)")
+    p.add_argument("--mode", type=str, choices=["dev", "test", "fasttest"], default="test",
+                   help="dev: dev sets, fast classifier; test: full classifier; fasttest: fast classifier, test sets")
+    p.add_argument("--task_set", type=str, choices=["sts", "transfer", "full", "na"], default="sts",
+                   help="any value but 'na' overrides --tasks")
+    p.add_argument("--tasks", type=str, nargs="+",
+                   default=["STS12", "STS13", "STS14", "STS15", "STS16", "MR", "CR", "MPQA", "SUBJ",
+                            "SST2", "TREC", "MRPC", "SICKRelatedness", "STSBenchmark"],
+                   help="tasks to evaluate with --task_set na")
+    p.add_argument("--data_dir", type=str, default="SentEval/data",
+                   help="SentEval data folder holding downstream/ (or the downstream folder itself)")
+    p.add_argument("--batch_size", type=int, default=128, help="encoding batch size (SentEval: 128)")
+    p.add_argument("--max_seq_length", type=int, default=None,
+                   help="truncate sentences to this many tokens (default: no truncation, as SimCSE)")
+    p.add_argument("--output_json", type=str, default=None, help="write every number to this JSON file")
+    p.add_argument("--device", type=str, default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--korsts", action="store_true", help="also evaluate KorSTS (8 metrics)")
+    p.add_argument("--korsts_dir", type=str, default=None,
+                   help="KorSTS folder with sts-{dev,test}.tsv (default: <data_dir>/downstream/KorSTS)")
+    p.add_argument("--korsts_per_batch", action="store_true",
+                   help="also report KoDiffCSE's per-batch KorSTS protocol (shuffled batches of 256, averaged)")
+    p.add_argument("--seed", type=int, default=1111, help="SentEval seed for the classifiers")
+    # PromptBERT checkpoints (clusterns/modeling/prompt/): the recorded template is applied automatically.
+    p.add_argument("--prompt_convention", type=str, default=None, choices=list(CONVENTIONS),
+                   help="prompt checkpoints: test (default: the final-test convention recorded at training, "
+                        "faithfully evaluation_prompt.py's), original (period appended, no delta), "
+                        "consistent/dev (the in-training selection: template ids, delta)")
+    p.add_argument("--mask_embedding_sentence", action="store_true",
+                   help="evaluate with a PromptBERT template (mask pooler), as evaluation_prompt.py")
+    p.add_argument("--mask_embedding_sentence_template", type=str, default=None,
+                   help="the template for --mask_embedding_sentence (default: the checkpoint's recorded one)")
+    p.add_argument("--mask_embedding_sentence_delta", action="store_true",
+                   help="with --mask_embedding_sentence: subtract the template delta at test")
+    return p
+
+
+def expand_tasks(args) -> list[str]:
+    if args.task_set == "sts":
+        tasks = list(STS_TASKS)
+    elif args.task_set == "transfer":
+        tasks = list(TRANSFER_TASKS)
+    elif args.task_set == "full":
+        tasks = STS_TASKS + TRANSFER_TASKS
+    else:
+        tasks = list(args.tasks)
+    if args.korsts and "KorSTS" not in tasks:
+        tasks.append("KorSTS")
+    return tasks
+
+
+def senteval_params(args) -> dict:
+    """SimCSE's params per mode (spec section 7) plus the splits that are reported."""
+    params = {"task_path": args.data_dir, "usepytorch": True, "seed": args.seed,
+              "batch_size": args.batch_size, "progress_bar": None,
+              "eval_splits": ["dev"] if args.mode == "dev" else ["test"]}
+    if args.mode in ("dev", "fasttest"):
+        params["kfold"] = 5
+        params["classifier"] = {"nhid": 0, "optim": "rmsprop", "batch_size": 128, "tenacity": 3, "epoch_size": 2}
+    else:
+        params["kfold"] = 10
+        params["classifier"] = {"nhid": 0, "optim": "adam", "batch_size": 64, "tenacity": 5, "epoch_size": 4}
+    if args.device:
+        params["device"] = args.device
+    if args.korsts_dir:
+        params["korsts_path"] = args.korsts_dir
+    if args.korsts_per_batch:
+        params["korsts_per_batch"] = True
+    return params
+
+
+class CachedBatcher:
+    """SentEval batcher over an encoder with a sentence -> embedding cache across STS tasks
+    (STS-B and SICK reuse STS12-16 sentences), so each distinct sentence is encoded once.
+
+    It takes any number of sentences (``batches_itself``): the harness hands it a task's distinct sentences
+    at once and the encoder batches them by subword length, so batches carry almost no padding."""
+
+    batches_itself = True
+
+    def __init__(self, encoder, batch_size: int, max_seq_length: int | None = None):
+        self.encoder = encoder
+        self.batch_size = batch_size
+        self.max_seq_length = max_seq_length
+        self.cache: dict[str, np.ndarray] = {}
+        self.use_cache = True
+
+    def __call__(self, params, batch):
+        if batch and batch[0] and isinstance(batch[0][0], bytes):
+            batch = [[w.decode("utf-8") for w in s] for s in batch]
+        sentences = [" ".join(s) for s in batch]
+        # A progress bar for a whole task's sentences, as the harness shows one for its own batches.
+        disabled = progress_bar_disabled(params)
+        show = (sys.stderr.isatty() if disabled is None else not disabled) and len(sentences) > self.batch_size
+        if not self.use_cache:
+            return self.encoder.encode(sentences, batch_size=self.batch_size, max_seq_length=self.max_seq_length,
+                                       show_progress_bar=show)
+        missing = [s for s in dict.fromkeys(sentences) if s not in self.cache]
+        if missing:
+            emb = self.encoder.encode(missing, batch_size=self.batch_size, max_seq_length=self.max_seq_length,
+                                      show_progress_bar=show)
+            self.cache.update(zip(missing, emb))
+        return np.stack([self.cache[s] for s in sentences])
+
+
+def evaluation_load_kwargs(
+    path: str,
+    mask_embedding_sentence: bool = False,
+    template: str | None = None,
+    delta: bool = False,
+    convention: str | None = None,
+) -> dict[str, Any]:
+    """evaluation.py's prompt flags -> SentenceEncoder.from_pretrained keyword arguments.
+
+    Our prompt checkpoints need none of them (the template is recorded; --prompt_convention picks
+    test / original / consistent). --mask_embedding_sentence (+ --mask_embedding_sentence_template,
+    --mask_embedding_sentence_delta) evaluates any checkpoint with a template as evaluation_prompt.py
+    (the mask pooler replaces --pooler, as there); on one of our prompt checkpoints the template
+    flag replaces the recorded template and --mask_embedding_sentence_delta turns on the test delta."""
+    kwargs: dict[str, Any] = {}
+    if convention is not None:
+        kwargs["prompt_convention"] = check_convention(convention)
+    if not mask_embedding_sentence:
+        if template is not None or delta:
+            raise ValueError("--mask_embedding_sentence_template / --mask_embedding_sentence_delta need --mask_embedding_sentence")
+        return kwargs
+    saved_config = EncoderConfig.load(path) if os.path.isdir(path) else None
+    saved = saved_config.prompt if saved_config is not None else None
+    if saved:
+        settings = dict(saved)
+        if template is not None:
+            check_template_syntax(template, "--mask_embedding_sentence_template")
+            settings["template"] = template
+        settings["test_delta"] = bool(settings.get("test_delta")) or delta
+    else:
+        if template is None:
+            raise ValueError(f"{path!r} records no prompt: --mask_embedding_sentence needs --mask_embedding_sentence_template")
+        settings = prompt_config(template, test_delta=delta)
+    kwargs.update(pooler="mask", prompt=settings)
+    return kwargs
+
+
+def load_encoder(args):
+    pooler = args.pooler
+    if pooler is None and not os.path.isfile(os.path.join(args.model_name_or_path, CONFIG_NAME)):
+        pooler = "cls"  # SimCSE's default for plain HF checkpoints
+    prompt_kwargs = evaluation_load_kwargs(
+        args.model_name_or_path, args.mask_embedding_sentence, args.mask_embedding_sentence_template,
+        args.mask_embedding_sentence_delta, args.prompt_convention,
+    )
+    pooler = prompt_kwargs.pop("pooler", pooler)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return SentenceEncoder.from_pretrained(args.model_name_or_path, pooler=pooler, device=device, **prompt_kwargs)
+
+
+def build_evaluations(tasks: list[str], params: dict) -> dict:
+    """Load (and validate) every task's data up front, so bad data fails before encoding."""
+    se = SE(params, None)
+    return {t: se.build(t) for t in tasks}
+
+
+def run_tasks(evaluations: dict, params: dict, batcher: CachedBatcher) -> dict:
+    """Evaluate pre-built tasks in order (SentEval's do_prepare + run)."""
+    se = SE(params, batcher)
+    results = {}
+    for task, evaluation in evaluations.items():
+        # The cache only pays off for STS-style tasks; transfer sets are large.
+        batcher.use_cache = task in STS_TASKS or task == "KorSTS"
+        if not batcher.use_cache:
+            batcher.cache.clear()
+        se.params.current_task = task
+        evaluation.do_prepare(se.params, se.prepare)
+        results[task] = evaluation.run(se.params, batcher)
+    batcher.cache.clear()
+    return results
+
+
+# ---- tables ------------------------------------------------------------------------------
+
+def print_table(task_names, scores):
+    tb = PrettyTable()
+    tb.field_names = task_names
+    tb.add_row(scores)
+    print(tb)
+
+
+def _avg(scores: list[str]) -> str:
+    # SimCSE averages the already-rounded cell strings (missing tasks count as 0.00).
+    return "%.2f" % (sum(float(s) for s in scores) / len(scores))
+
+
+def build_tables(results: dict, mode: str, korsts_per_batch: bool = False) -> list[tuple[str, list, list]]:
+    """[(title, headers, cells)] exactly as SimCSE prints them (+ KorSTS tables)."""
+    tables = []
+    if mode == "dev":
+        names, scores = [], []
+        for task in ["STSBenchmark", "SICKRelatedness"]:
+            names.append(task)
+            scores.append("%.2f" % (results[task]["dev"]["spearman"][0] * 100) if task in results else "0.00")
+        tables.append(("sts", names, scores))
+        key = "devacc"
+    else:
+        names, scores = [], []
+        for task in STS_TASKS:
+            names.append(task)
+            if task not in results:
+                scores.append("0.00")
+            elif task.startswith("STS1"):
+                scores.append("%.2f" % (results[task]["all"]["spearman"]["all"] * 100))
+            else:
+                scores.append("%.2f" % (results[task]["test"]["spearman"].correlation * 100))
+        tables.append(("sts", names + ["Avg."], scores + [_avg(scores)]))
+        key = "acc"
+    names, scores = [], []
+    for task in TRANSFER_TABLE:
+        names.append(task)
+        scores.append("%.2f" % results[task][key] if task in results else "0.00")
+    tables.append(("transfer", names + ["Avg."], scores + [_avg(scores)]))
+    if "KorSTS" in results:
+        split = "dev" if mode == "dev" else "test"
+        res = results["KorSTS"][split]
+        cells = ["%.2f" % (res[k] * 100) for _, k in KORSTS_COLUMNS]
+        tables.append((f"korsts_{split}", [c for c, _ in KORSTS_COLUMNS] + ["Avg."], cells + [_avg(cells)]))
+        if korsts_per_batch and "per_batch" in res:
+            pb = res["per_batch"]
+            cells = ["%.2f" % (pb[k] * 100) for _, k in KORSTS_COLUMNS]
+            tables.append((f"korsts_{split}_per_batch", [c for c, _ in KORSTS_COLUMNS] + ["Avg."],
+                           cells + [_avg(cells)]))
+    return tables
+
+
+def print_tables(tables, mode: str) -> None:
+    print("------ %s ------" % mode)
+    for title, names, cells in tables:
+        if title.startswith("korsts"):
+            print("------ KorSTS %s ------" % title[len("korsts_"):].replace("_", " "))
+        print_table(names, cells)
+
+
+# ---- JSON --------------------------------------------------------------------------------
+
+def _num(x):
+    x = float(x)
+    return None if math.isnan(x) or math.isinf(x) else x
+
+
+def jsonable(obj):
+    """Results -> JSON: scipy results become their coefficient (+ '<key>_pvalue'), arrays lists."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if hasattr(v, "statistic") and hasattr(v, "pvalue"):
+                out[str(k)] = _num(v.statistic)
+                out[f"{k}_pvalue"] = _num(v.pvalue)
+            else:
+                out[str(k)] = jsonable(v)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return _num(obj)
+    return obj
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(asctime)s : %(message)s", level=logging.INFO)
+    tasks = expand_tasks(args)
+    params = senteval_params(args)
+    try:
+        evaluations = build_evaluations(tasks, params)
+        encoder = load_encoder(args)
+    except (MissingDataError, DataFormatError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    batcher = CachedBatcher(encoder, args.batch_size, args.max_seq_length)
+    start = time.perf_counter()
+    try:
+        results = run_tasks(evaluations, params, batcher)
+    except (MissingDataError, DataFormatError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    elapsed = time.perf_counter() - start
+    tables = build_tables(results, args.mode, args.korsts_per_batch)
+    print_tables(tables, args.mode)
+    if args.output_json:
+        payload = {
+            "model_name_or_path": args.model_name_or_path, "pooler": args.pooler, "mode": args.mode,
+            "task_set": args.task_set, "tasks": tasks, "batch_size": args.batch_size,
+            "max_seq_length": args.max_seq_length, "senteval_version": getattr(senteval, "__version__", None),
+            "seconds": elapsed,
+            "tables": {title: dict(zip(names, [float(c) for c in cells])) for title, names, cells in tables},
+            "results": jsonable(results),
+        }
+        os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
+        with open(args.output_json, "w") as f:
+            json.dump(payload, f, indent=2)
+        print(f"wrote {args.output_json}")
+    return 0
+
+
+def evaluate_cli() -> None:
+    """`clusterns-evaluate`."""
+    sys.exit(main())

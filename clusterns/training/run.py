@@ -1,0 +1,255 @@
+"""One way to build a run: command-line arguments -> (encoder, objective, data, trainer).
+
+train.py (cli/train.py), the benchmarks (scripts/bench_train.py) and the tests all build their runs here,
+so what a run is made of is written once:
+
+    run = build_run(argv)             # parses and validates every flag, loads model and data
+    run.trainer.train()
+
+`build_run` takes in-memory training sentences instead of --train_file (`sentences=`), extra keyword
+arguments for the objective (`objective_kwargs=`, e.g. a stand-in DiffCSE generator), a wrapper around
+the collator and extra Trainer callbacks, for the benchmarks' measurements.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from datasets import Dataset
+from transformers import EarlyStoppingCallback, HfArgumentParser, TrainerCallback, set_seed
+
+from clusterns.modeling.backbones import max_positions
+from clusterns.modeling.encoder import EncoderConfig, SentenceEncoder
+from clusterns.modeling.packing import enable_packed_linear
+from clusterns.modeling.projectors import resolve_projector
+from clusterns.modeling.prompt import PromptArguments, attach_prompt, enable_prompt
+from clusterns.objectives import Objective, check_flag_collisions, get_objective_class, objective_argument_classes, objective_names
+from clusterns.precision import auto_mixed_precision_flag, configure_tf32
+from clusterns.training.arguments import (
+    ContrastiveTrainingArguments,
+    DataTrainingArguments,
+    ModelArguments,
+    UsageError,
+    normalise_argv,
+)
+from clusterns.training.checkpoints import resolve_resume_checkpoint
+from clusterns.training.data import ContrastiveCollator, load_corpus, tokenize_corpus
+from clusterns.training.dev_evaluator import SentEvalDevEvaluator
+from clusterns.training.distributed import data_parallel_message
+from clusterns.training.model import ContrastiveModel
+from clusterns.training.trainer import ContrastiveTrainer
+
+logger = logging.getLogger("clusterns")
+
+RUN_MARKER = "run_args.json"  # what produced an output_dir, to refuse mixing two runs in one folder
+
+
+# ---- arguments ---------------------------------------------------------------------------------------
+def argument_classes() -> list[type]:
+    """Every flag dataclass of a run, checked for flags defined twice (the error names both owners)."""
+    classes = [ModelArguments, DataTrainingArguments, *objective_argument_classes(), PromptArguments, ContrastiveTrainingArguments]
+    check_flag_collisions([c for c in classes if c is not ContrastiveTrainingArguments])
+    return classes
+
+
+def parse_args(argv: list[str] | None = None):
+    """(model_args, data_args, {dataclass: its parsed flags}, training_args)."""
+    argv = normalise_argv(list(sys.argv[1:] if argv is None else argv))
+    # SimCSE (HF 4.2.1) saved at every evaluation when selecting the best model; `best` keeps that
+    # meaning without writing a checkpoint that is not an improvement.
+    if any(a.split("=")[0] == "--load_best_model_at_end" for a in argv) and not any(a.split("=")[0] == "--save_strategy" for a in argv):
+        argv += ["--save_strategy", "best"]
+    parser = HfArgumentParser(argument_classes())
+    model_args, data_args, *extra_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if training_args.auto_mixed_precision:
+        flag = auto_mixed_precision_flag(training_args.fp16, training_args.bf16, training_args.use_cpu)
+        if flag:  # parse again: TrainingArguments sets up its mixed precision while it is built
+            logger.info("mixed precision on by default on this GPU: %s (--auto_mixed_precision false for fp32)", flag)
+            model_args, data_args, *extra_args, training_args = parser.parse_args_into_dataclasses(args=[*argv, flag])
+    return model_args, data_args, {type(a): a for a in extra_args}, training_args
+
+
+def check_output_dir(training_args, model_args, data_args) -> None:
+    out = training_args.output_dir
+    if not os.path.isdir(out) or not os.listdir(out) or training_args.overwrite_output_dir:
+        return
+    if training_args.resume_from_checkpoint:
+        return
+    marker = os.path.join(out, RUN_MARKER)
+    if os.path.isfile(marker):
+        try:
+            previous = json.load(open(marker))
+        except (OSError, ValueError):
+            previous = None
+        if previous == run_marker(model_args, data_args):
+            return
+    raise UsageError(
+        f"--output_dir {out!r} already holds another run; pass --overwrite_output_dir to replace it, "
+        "--resume_from_checkpoint to continue it, or choose another folder"
+    )
+
+
+def run_marker(model_args, data_args) -> dict[str, Any]:
+    return {"model_name_or_path": model_args.model_name_or_path, "objective": model_args.objective, "train_file": data_args.train_file}
+
+
+def check_arguments(model_args, data_args, objective_cls: type[Objective], objective_args, training_args, argv=None) -> None:
+    """Every start-up check that needs no model: flag ranges, the objective's data needs, resume, output_dir."""
+    if training_args.nan_policy not in ("stop", "skip"):
+        raise UsageError(f"--nan_policy must be stop or skip, got {training_args.nan_policy!r}")
+    if training_args.n_gpu > 1:  # several visible GPUs in one process: HF would use nn.DataParallel
+        raise UsageError(data_parallel_message(training_args.n_gpu, list(sys.argv[1:] if argv is None else argv)))
+    objective_cls.check_data_arguments(data_args, objective_args)  # e.g. DiffCSE refuses --pad_to_max_length
+    if training_args.do_train and not data_args.train_file:
+        raise UsageError("--train_file is required with --do_train")
+    if training_args.resume_from_checkpoint:
+        # `auto`: the latest complete checkpoint of output_dir (none: a fresh start); a path must be complete.
+        training_args.resume_from_checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    check_output_dir(training_args, model_args, data_args)
+
+
+def check_last_batch(objective_cls: type[Objective], num_examples: int, training_args) -> None:
+    """Refuse at start-up a run whose last global batch is too small for the objective (MixCSE needs 2),
+    instead of failing at the end of the first epoch."""
+    needed = objective_cls.min_global_batch_size
+    global_batch = training_args.per_device_train_batch_size * max(training_args.world_size, 1)
+    last = num_examples % global_batch
+    if not training_args.dataloader_drop_last and 0 < last < needed:
+        raise UsageError(
+            f"the last batch of each epoch would hold {last} sentence(s) ({num_examples} examples, global batch "
+            f"{global_batch}), but --objective {objective_cls.name} needs at least {needed} sentences in a batch: pass --dataloader_drop_last "
+            "or change --per_device_train_batch_size"
+        )
+
+
+# ---- parts -------------------------------------------------------------------------------------------
+def build_encoder(model_args, data_args, objective_args=None, prompt_args=None) -> SentenceEncoder:
+    """The encoder the flags describe: backbone, pooler (prompt settings included), projector, packing."""
+    if not model_args.model_name_or_path:
+        raise UsageError("--model_name_or_path is required (a Hugging Face encoder folder or hub name)")
+    objective_cls = get_objective_class(model_args.objective)
+    prompt_args = enable_prompt(model_args, prompt_args)  # --mask_embedding_sentence: pooler_type -> mask
+    required = objective_cls.required_projector(objective_args)
+    config = EncoderConfig(
+        pooler_type=model_args.pooler_type,
+        first_layer_index=model_args.first_layer_index,
+        projector=resolve_projector(model_args.projector, model_args.pooler_type, *(required or (None,))),
+        mlp_only_train=model_args.mlp_only_train,
+        objective=model_args.objective,
+    )
+    encoder = SentenceEncoder.from_backbone(
+        model_args.model_name_or_path, config, tokenizer_name=model_args.tokenizer_name, dropout_prob=model_args.dropout_prob,
+        trust_pickle=model_args.trust_pickle, cache_dir=model_args.cache_dir, revision=model_args.model_revision,
+        config_name=model_args.config_name, use_fast_tokenizer=model_args.use_fast_tokenizer,
+    )
+    limit = max_positions(encoder.backbone.config, encoder.tokenizer)
+    if data_args.max_seq_length > limit:
+        raise UsageError(f"--max_seq_length {data_args.max_seq_length} exceeds the model's limit of {limit} tokens")
+    if model_args.packed_linear:  # non-pad tokens only through the linear layers (modeling/packing.py)
+        enable_packed_linear(encoder.backbone)
+    if prompt_args is not None:
+        attach_prompt(encoder, prompt_args, data_args.max_seq_length)  # template tokens + max_seq_length must fit
+    encoder.pooling.check(encoder, data_args.max_seq_length)
+    return encoder
+
+
+def build_dev_evaluator(data_args, training_args) -> SentEvalDevEvaluator | None:
+    needs_eval = training_args.eval_strategy != "no" or training_args.do_eval
+    if not needs_eval:
+        return None
+    korsts_dir = data_args.korsts_dir if training_args.eval_korsts else None
+    if training_args.eval_korsts and not korsts_dir:
+        raise UsageError("--eval_korsts needs --korsts_dir (the folder with KorSTS sts-dev.tsv)")
+    return SentEvalDevEvaluator(
+        data_dir=data_args.eval_data_dir, transfer=training_args.eval_transfer, korsts_dir=korsts_dir,
+        align_uniform=training_args.eval_align_uniform,
+    )
+
+
+@dataclass
+class Run:
+    """Everything a training run is made of."""
+
+    model_args: ModelArguments
+    data_args: DataTrainingArguments
+    training_args: ContrastiveTrainingArguments
+    objective_args: Any
+    encoder: SentenceEncoder
+    objective: Objective
+    model: ContrastiveModel
+    train_dataset: Any
+    collator: Callable
+    dev_evaluator: SentEvalDevEvaluator | None
+    trainer: ContrastiveTrainer
+    run_config: dict[str, Any] = field(default_factory=dict)
+
+
+def build_run(argv: list[str] | None = None, *, parsed: tuple | None = None, sentences: list[str] | None = None,
+              objective_kwargs: dict | None = None, wrap_collator: Callable[[Callable], Callable] | None = None,
+              callbacks: list[TrainerCallback] | None = None) -> Run:
+    """Parse and check the flags, then build encoder, objective, data, dev evaluator and trainer.
+
+    parsed: parse_args(argv)'s result, when the caller looked at the flags first (train.py sets up logging).
+    sentences: in-memory training sentences (one view pair each) instead of --train_file.
+    objective_kwargs: extra keyword arguments of the objective's constructor.
+    wrap_collator: called with the collator, returns the one the trainer uses (e.g. a recorder).
+    callbacks: added to the trainer's (after early stopping)."""
+    model_args, data_args, by_class, training_args = parsed if parsed is not None else parse_args(argv)
+    if model_args.objective not in objective_names():
+        raise UsageError(f"--objective {model_args.objective!r} is not known; choose one of: {', '.join(objective_names())}")
+    objective_cls = get_objective_class(model_args.objective)
+    objective_args = by_class.get(objective_cls.arguments_class) if objective_cls.arguments_class else None
+    check_arguments(model_args, data_args, objective_cls, objective_args, training_args, argv)
+    configure_tf32(training_args.tf32)  # TF32 matmuls on Ampere+ unless --tf32 false; losses stay fp32
+    if training_args.ddp_find_unused_parameters is None:
+        # Every trainable parameter takes part in every training forward (the frozen DiffCSE generator has no
+        # gradient), so DDP need not search the graph for unused ones each step (HF's default for a non-HF model
+        # is True); --ddp_find_unused_parameters true restores it.
+        training_args.ddp_find_unused_parameters = False
+
+    set_seed(training_args.seed)
+    encoder = build_encoder(model_args, data_args, objective_args, by_class.get(PromptArguments))
+    objective = objective_cls(model_args, objective_args, encoder, **(objective_kwargs or {}))
+    model = ContrastiveModel(encoder, objective)
+
+    views_function = encoder.pooling.training_tokenize_function(encoder, data_args.max_seq_length)
+    train_dataset, num_views = None, 2
+    if sentences is not None or data_args.train_file:
+        with training_args.main_process_first(desc="corpus loading and tokenization"):
+            corpus = Dataset.from_dict({"sent0": list(sentences)}) if sentences is not None else \
+                load_corpus(data_args.train_file, data_args.sentence_columns, model_args.cache_dir)
+            num_views = 3 if "hard_neg" in corpus.column_names else 2
+            train_dataset = tokenize_corpus(corpus, encoder.tokenizer, data_args.max_seq_length, data_args.preprocessing_num_workers,
+                                            data_args.overwrite_cache, views_function=views_function)
+        logger.info("training corpus: %s (%d examples, %d views each)", data_args.train_file or "in memory", len(train_dataset), num_views)
+        check_last_batch(objective_cls, len(train_dataset), training_args)
+    collator = ContrastiveCollator(
+        pad_token_id=encoder.tokenizer.pad_token_id,
+        num_views=num_views,
+        max_length=data_args.max_seq_length if data_args.pad_to_max_length else None,
+        batch_transform=objective.batch_transform(encoder.tokenizer),
+    )
+    dev_evaluator = build_dev_evaluator(data_args, training_args)
+    run_config = {
+        "model": dataclasses.asdict(model_args),
+        "data": dataclasses.asdict(data_args),
+        "objective_args": dataclasses.asdict(objective_args) if objective_args is not None else {},
+    }
+    trainer_callbacks = [EarlyStoppingCallback(early_stopping_patience=training_args.early_stop)] if training_args.early_stop else []
+    trainer = ContrastiveTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=dev_evaluator,  # the SentEval dev sentences; evaluate() scores them (training/dev_evaluator.py)
+        data_collator=wrap_collator(collator) if wrap_collator is not None else collator,
+        processing_class=encoder.tokenizer,
+        callbacks=trainer_callbacks + list(callbacks or []),
+        run_config=run_config,
+    )
+    return Run(model_args, data_args, training_args, objective_args, encoder, objective, model, train_dataset, collator,
+               dev_evaluator, trainer, run_config)
