@@ -20,6 +20,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 from clusterns.cli import evaluate as evaluation  # noqa: E402
+from clusterns.modeling.poolers import pooler_names  # noqa: E402
 from benchmarks_md import command_line, machine, publish, short_model_name, utc_now  # noqa: E402
 
 TARGET_RATIO = 1.3
@@ -76,7 +77,7 @@ def markdown(out: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model_name_or_path", default=None)
-    ap.add_argument("--pooler", default="avg", choices=evaluation.POOLER_CHOICES)
+    ap.add_argument("--pooler", default="avg", choices=pooler_names())
     ap.add_argument("--data_dir", default="SentEval/data")
     ap.add_argument("--batch_size", type=int, default=128)
     ap.add_argument("--max_seq_length", type=int, default=None)

@@ -33,7 +33,7 @@ from clusterns.modeling.prompt.settings import CONVENTIONS
 STS_TASKS = ["STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness"]
 TRANSFER_TASKS = ["MR", "CR", "MPQA", "SUBJ", "SST2", "TREC", "MRPC"]
 TRANSFER_TABLE = ["MR", "CR", "SUBJ", "MPQA", "SST2", "TREC", "MRPC"]  # SimCSE's print order
-POOLER_CHOICES = pooler_names()
+
 KORSTS_COLUMNS = [("Cos P", "cosine_pearson"), ("Cos S", "cosine_spearman"),
                   ("Euc P", "euclidean_pearson"), ("Euc S", "euclidean_spearman"),
                   ("Man P", "manhattan_pearson"), ("Man S", "manhattan_spearman"),
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_name_or_path", type=str, required=True,
                    help="checkpoint folder (ours or a plain HF BERT/RoBERTa)")
-    p.add_argument("--pooler", type=str, choices=POOLER_CHOICES, default=None,
+    p.add_argument("--pooler", type=str, choices=pooler_names(), default=None,
                    help="sentence vector; default: the pooler saved with our checkpoints, "
                         "'cls' for plain HF checkpoints (SimCSE's default)")
     p.add_argument("--mode", type=str, choices=["dev", "test", "fasttest"], default="test",

@@ -33,7 +33,11 @@ def register_objective(objective: type[Objective] | str, name: str | None = None
     if name in OBJECTIVES:
         raise ValueError(f"an objective named {name!r} is already registered ({OBJECTIVES[name]!r})")
     OBJECTIVES[name] = objective
-    check_flag_collisions(objective_argument_classes())
+    try:
+        check_flag_collisions(objective_argument_classes())
+    except ValueError:
+        del OBJECTIVES[name]  # refused: the registry stays as it was
+        raise
 
 
 def objective_names() -> list[str]:

@@ -36,6 +36,24 @@ logger = logging.getLogger(__name__)
 
 
 
+# The private transformers.Trainer methods this class overrides or calls, with the parameters it relies on.
+# HF offers no public hook for these (checkpoint folder layout and atomic commit, safetensors-only loading,
+# the best-checkpoint bookkeeping, the gradient norm it already computed); tests/training/test_hf_contract.py
+# checks each against the installed transformers, so an upgrade that changes one fails loudly.
+# name: (parameters, required: False where the method is absent on a supported version and the code falls back)
+HF_PRIVATE_OVERRIDES: dict[str, tuple[tuple[str, ...], bool]] = {
+    "_save_checkpoint": (("self", "model", "trial"), True),  # redirected into a staging folder, committed by rename
+    "_get_output_dir": (("self", "trial"), True),  # shadowed for the duration of one _save_checkpoint
+    "_save": (("self", "output_dir", "state_dict"), True),  # our model folder instead of HF's weights
+    "_load_from_checkpoint": (("self", "resume_from_checkpoint", "model"), True),  # safetensors encoder + objective
+    "_load_best_model": (("self",), True),  # the same loader for --load_best_model_at_end
+    "_determine_best_metric": (("self", "metrics", "trial"), True),  # records best_global_step on 4.x too
+    "_load_callback_state": (("self",), True),  # early-stopping patience and a moved best checkpoint on resume
+    "_get_grad_norm": (("self", "model", "grad_norm"), False),  # 5.x: the norm HF computed (4.x: our own norm)
+    "_rotate_checkpoints": (("self", "use_mtime", "output_dir"), False),  # 4.x only (5.x: trainer_utils.rotate_checkpoints)
+}
+
+
 class NonFiniteLossError(RuntimeError):
     """A non-finite loss or gradient under --nan_policy stop (raised before the update is applied)."""
 
