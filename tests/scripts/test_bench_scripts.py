@@ -13,6 +13,7 @@ SCRIPT = REPO / "scripts" / "bench_train.py"
 sys.path.insert(0, str(REPO / "scripts"))
 
 import bench_train  # noqa: E402
+from bench import flops, memory, sentences  # noqa: E402
 
 REQUIRED_RATIOS = ("infonce_vs_sentence_transformers", "clusterns_vs_infonce", "mixcse_vs_infonce", "diffcse_vs_infonce")
 
@@ -67,16 +68,16 @@ def test_targets_table_marks_each_threshold():
 def test_flop_count_by_hand():
     shapes = {"hidden": 4, "intermediate": 8, "layers": 2}
     # per token and layer 2 * (4*16 + 2*4*8) = 256; attention 4 * L^2 * H per sequence
-    assert bench_train.encoder_flops(shapes, 10, [3, 2]) == 2 * (10 * 256 + 4 * 4 * (9 + 4))
-    m = bench_train.matmul_throughput(shapes, 16, repeat=1)
+    assert flops.encoder_flops(shapes, 10, [3, 2]) == 2 * (10 * 256 + 4 * 4 * (9 + 4))
+    m = flops.matmul_throughput(shapes, 16, repeat=1)
     assert m["flops"] == 3 * 2 * 16 * (4 * 12 + 4 * 4 + 4 * 8 + 8 * 4) and m["flop_per_s"] > 0
 
 
 def test_sentences_cycle_and_file(tmp_path):
-    assert len(bench_train.load_sentences(None, 500)) == 500
+    assert len(sentences.load_sentences(None, 500)) == 500
     corpus = tmp_path / "c.txt"
     corpus.write_text("one\n\ntwo\nthree\n")
-    got = bench_train.load_sentences(str(corpus), 7)
+    got = sentences.load_sentences(str(corpus), 7)
     assert sorted(set(got)) == ["one", "three", "two"] and len(got) == 7
 
 
@@ -87,9 +88,9 @@ def test_memory_search_bisects(monkeypatch):
         calls.append(batch_size)
         return {"peak_rss_mb": 1000 + 10 * batch_size}
 
-    monkeypatch.setattr(bench_train, "run_worker", fake)
+    monkeypatch.setattr(memory, "run_worker", fake)
     a = type("A", (), {"memory_start": 64, "memory_max": 4096, "memory_resolution": 8})()
-    found = bench_train.memory_search(a, "infonce", 3000)  # fits up to batch 200
+    found = memory.memory_search(a, "infonce", 3000)  # fits up to batch 200
     assert found["largest_batch"] <= 200 < found["largest_batch"] + 8
     assert calls[:3] == [64, 128, 256]
 

@@ -1,0 +1,1 @@
+"""scripts/bench_train.py by responsibility: sentences, steps (timing), flops, harness, memory, report."""

@@ -1,0 +1,55 @@
+"""The FLOP model of an encoder step (matrix multiplies of the projections, feed-forward and attention) and
+torch.mm's throughput at the same shapes, for the utilisation figure."""
+from __future__ import annotations
+
+import math
+import time
+
+
+def encoder_shapes(config) -> dict:
+    return {"hidden": int(config.hidden_size), "intermediate": int(config.intermediate_size),
+            "layers": int(config.num_hidden_layers)}
+
+def encoder_flops(shapes: dict, linear_tokens: int, attention_seq: list[int]) -> float:
+    """Forward matmul FLOPs of the encoder: the layers' linears over `linear_tokens` rows and the
+    attention products of sequences of the given (padded) lengths."""
+    h, i, n = shapes["hidden"], shapes["intermediate"], shapes["layers"]
+    per_token = 2 * (4 * h * h + 2 * h * i)
+    attention = sum(4 * length * length * h for length in attention_seq)
+    return n * (linear_tokens * per_token + attention)
+
+def matmul_throughput(shapes: dict, tokens: int, repeat: int = 5) -> dict:
+    """FLOP/s of torch.mm at the encoder's linear shapes (forward and both backward products), fastest of `repeat`."""
+    import torch
+
+    h, i = shapes["hidden"], shapes["intermediate"]
+    tokens = max(1, int(tokens))
+    gen = torch.Generator().manual_seed(0)
+    products = []
+    for d_in, d_out, count in ((h, 3 * h, 1), (h, h, 1), (h, i, 1), (i, h, 1)):  # qkv (fused), attn out, ffn in, ffn out
+        x = torch.randn(tokens, d_in, generator=gen)
+        w = torch.randn(d_out, d_in, generator=gen)
+        g = torch.randn(tokens, d_out, generator=gen)
+        products += [(x, w.t()), (g, w), (g.t(), x)]  # y = x W^T, dx = g W, dW = g^T x
+    flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in products)
+    for a, b in products:  # warm-up
+        torch.mm(a, b)
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for a, b in products:
+            torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return {"flops": flops, "seconds": best, "flop_per_s": flops / best, "tokens": tokens}
+
+def flops_report(s: dict, batch_size: int) -> dict:
+    shapes = s["shapes"]
+    rows, lengths = s["rows"], s["lengths"]
+    attention = encoder_flops(shapes, 0, [L for r, L in zip(rows, lengths) for _ in range(r)]) / len(rows)  # per step
+    executed_tokens = s["tokens_per_step"] if s["packed_linear"] else s["padded_tokens_per_step"]
+    executed = 3 * (encoder_flops(shapes, executed_tokens, []) + attention)
+    useful = 3 * (encoder_flops(shapes, s["tokens_per_step"], []) + attention)
+    step = s["wall_s_per_step"]
+    return {"executed_flop_per_step": executed, "useful_flop_per_step": useful,
+            "achieved_flop_per_s": executed / step, "useful_flop_per_s": useful / step,
+            "counted_tokens": "non-pad" if s["packed_linear"] else "padded"}
