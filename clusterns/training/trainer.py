@@ -7,13 +7,10 @@ logging window), evaluation is SentEval on the dev sets through `SentenceEncoder
 """
 from __future__ import annotations
 
-import copy
 import errno
 import logging
-import math
 import os
 import shutil
-import time
 from typing import Any
 
 import torch
@@ -31,6 +28,7 @@ from clusterns.io import OBJECTIVE_STATE_NAME, TRAINING_ARGS_NAME, save_tensors,
 from clusterns.training import checkpoints as ckpt
 from clusterns.training.distributed import check_no_data_parallel, is_distributed
 from clusterns.training.model import ContrastiveModel
+from clusterns.training.nan_guard import NonFiniteGuard, NonFiniteLossError  # noqa: F401  (NonFiniteLossError: part of the API)
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +41,7 @@ logger = logging.getLogger(__name__)
 # name: (parameters, required: False where the method is absent on a supported version and the code falls back)
 HF_PRIVATE_OVERRIDES: dict[str, tuple[tuple[str, ...], bool]] = {
     "_save_checkpoint": (("self", "model", "trial"), True),  # redirected into a staging folder, committed by rename
-    "_get_output_dir": (("self", "trial"), True),  # shadowed for the duration of one _save_checkpoint
+    "_get_output_dir": (("self", "trial"), True),  # the staging root during one _save_checkpoint
     "_save": (("self", "output_dir", "state_dict"), True),  # our model folder instead of HF's weights
     "_load_from_checkpoint": (("self", "resume_from_checkpoint", "model"), True),  # safetensors encoder + objective
     "_load_best_model": (("self",), True),  # the same loader for --load_best_model_at_end
@@ -52,31 +50,6 @@ HF_PRIVATE_OVERRIDES: dict[str, tuple[tuple[str, ...], bool]] = {
     "_get_grad_norm": (("self", "model", "grad_norm"), False),  # 5.x: the norm HF computed (4.x: our own norm)
     "_rotate_checkpoints": (("self", "use_mtime", "output_dir"), False),  # 4.x only (5.x: trainer_utils.rotate_checkpoints)
 }
-
-
-class NonFiniteLossError(RuntimeError):
-    """A non-finite loss or gradient under --nan_policy stop (raised before the update is applied)."""
-
-
-class _GuardedScheduler:
-    """Forwards everything to the LR scheduler, except that step() does nothing after a dropped update.
-
-    A proxy rather than a patched method: schedulers pickle their __dict__ into scheduler.pt."""
-
-    def __init__(self, scheduler, trainer: "ContrastiveTrainer"):
-        self.__dict__["_scheduler"] = scheduler
-        self.__dict__["_trainer"] = trainer
-
-    def step(self, *args: Any, **kwargs: Any):
-        if self._trainer._update_skipped:
-            return None
-        return self._scheduler.step(*args, **kwargs)
-
-    def __getattr__(self, name: str):
-        return getattr(self._scheduler, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._scheduler, name, value)
 
 
 class ContrastiveTrainer(Trainer):
@@ -88,149 +61,54 @@ class ContrastiveTrainer(Trainer):
         # only their slice of the batch as negatives. Refuse, showing the torchrun command (distributed.py).
         check_no_data_parallel(self.args.n_gpu)
         self.run_config = run_config or {}
-        self._log_sums: dict[str, torch.Tensor] = {}
-        self._log_count = 0
-        # --nan_policy: the current update step's losses and logs, checked once at its optimizer step
-        self._step_losses: list[torch.Tensor] = []
-        self._step_log_sums: dict[str, torch.Tensor] = {}
-        self._step_log_count = 0
-        self._step_grad_norm: torch.Tensor | float | None = None
-        self._step_state: dict[str, Any] | None = None  # non-parameter state before the step (skip policy)
-        self._update_skipped = False
-        self._skipped_in_window = 0
-        self.skipped_steps: list[int] = []  # steps whose update was dropped (--nan_policy skip)
-        self.update_check_seconds: list[float] = []  # time of each update's non-finite check (benchmarks read it)
+        self.nan_guard = NonFiniteGuard(self)  # --nan_policy (training/nan_guard.py)
         # checkpoints
         self._saving_checkpoint = False
         self._staging_cleaned = False
         self._loaded_best: str | None = None
+        self._staging_root: str | None = None
 
     @property
     def contrastive_model(self) -> ContrastiveModel:
         return self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
 
+    @property
+    def skipped_steps(self) -> list[int]:
+        """Steps whose update was dropped (--nan_policy skip)."""
+        return self.nan_guard.skipped_steps
+
+    @property
+    def update_check_seconds(self) -> list[float]:
+        """Time of each update's non-finite check (its one host sync; the benchmarks read it)."""
+        return self.nan_guard.check_seconds
+
     # ---- loss -----------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
-            self._install_update_guard()
-            if not self._step_losses and self.args.nan_policy == "skip":
-                self._step_state = self._snapshot_state()  # first micro-batch of this update step
+            self.nan_guard.before_forward(self.contrastive_model)
         outputs = model(**inputs)
         loss = outputs["loss"]
         if model.training:
-            # Checked once per update, at the optimizer step (_guard_update): no host sync here.
-            self._step_losses.append(loss.detach())
-            for key, value in outputs["logs"].items():
-                value = value.detach().float()
-                self._step_log_sums[key] = self._step_log_sums[key] + value if key in self._step_log_sums else value
-            self._step_log_count += 1
             # No world-size factor here: the gather scales the gradient of the global terms instead (DDP's
-            # average then equals one process on the global batch; clusterns/distributed.py), so the loss
-            # is the true loss and rank-local terms (DiffCSE's RTD) keep their single-process weight.
+            # average then equals one process on the global batch; clusterns/training/distributed.py), so the
+            # loss is the true loss and rank-local terms (DiffCSE's RTD) keep their single-process weight.
+            self.nan_guard.record(loss, outputs["logs"])
         return (loss, outputs) if return_outputs else loss
-
-    # ---- non-finite loss policy (--nan_policy stop|skip) ----------------------------------------
-    def _install_update_guard(self) -> None:
-        """Route the Trainer's optimizer.step() through _guard_update and make the LR scheduler skip a
-        dropped update. Installed lazily (the optimizer and scheduler exist by the first training step)."""
-        optimizer = self.optimizer
-        if optimizer is not None and not getattr(optimizer.step, "_clusterns_guard", False):
-            original = optimizer.step
-
-            def step(*args: Any, **kwargs: Any):
-                started = time.perf_counter()
-                self._update_skipped = self._guard_update()
-                self.update_check_seconds.append(time.perf_counter() - started)  # its one host sync, timed
-                if self._update_skipped:
-                    optimizer.zero_grad(set_to_none=True)
-                    return None
-                return original(*args, **kwargs)
-
-            step._clusterns_guard = True
-            if hasattr(original, "_wrapped_by_lr_sched"):  # keep torch's scheduler-order check quiet
-                step._wrapped_by_lr_sched = True
-            optimizer.step = step
-        scheduler = self.lr_scheduler
-        metric_driven = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) or type(scheduler).__name__ == "GreedyLR"
-        if scheduler is not None and not isinstance(scheduler, _GuardedScheduler) and not metric_driven:
-            self.lr_scheduler = _GuardedScheduler(scheduler, self)
 
     def _get_grad_norm(self, model, grad_norm=None):
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        self._step_grad_norm = grad_norm  # the norm HF computed anyway (after the DDP all-reduce)
+        self.nan_guard.grad_norm = grad_norm  # the norm HF computed anyway (after the DDP all-reduce)
         return grad_norm
 
-    def _snapshot_state(self) -> dict[str, Any]:
-        """The model's non-parameter state (objective buffers such as ClusterNS centroids, BatchNorm
-        statistics), so that a dropped update also undoes what the forward changed."""
-        model = self.contrastive_model
-        params = {name for name, _ in model.named_parameters()}
-        return {k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v) for k, v in model.state_dict().items() if k not in params}
-
-    def _step_gradient_norm(self) -> torch.Tensor | None:
-        if self._step_grad_norm is not None:
-            return torch.as_tensor(self._step_grad_norm)
-        grads = [p.grad for p in self.contrastive_model.parameters() if p.grad is not None]
-        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) if grads else None
-
-    def _guard_update(self) -> bool:
-        """At each optimizer step: True if the update must be dropped (a non-finite loss in any micro-batch,
-        or a non-finite gradient norm). One host sync per update; all ranks take the same decision.
-        --nan_policy stop raises NonFiniteLossError instead (nothing applied, nothing saved)."""
-        losses = torch.stack(self._step_losses).float() if self._step_losses else None
-        device = losses.device if losses is not None else self.args.device
-        bad = torch.zeros((), dtype=torch.bool, device=device)
-        if losses is not None:
-            bad = bad | ~torch.isfinite(losses).all()
-        grad_norm = None
-        if getattr(self.accelerator, "scaler", None) is None:  # fp16: the GradScaler handles overflowing gradients
-            grad_norm = self._step_gradient_norm()
-            if grad_norm is not None:
-                bad = bad | ~torch.isfinite(grad_norm.to(device)).all()
-        if is_distributed():
-            flag = bad.to(torch.int32)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            bad = flag.bool()
-        step_logs, step_count, state = self._step_log_sums, self._step_log_count, self._step_state
-        self._step_losses, self._step_log_sums, self._step_log_count = [], {}, 0
-        self._step_grad_norm, self._step_state = None, None
-        if not bool(bad):
-            for key, value in step_logs.items():
-                self._log_sums[key] = self._log_sums[key] + value if key in self._log_sums else value
-            self._log_count += step_count
-            return False
-        step = self.state.global_step + 1
-        values = losses.tolist() if losses is not None else []
-        loss_text = ", ".join(f"{v:g}" for v in values) or "n/a"
-        what = "gradient" if all(math.isfinite(v) for v in values) else "loss"
-        norm_text = f"{float(grad_norm):g}" if grad_norm is not None else "n/a"
-        message = f"non-finite {what} at step {step} (loss {loss_text}; gradient norm {norm_text})"
-        if self.args.nan_policy != "skip":
-            logger.error(message)
-            raise NonFiniteLossError(
-                f"{message}; stopped (--nan_policy stop): this step's update was not applied and nothing was saved; "
-                "the checkpoints written before it are intact. --nan_policy skip drops such updates and continues."
-            )
-        logger.warning("%s; update dropped (--nan_policy skip): no optimizer or scheduler step", message)
-        if state:
-            self.contrastive_model.load_state_dict(state, strict=False)
-        self.skipped_steps.append(step)
-        self._skipped_in_window += 1
-        self.state.log_history.append({"step": step, "nonfinite": what, "nonfinite_loss": loss_text, "nan_policy": "skip"})
-        return True
-
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:
-            committed = self._log_count  # micro-batches of applied updates in this window
-            if self._log_count:
-                for key, total in self._log_sums.items():
-                    logs[key] = round((total / self._log_count).item(), 6)
-                self._log_sums, self._log_count = {}, 0
-            if self._skipped_in_window:
-                logs["nonfinite/skipped"] = self._skipped_in_window
-                if not committed:  # only dropped steps: HF's nan filter would report 0
+        if "loss" in logs:  # a training log: the objective's logs averaged over the window's applied updates
+            sums, count, skipped = self.nan_guard.pop_window_logs()
+            for key, total in sums.items():
+                logs[key] = round((total / count).item(), 6)
+            if skipped:
+                logs["nonfinite/skipped"] = skipped
+                if not count:  # only dropped steps: HF's nan filter would report 0
                     logs["loss"] = float("nan")
-                self._skipped_in_window = 0
         super().log(logs, start_time)
 
     # ---- evaluation -----------------------------------------------------------------------------
@@ -292,7 +170,7 @@ class ContrastiveTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         error: OSError | None = None
         self._saving_checkpoint = True
-        self._get_output_dir = lambda trial=None: root  # HF then writes every file under root/checkpoint-<step>
+        self._staging_root = root  # _get_output_dir: HF then writes every file under root/checkpoint-<step>
         try:
             super()._save_checkpoint(model, trial)
             # This checkpoint is the best one (best_global_step: see _determine_best_metric): record its final
@@ -304,7 +182,7 @@ class ContrastiveTrainer(Trainer):
         except OSError as err:
             error = err
         finally:
-            del self._get_output_dir
+            self._staging_root = None
             self._saving_checkpoint = False
         # Commit only once every rank has written its part (e.g. rng_state_<rank>.pth); the second
         # check makes the commit's outcome (and the end of the save) common to all ranks.
@@ -323,6 +201,12 @@ class ContrastiveTrainer(Trainer):
             raise ckpt.CheckpointWriteError(errno.EIO, f"could not write {what}: another rank failed to write its part")
         if self.args.should_save:
             self._rotate_keeping_best(run_dir)
+
+    def _get_output_dir(self, trial) -> str:
+        """During _save_checkpoint: the staging root, so HF writes the checkpoint into tmp-checkpoint-<step>/."""
+        if self._staging_root is not None:
+            return self._staging_root
+        return super()._get_output_dir(trial)
 
     def _all_ranks_ok(self, ok: bool) -> bool:
         """True when `ok` holds on every rank (a collective: also a barrier)."""

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from clusterns.cli.train import train_main
 from clusterns.objectives.base import ObjectiveOutput
-from clusterns.training.trainer import NonFiniteLossError
+from clusterns.training.nan_guard import NonFiniteLossError
 
 
 def inject(monkeypatch, objective_cls, at_forward: int, kind: str) -> None:

@@ -1,0 +1,173 @@
+"""--nan_policy stop|skip: one check per update, at the optimizer step, of every micro-batch's loss and of
+the gradient norm (one host sync per update; every rank takes the same decision).
+
+stop: NonFiniteLossError naming the step; nothing of that update is applied or saved.
+skip: the update is dropped entirely: no optimizer or scheduler step, the non-parameter state the forward
+      changed (ClusterNS centroids, BatchNorm statistics) rolled back, the step logged.
+
+HF has no hook that can cancel an optimizer step, so the guard wraps the optimizer's `step` (installed on
+the first training step, when the optimizer exists) and puts the LR scheduler behind a proxy that skips
+its step after a dropped update. The objective's logs of the dropped update are discarded too."""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from clusterns.training.distributed import is_distributed
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A non-finite loss or gradient under --nan_policy stop (raised before the update is applied)."""
+
+
+class _GuardedScheduler:
+    """Forwards everything to the LR scheduler, except that step() does nothing after a dropped update.
+
+    A proxy rather than a patched method: schedulers pickle their __dict__ into scheduler.pt."""
+
+    def __init__(self, scheduler, guard: "NonFiniteGuard"):
+        self.__dict__["_scheduler"] = scheduler
+        self.__dict__["_guard"] = guard
+
+    def step(self, *args: Any, **kwargs: Any):
+        if self._guard.update_skipped:
+            return None
+        return self._scheduler.step(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._scheduler, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._scheduler, name, value)
+
+
+class NonFiniteGuard:
+    """The per-update state of the check, and the objective's logs of the applied updates (for log())."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.losses: list[torch.Tensor] = []  # this update's micro-batch losses
+        self.step_log_sums: dict[str, torch.Tensor] = {}
+        self.step_log_count = 0
+        self.grad_norm: torch.Tensor | float | None = None  # the norm HF computed (5.x), if any
+        self.state: dict[str, Any] | None = None  # non-parameter state before the update (skip policy)
+        self.update_skipped = False
+        self.window_log_sums: dict[str, torch.Tensor] = {}  # applied updates since the last log()
+        self.window_log_count = 0
+        self.skipped_in_window = 0
+        self.skipped_steps: list[int] = []
+        self.check_seconds: list[float] = []  # time of each update's check (benchmarks read it)
+
+    # ---- hooks called by the trainer --------------------------------------------------------------
+    def before_forward(self, model: nn.Module) -> None:
+        self.install()
+        if not self.losses and self.trainer.args.nan_policy == "skip":
+            self.state = snapshot_state(model)  # first micro-batch of this update step
+
+    def record(self, loss: torch.Tensor, logs: dict[str, torch.Tensor]) -> None:
+        """No host sync here: checked once per update, at the optimizer step."""
+        self.losses.append(loss.detach())
+        for key, value in logs.items():
+            value = value.detach().float()
+            self.step_log_sums[key] = self.step_log_sums[key] + value if key in self.step_log_sums else value
+        self.step_log_count += 1
+
+    def pop_window_logs(self) -> tuple[dict[str, torch.Tensor], int, int]:
+        """(sums, micro-batch count, dropped updates) since the last call."""
+        out = (self.window_log_sums, self.window_log_count, self.skipped_in_window)
+        self.window_log_sums, self.window_log_count, self.skipped_in_window = {}, 0, 0
+        return out
+
+    # ---- installation -----------------------------------------------------------------------------
+    def install(self) -> None:
+        trainer = self.trainer
+        optimizer = trainer.optimizer
+        if optimizer is not None and not getattr(optimizer.step, "_clusterns_guard", False):
+            original = optimizer.step
+
+            def step(*args: Any, **kwargs: Any):
+                started = time.perf_counter()
+                self.update_skipped = self.check()
+                self.check_seconds.append(time.perf_counter() - started)
+                if self.update_skipped:
+                    optimizer.zero_grad(set_to_none=True)
+                    return None
+                return original(*args, **kwargs)
+
+            step._clusterns_guard = True
+            if hasattr(original, "_wrapped_by_lr_sched"):  # keep torch's scheduler-order check quiet
+                step._wrapped_by_lr_sched = True
+            optimizer.step = step
+        scheduler = trainer.lr_scheduler
+        metric_driven = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) or type(scheduler).__name__ == "GreedyLR"
+        if scheduler is not None and not isinstance(scheduler, _GuardedScheduler) and not metric_driven:
+            trainer.lr_scheduler = _GuardedScheduler(scheduler, self)
+
+    # ---- the check --------------------------------------------------------------------------------
+    def _gradient_norm(self) -> torch.Tensor | None:
+        if self.grad_norm is not None:
+            return torch.as_tensor(self.grad_norm)
+        grads = [p.grad for p in self.trainer.contrastive_model.parameters() if p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) if grads else None
+
+    def check(self) -> bool:
+        """True if the update must be dropped (a non-finite loss in any micro-batch, or a non-finite gradient
+        norm). --nan_policy stop raises NonFiniteLossError instead (nothing applied, nothing saved)."""
+        trainer = self.trainer
+        losses = torch.stack(self.losses).float() if self.losses else None
+        device = losses.device if losses is not None else trainer.args.device
+        bad = torch.zeros((), dtype=torch.bool, device=device)
+        if losses is not None:
+            bad = bad | ~torch.isfinite(losses).all()
+        grad_norm = None
+        if getattr(trainer.accelerator, "scaler", None) is None:  # fp16: the GradScaler handles overflowing gradients
+            grad_norm = self._gradient_norm()
+            if grad_norm is not None:
+                bad = bad | ~torch.isfinite(grad_norm.to(device)).all()
+        if is_distributed():
+            flag = bad.to(torch.int32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            bad = flag.bool()
+        step_logs, step_count, state = self.step_log_sums, self.step_log_count, self.state
+        self.losses, self.step_log_sums, self.step_log_count = [], {}, 0
+        self.grad_norm, self.state = None, None
+        if not bool(bad):
+            for key, value in step_logs.items():
+                self.window_log_sums[key] = self.window_log_sums[key] + value if key in self.window_log_sums else value
+            self.window_log_count += step_count
+            return False
+        step = trainer.state.global_step + 1
+        values = losses.tolist() if losses is not None else []
+        loss_text = ", ".join(f"{v:g}" for v in values) or "n/a"
+        what = "gradient" if all(math.isfinite(v) for v in values) else "loss"
+        norm_text = f"{float(grad_norm):g}" if grad_norm is not None else "n/a"
+        message = f"non-finite {what} at step {step} (loss {loss_text}; gradient norm {norm_text})"
+        if trainer.args.nan_policy != "skip":
+            logger.error(message)
+            raise NonFiniteLossError(
+                f"{message}; stopped (--nan_policy stop): this step's update was not applied and nothing was saved; "
+                "the checkpoints written before it are intact. --nan_policy skip drops such updates and continues."
+            )
+        logger.warning("%s; update dropped (--nan_policy skip): no optimizer or scheduler step", message)
+        if state:
+            trainer.contrastive_model.load_state_dict(state, strict=False)
+        self.skipped_steps.append(step)
+        self.skipped_in_window += 1
+        trainer.state.log_history.append({"step": step, "nonfinite": what, "nonfinite_loss": loss_text, "nan_policy": "skip"})
+        return True
+
+
+def snapshot_state(model: nn.Module) -> dict[str, Any]:
+    """The model's non-parameter state (objective buffers such as ClusterNS centroids, BatchNorm statistics),
+    so that a dropped update also undoes what the forward changed."""
+    params = {name for name, _ in model.named_parameters()}
+    return {k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v) for k, v in model.state_dict().items() if k not in params}
