@@ -26,7 +26,8 @@ cls pooler + MLP projector, with the given batch / length / lr):
   infonce-compile infonce with --torch_compile (not in the default list: compilation takes minutes)
   st              sentence-transformers: SentenceTransformer(model) with max_seq_length = --max_seq_length,
                   MultipleNegativesRankingLoss (scale 20 = 1/0.05) on (s, s) pairs, SentenceTransformerTrainer
-All configurations read the same sentences in the same order (sequential sampler, drop_last).
+All configurations read the same sentences in the same order (sequential sampler, drop_last; on transformers
+4.x, which has no --train_sampling_strategy, ours reads them in the Trainer's shuffled order).
 
 FLOP/s: the encoder's matrix-multiply FLOPs of the infonce step (per layer and token 2*(4H^2 + 2HI) for the
 projections and feed-forward, per sequence 4 L^2 H for QK^T and AV; backward = 2x forward, so x3), counted

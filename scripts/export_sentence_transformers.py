@@ -8,7 +8,7 @@ Writes modules.json, sentence_bert_config.json, config_sentence_transformers.jso
 folders (1_Pooling/, 2_Dense/ for the SimCSE MLP, ...) beside the weights, which are not
 rewritten; then loads each folder with SentenceTransformer and checks that its vectors match
 SentenceEncoder.encode (cosine >= 0.9999; --no_check to skip). Writes README.md (model card)
-when the folder has training_args.json and no card. See clusterns/st_export.py for the layouts.
+when the folder has training_args.json and no card. See clusterns/export/sentence_transformers.py for the layouts.
 """
 import os
 import sys

@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from clusterns.export.model_card import results_table_main  # noqa: E402
+from clusterns.cli.model_card import results_table_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(results_table_main())

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# DiffCSE recipes (voidism/DiffCSE run_diffcse.sh, README and paper appendix; see shared/specs/diffcse.md §7, §9, §18).
+# DiffCSE recipes (voidism/DiffCSE run_diffcse.sh, README and the paper's appendix, Chuang et al., NAACL 2022).
 #
 #   bash scripts/run_diffcse.sh [CONFIG] [--dry_run] [extra train.py flags...]
 #
@@ -32,7 +32,7 @@ source "$(dirname "$0")/lib/recipe.sh"
 CONFIGS=(bert-base roberta-base bert-base-transfer roberta-base-transfer bert-base-corrected)
 recipe_parse_args bert-base "$@"
 
-# Published values (run_diffcse.sh at f724b2c; spec §7 table).
+# Published values (voidism/DiffCSE run_diffcse.sh at f724b2c and the README).
 MODEL_DEFAULT=bert-base-uncased
 GENERATOR_DEFAULT=distilbert-base-uncased
 TRAIN_FILE_DEFAULT=data/wiki1m_for_simcse.txt
@@ -57,7 +57,7 @@ case "$CONFIG" in
     roberta-base)
         MODEL_DEFAULT=roberta-base; GENERATOR_DEFAULT=distilroberta-base; LR=1e-5; MASKING=0.20
         UNVERIFIED=(learning_rate masking_ratio lambda_weight generator_name)
-        STATUS="unverified (spec §7: not in the repo's script)" ;;
+        STATUS="unverified (not in the repo's run_diffcse.sh)" ;;
     bert-base-transfer)
         LR=2e-6; MASKING=0.15; LAMBDA=0.05; TASK_SET_DEFAULT=transfer
         STATUS="paper appendix as quoted in issue #11" ;;
@@ -65,9 +65,9 @@ case "$CONFIG" in
         MODEL_DEFAULT=roberta-base; GENERATOR_DEFAULT=distilroberta-base; LR=3e-6; MASKING=0.15; LAMBDA=0.05
         TASK_SET_DEFAULT=transfer
         UNVERIFIED=(learning_rate masking_ratio lambda_weight generator_name)
-        STATUS="unverified (spec §7)" ;;
+        STATUS="unverified (not in the repo's run_diffcse.sh)" ;;
     bert-base-corrected) REPLACE=sample; GEN_DROPOUT=0; RTD_REDUCTION=exclude_padding
-        STATUS="corrected switches (spec §18); not a published configuration" ;;
+        STATUS="corrected switches; not a published configuration" ;;
 esac
 
 MODEL=${MODEL:-$MODEL_DEFAULT}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# KoDiffCSE recipe (BM-K/KoDiffCSE run_diff.sh; see shared/specs/diffcse.md Part II, §13-§18).
+# KoDiffCSE recipe (BM-K/KoDiffCSE run_diff.sh and README).
 #
 #   bash scripts/run_kodiffcse.sh [CONFIG] [--dry_run] [extra train.py flags...]
 #

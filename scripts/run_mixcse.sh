@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# MixCSE recipes (BDBC-KG-NLP/MixCSE_AAAI2022, run_unsup_example.sh; see shared/specs/mixcse.md §6-§7, §12).
+# MixCSE recipes (BDBC-KG-NLP/MixCSE_AAAI2022 run_unsup_example.sh and README; Zhang et al., AAAI 2022).
 #
 #   bash scripts/run_mixcse.sh [CONFIG] [--dry_run] [extra train.py flags...]
 #

@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# ClusterNS non-prompt recipes (djz233/ClusterNS run_non_prompt.sh and the README "Hyperparameters" table;
-# see shared/specs/clusterns.md §11).
+# ClusterNS non-prompt recipes (djz233/ClusterNS run_non_prompt.sh and the README "Hyperparameters" table).
 #
 #   bash scripts/run_non_prompt.sh [CONFIG] [--dry_run] [extra train.py flags...]
 #

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Prompt-based ClusterNS recipes (djz233/ClusterNS run_prompt.sh + README "Hyperparameters"; see
-# shared/specs/clusterns.md §10-§11, §13 item 8, §15). ClusterNS on PromptBERT embeddings: template pair,
+# Prompt-based ClusterNS recipes (djz233/ClusterNS run_prompt.sh + README "Hyperparameters"; PromptBERT from
+# kongds/Prompt-BERT). ClusterNS on PromptBERT embeddings: template pair,
 # mask-token pooler with template denoising (--mask_embedding_sentence_delta), MLP in training only.
 #
 #   bash scripts/run_prompt.sh [CONFIG] [--dry_run] [extra train.py flags...]
@@ -21,7 +21,7 @@
 #
 # Templates: the correct pair per backbone (BERT: This sentence of/: "[X]" means [MASK].; RoBERTa: This/The
 # sentence : '[X]' means <mask>.). PROMPT_TEMPLATES=run_prompt_sh reproduces the shipped script's RoBERTa pair
-# on every backbone (spec §15 `prompt_templates`: faithful = run_prompt_sh, corrected = per_backbone).
+# on every backbone (--prompt_templates: faithful = run_prompt_sh, corrected = per_backbone).
 #
 # Final test: evaluation.py on the checkpoint's recorded template. TEST_CONVENTION=test (default) is the
 # original final test (evaluation_prompt.py: '.' appended, whole-string tokenisation, no delta);

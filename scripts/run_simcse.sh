@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SimCSE's published recipes (princeton-nlp/SimCSE README table and example scripts; shared/specs/simcse.md §11).
+# SimCSE's published recipes (princeton-nlp/SimCSE README table and run_unsup_example.sh / run_sup_example.sh).
 #
 #   bash scripts/run_simcse.sh CONFIG [--dry_run] [extra train.py flags...]
 #

@@ -15,8 +15,8 @@ SCRIPTS = {
     "clusterns-train": "clusterns.cli.train:train_cli",
     "clusterns-evaluate": "clusterns.cli.evaluate:evaluate_cli",
     "clusterns-export-st": "clusterns.cli.export:main",
-    "clusterns-model-card": "clusterns.export.model_card:main",
-    "clusterns-results-table": "clusterns.export.model_card:results_table_main",
+    "clusterns-model-card": "clusterns.cli.model_card:main",
+    "clusterns-results-table": "clusterns.cli.model_card:results_table_main",
 }
 
 
@@ -49,7 +49,7 @@ def test_console_scripts_resolve(pyproject):
         assert callable(getattr(importlib.import_module(module), name)), target
 
 
-@pytest.mark.parametrize("target", ["clusterns.cli.export:main", "clusterns.export.model_card:main", "clusterns.export.model_card:results_table_main"])
+@pytest.mark.parametrize("target", ["clusterns.cli.export:main", "clusterns.cli.model_card:main", "clusterns.cli.model_card:results_table_main"])
 def test_entry_points_help(target, capsys):
     module, _, name = target.partition(":")
     with pytest.raises(SystemExit) as info:

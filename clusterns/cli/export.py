@@ -12,7 +12,7 @@ import numpy as np
 import transformers
 
 from clusterns.export.model_card import write_model_card
-from clusterns.export.sentence_transformers import write_sentence_transformers_files
+from clusterns.export.folder import write_model_folder
 from clusterns.export.st_module import load_sentence_transformer
 from clusterns.modeling.encoder import SentenceEncoder
 
@@ -25,7 +25,7 @@ def export_folder(path: str | os.PathLike, pooler: str | None = None, prompt_con
     clusterns_config.json are left as they are. A folder without safetensors weights (old
     pytorch_model.bin) is refused unless trust_pickle."""
     encoder = SentenceEncoder.from_pretrained(path, pooler=pooler, trust_pickle=trust_pickle, prompt_convention=prompt_convention)
-    return write_sentence_transformers_files(path, encoder, prompt_convention)
+    return write_model_folder(encoder, path, weights=False, prompt_convention=prompt_convention)
 
 
 CHECK_SENTENCES = [

@@ -1,36 +1,28 @@
-"""Model card (README.md in the output folder) and Markdown result tables in the papers' layout.
+"""The model card (README.md in a model folder): base model, objective (description and citation from the
+objective registry), hyper-parameters, data, the dev numbers and, when evaluation.py has written JSON into
+the folder (`--output_json OUTPUT_DIR/eval_test.json`), the final STS / transfer / KorSTS tables.
 
-`write_model_card(output_dir, run_config, metrics)` is called by train.py at the end of training;
-it records the base model, objective, hyper-parameters, data, the dev numbers and, when
-evaluation.py has written JSON into the folder (`--output_json OUTPUT_DIR/eval_test.json`), the
-final STS / transfer / KorSTS tables. Refresh it after evaluating:
-
-    python evaluation.py --model_name_or_path OUT --task_set sts --mode test --output_json OUT/eval_test.json
-    python -m clusterns.export.model_card OUT            # or: clusterns-model-card OUT
-
-`results_markdown(entries)` renders evaluation.py JSON files as the papers' tables (used by
-scripts/results_table.py):
-
-    STS:      Model | STS12 | STS13 | STS14 | STS15 | STS16 | STS-B | SICK-R | Avg.
-    transfer: Model | MR | CR | SUBJ | MPQA | SST | TREC | MRPC | Avg.
-    KorSTS:   Model | Avg. | Cos P | Cos S | Euc P | Euc S | Man P | Man S | Dot P | Dot S
-
-Cells are evaluation.py's printed values (x100, two decimals). Avg. is SimCSE's mean of the
-rounded cells, shown only when every task of the row was evaluated ("–" otherwise; evaluation.py
-itself counts a missing task as 0.00).
+`write_model_card(output_dir, run_config, metrics)` is called at the end of training (export/folder.py);
+refresh it after evaluating with `clusterns-model-card OUT` (cli/model_card.py).
 """
 from __future__ import annotations
 
-import argparse
-import glob
 import json
 import logging
 import os
-import platform
-import sys
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, NamedTuple
 
+from clusterns.export.results import (
+    MISSING,
+    default_label,
+    find_eval_jsons,
+    load_payload,
+    markdown_table,
+    results_markdown,
+)
 from clusterns.io import CONFIG_NAME, MODEL_CARD_NAME, TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from clusterns.modeling.encoder import EncoderConfig
 from clusterns.objectives import get_objective_class, objective_names
@@ -38,154 +30,13 @@ from clusterns.objectives import get_objective_class, objective_names
 logger = logging.getLogger(__name__)
 
 CARD_NAME = MODEL_CARD_NAME
-MISSING = "–"
 
-STS_COLUMNS = [("STS12", "STS12"), ("STS13", "STS13"), ("STS14", "STS14"), ("STS15", "STS15"), ("STS16", "STS16"),
-               ("STS-B", "STSBenchmark"), ("SICK-R", "SICKRelatedness")]
-DEV_STS_COLUMNS = [("STS-B", "STSBenchmark"), ("SICK-R", "SICKRelatedness")]
-TRANSFER_COLUMNS = [("MR", "MR"), ("CR", "CR"), ("SUBJ", "SUBJ"), ("MPQA", "MPQA"), ("SST", "SST2"), ("TREC", "TREC"),
-                    ("MRPC", "MRPC")]
-KORSTS_COLUMNS = ["Cos P", "Cos S", "Euc P", "Euc S", "Man P", "Man S", "Dot P", "Dot S"]
-
-
-# ---- evaluation.py JSON -> tables -------------------------------------------------------------------
-def is_eval_payload(data: Any) -> bool:
-    return isinstance(data, dict) and isinstance(data.get("tables"), dict) and "results" in data and "mode" in data
-
-
-def find_eval_jsons(path: str | os.PathLike) -> list[str]:
-    """evaluation.py --output_json files: `path` itself, or the JSON files in folder `path` (and its eval/ subfolder)."""
-    path = str(path)
-    if os.path.isfile(path):
-        return [path]
-    found = []
-    for pattern in ("*.json", os.path.join("eval", "*.json"), os.path.join("results", "*.json")):
-        for file in sorted(glob.glob(os.path.join(path, pattern))):
-            try:
-                with open(file) as f:
-                    if is_eval_payload(json.load(f)):
-                        found.append(file)
-            except (OSError, ValueError):
-                continue
-    return found
-
-
-def load_payload(file: str) -> dict:
-    with open(file) as f:
-        data = json.load(f)
-    if not is_eval_payload(data):
-        raise ValueError(f"{file!r} is not a JSON written by evaluation.py --output_json (no tables/results/mode)")
-    return data
-
-
-def default_label(payload: dict, file: str | None = None) -> str:
-    model = str(payload.get("model_name_or_path") or (os.path.dirname(file) if file else "model")).rstrip("/")
-    label = os.path.basename(model) or model
-    if payload.get("pooler"):
-        label += f" ({payload['pooler']})"
-    return label
-
-
-def _cells(table: dict, evaluated: set, columns: list[tuple[str, str]], table_keys: dict | None = None) -> list[str]:
-    out = []
-    for _, task in columns:
-        key = (table_keys or {}).get(task, task)
-        value = table.get(key)
-        out.append(f"{float(value):.2f}" if task in evaluated and value is not None else MISSING)
-    return out
-
-
-def _avg(cells: list[str]) -> str:
-    if not cells or any(c == MISSING for c in cells):
-        return MISSING
-    return "%.2f" % (sum(float(c) for c in cells) / len(cells))
-
-
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def result_rows(entries: Iterable[tuple[str, dict]]) -> dict[str, list[list[str]]]:
-    """{section: rows} for the payloads; sections: sts, transfer, korsts, korsts_per_batch, dev_sts, dev_transfer, korsts_dev."""
-    sections: dict[str, list[list[str]]] = {}
-    for label, payload in entries:
-        mode = payload.get("mode", "test")
-        tables = payload.get("tables", {})
-        evaluated = set(payload.get("results", {}))
-        name = label if mode != "fasttest" else f"{label} [fasttest]"
-        if mode == "dev":
-            sts_key, transfer_key, columns = "dev_sts", "dev_transfer", DEV_STS_COLUMNS
-        else:
-            sts_key, transfer_key, columns = "sts", "transfer", STS_COLUMNS
-        if evaluated & {t for _, t in columns}:
-            cells = _cells(tables.get("sts", {}), evaluated, columns)
-            sections.setdefault(sts_key, []).append([name, *cells, _avg(cells)])
-        if evaluated & {t for _, t in TRANSFER_COLUMNS}:
-            cells = _cells(tables.get("transfer", {}), evaluated, TRANSFER_COLUMNS)
-            sections.setdefault(transfer_key, []).append([name, *cells, _avg(cells)])
-        if "KorSTS" in evaluated:
-            split = "dev" if mode == "dev" else "test"
-            for suffix in ("", "_per_batch"):
-                table = tables.get(f"korsts_{split}{suffix}")
-                if not table:
-                    continue
-                cells = [f"{float(table[c]):.2f}" if table.get(c) is not None else MISSING for c in KORSTS_COLUMNS]
-                key = ("korsts" if split == "test" else "korsts_dev") + suffix
-                sections.setdefault(key, []).append([name, _avg(cells), *cells])
-    return sections
-
-
-SECTION_TITLES = {
-    "sts": ("STS (test, Spearman x100)", ["Model", *[c for c, _ in STS_COLUMNS], "Avg."]),
-    "transfer": ("Transfer (test accuracy)", ["Model", *[c for c, _ in TRANSFER_COLUMNS], "Avg."]),
-    "korsts": ("KorSTS (test, x100)", ["Model", "Avg.", *KORSTS_COLUMNS]),
-    "korsts_per_batch": ("KorSTS (test, KoDiffCSE per-batch protocol, x100)", ["Model", "Avg.", *KORSTS_COLUMNS]),
-    "dev_sts": ("STS dev (Spearman x100)", ["Model", *[c for c, _ in DEV_STS_COLUMNS], "Avg."]),
-    "dev_transfer": ("Transfer (dev accuracy)", ["Model", *[c for c, _ in TRANSFER_COLUMNS], "Avg."]),
-    "korsts_dev": ("KorSTS (dev, x100)", ["Model", "Avg.", *KORSTS_COLUMNS]),
-    "korsts_dev_per_batch": ("KorSTS (dev, per-batch protocol, x100)", ["Model", "Avg.", *KORSTS_COLUMNS]),
-}
-
-
-def results_markdown(entries: Iterable[tuple[str, dict]], heading: str = "###") -> str:
-    """Markdown tables (papers' layout) for [(row label, evaluation.py payload)]."""
-    sections = result_rows(entries)
-    parts = []
-    for key, (title, header) in SECTION_TITLES.items():
-        if key in sections:
-            parts.append(f"{heading} {title}\n\n{_markdown(header, sections[key])}")
-    return "\n\n".join(parts)
-
-
-def labelled_payloads(paths: Iterable[str], labels: list[str] | None = None) -> list[tuple[str, dict]]:
-    """Load every evaluation JSON under `paths` (files or run folders), labelled by model (+ pooler), unique."""
-    files: list[str] = []
-    for path in paths:
-        found = find_eval_jsons(path)
-        if not found:
-            raise FileNotFoundError(f"{path!r}: no JSON written by evaluation.py --output_json found")
-        files += found
-    if labels is not None and len(labels) != len(files):
-        raise ValueError(f"{len(labels)} labels for {len(files)} result files ({', '.join(files)})")
-    entries = [(labels[i] if labels else default_label(load_payload(f), f), load_payload(f)) for i, f in enumerate(files)]
-    if not labels:  # disambiguate repeated labels by the file name
-        counts: dict[str, int] = {}
-        for label, _ in entries:
-            counts[label] = counts.get(label, 0) + 1
-        entries = [(f"{label} · {Path(f).stem}" if counts[label] > 1 else label, p) for (label, p), f in zip(entries, files)]
-    return entries
-
-
-# ---- model card ------------------------------------------------------------------------------------
 def _read_json(path: str) -> dict | None:
     try:
         with open(path) as f:
             return json.load(f)
     except (OSError, ValueError):
         return None
-
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
@@ -194,10 +45,8 @@ def _fmt(value: Any) -> str:
         return MISSING
     return f"`{value}`" if isinstance(value, str) else str(value)
 
-
 def _kv_table(rows: list[tuple[str, Any]]) -> str:
-    return _markdown(["", ""], [[k, _fmt(v)] for k, v in rows]).replace("|---|:---:|", "|---|---|")
-
+    return markdown_table(["", ""], [[k, _fmt(v)] for k, v in rows]).replace("|---|:---:|", "|---|---|")
 
 def _hub_id(name: str | None) -> str | None:
     """A hub repo id for the card's base_model metadata (local paths are left out)."""
@@ -205,10 +54,7 @@ def _hub_id(name: str | None) -> str | None:
         return None
     return name
 
-
 def _versions() -> list[tuple[str, Any]]:
-    from importlib.metadata import PackageNotFoundError, version
-
     rows: list[tuple[str, Any]] = [("Python", platform.python_version())]
     for dist in ("clusterns", "torch", "transformers", "sentence-transformers", "tokenizers"):
         try:
@@ -216,7 +62,6 @@ def _versions() -> list[tuple[str, Any]]:
         except PackageNotFoundError:
             continue
     return rows
-
 
 def _dev_metrics(metrics: dict, state: dict | None) -> str:
     lines = []
@@ -235,14 +80,13 @@ def _dev_metrics(metrics: dict, state: dict | None) -> str:
         if len(rows) > 12:  # keep the card short: first, every n-th, last
             stride = -(-len(rows) // 10)
             rows = rows[::stride] + ([rows[-1]] if (len(rows) - 1) % stride else [])
-        lines.append("Dev Spearman x100 during training:\n\n" + _markdown(["step", "STS-B dev", "SICK-R dev"], rows))
+        lines.append("Dev Spearman x100 during training:\n\n" + markdown_table(["step", "STS-B dev", "SICK-R dev"], rows))
     final = {k: v for k, v in (metrics or {}).items() if k.startswith("eval_") and isinstance(v, (int, float))}
     if final:
         rows = [[k[len("eval_"):], f"{v * 100:.2f}" if ("spearman" in k or k.endswith("avg_sts")) else f"{v:.4g}"]
                 for k, v in sorted(final.items()) if k not in ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")]
-        lines.append("Final dev evaluation (x100 for Spearman):\n\n" + _markdown(["metric", "value"], rows))
+        lines.append("Final dev evaluation (x100 for Spearman):\n\n" + markdown_table(["metric", "value"], rows))
     return "\n\n".join(lines) if lines else "No dev evaluation was run during training."
-
 
 def _method(objective: str) -> "_Method":
     """The objective's description and citation from the registry (a name it does not know: the name)."""
@@ -251,11 +95,9 @@ def _method(objective: str) -> "_Method":
         return _Method(cls.description or objective, cls.citation)
     return _Method(objective, "")
 
-
 class _Method(NamedTuple):
     description: str
     citation: str
-
 
 def render_model_card(output_dir: str, run_config: dict | None = None, metrics: dict | None = None,
                       eval_jsons: list[str] | None = None) -> str:
@@ -313,7 +155,7 @@ def render_model_card(output_dir: str, run_config: dict | None = None, metrics: 
         "```bash",
         f"python evaluation.py --model_name_or_path {output_dir} --pooler {eval_pooler if eval_pooler != 'mask' else '<default>'} "
         f"--task_set sts --mode test --output_json {output_dir}/eval_test.json",
-        f"python -m clusterns.export.model_card {output_dir}   # adds the table to this card",
+        f"python -m clusterns.cli.model_card {output_dir}   # adds the table to this card",
         "```",
     ]
     if eval_pooler == "mask":
@@ -374,7 +216,7 @@ def render_model_card(output_dir: str, run_config: dict | None = None, metrics: 
         test_tables = results_markdown(entries, heading="####")
     else:
         test_tables = ("Not evaluated on the test sets yet: run the `evaluation.py` command above with `--output_json` "
-                       "into this folder, then `python -m clusterns.export.model_card " + output_dir + "`.")
+                       "into this folder, then `python -m clusterns.cli.model_card " + output_dir + "`.")
 
     body = [
         "\n".join(front),
@@ -410,7 +252,6 @@ def render_model_card(output_dir: str, run_config: dict | None = None, metrics: 
              "## Framework versions", "", _kv_table(_versions()), ""]
     return "\n".join(body)
 
-
 def write_model_card(output_dir: str | os.PathLike, run_config: dict | None = None, metrics: dict | None = None,
                      eval_jsons: list[str] | None = None) -> str:
     """Write OUTPUT_DIR/README.md; returns its path. run_config: {"model", "data", "objective_args", "training",
@@ -420,60 +261,3 @@ def write_model_card(output_dir: str | os.PathLike, run_config: dict | None = No
     with open(path, "w") as f:
         f.write(text)
     return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write (or refresh) the model card README.md of a training output folder.")
-    parser.add_argument("output_dir", help="the folder written by train.py")
-    parser.add_argument("--eval_json", nargs="+", default=None,
-                        help="evaluation.py --output_json files to include (default: the evaluation JSON files in the folder)")
-    args = parser.parse_args(argv)
-    if not os.path.isdir(args.output_dir):
-        print(f"error: {args.output_dir!r} is not a folder", file=sys.stderr)
-        return 2
-    metrics = None
-    results = os.path.join(args.output_dir, "eval_results.txt")
-    if os.path.isfile(results):
-        metrics = {}
-        for line in open(results):
-            key, _, value = line.partition(" = ")
-            try:
-                metrics[key.strip()] = float(value)
-            except ValueError:
-                continue
-    try:
-        path = write_model_card(args.output_dir, None, metrics, args.eval_json)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
-def results_table_main(argv: list[str] | None = None) -> int:
-    """scripts/results_table.py (and `clusterns-results-table`)."""
-    parser = argparse.ArgumentParser(
-        description="Collect evaluation.py --output_json files into Markdown tables in the papers' layout "
-                    "(STS12-16, STS-B, SICK-R, Avg.; MR CR SUBJ MPQA SST TREC MRPC Avg.; KorSTS 8 metrics).")
-    parser.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_JSON",
-                        help="evaluation JSON files, or run folders holding them (*.json, eval/*.json, results/*.json)")
-    parser.add_argument("--labels", nargs="+", default=None, help="row names, one per JSON file found (default: model folder name + pooler)")
-    parser.add_argument("--output", default=None, help="also write the Markdown to this file")
-    args = parser.parse_args(argv)
-    try:
-        entries = labelled_payloads(args.paths, args.labels)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    text = results_markdown(entries)
-    if not text:
-        print("error: the JSON files hold no STS, transfer or KorSTS results", file=sys.stderr)
-        return 2
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
-    return 0

@@ -14,7 +14,7 @@ clusterns package, nothing is read from the model folder but weights and JSON):
     from sentence_transformers import SentenceTransformer
     model = SentenceTransformer("result/my-prompt-model", trust_remote_code=True)
 
-The evaluation convention of prompt encoders (see clusterns/prompts.py: test, dev/consistent,
+The evaluation convention of prompt encoders (see clusterns/modeling/prompt/settings.py: test, dev/consistent,
 original) is `prompt_convention` in `clusterns_st_module.json` (default `test`, as
 evaluation.py); edit the file, or pass `prompt_convention=` to `load_sentence_transformer`.
 The module's `preprocess` takes plain strings only; a sentence-transformers `prompt=` string is

@@ -1,6 +1,6 @@
 """MixCSE: InfoNCE widened with detached mixed hard negatives (BDBC-KG-NLP/MixCSE_AAAI2022).
 
-Faithful by default (``shared/specs/mixcse.md`` §3, §12): every anchor's softmax row holds 3B
+Faithful by default (BDBC-KG-NLP/MixCSE_AAAI2022 mixcse/models_mix.py; Zhang et al., AAAI 2022): every anchor's softmax row holds 3B
 columns ``[A | C | D]``
 
     A_ij = cos(u_i, v_j) / t                        the SimCSE block
@@ -180,7 +180,7 @@ def _parse_mask_fill(value: str) -> str:
 
 @dataclass
 class MixCSEArguments:
-    """MixCSE's flags (the original train.py's ``--lambdas``, plus the switches of spec §12)."""
+    """MixCSE's flags (the original train.py's ``--lambdas``, plus the faithful/corrected switches)."""
 
     lambdas: float = field(
         default=0.2,

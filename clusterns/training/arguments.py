@@ -74,7 +74,7 @@ class ModelArguments:
         metadata={
             "help": "Run each encoder layer's projections and feed-forward on the non-pad tokens only (attention keeps "
             "the padded layout; same embeddings to float tolerance, faster: BENCHMARKS.md). --no_packed_linear: the plain "
-            "Hugging Face forward over every padded position (clusterns/packing.py)."
+            "Hugging Face forward over every padded position (clusterns/modeling/packing.py)."
         },
     )
 

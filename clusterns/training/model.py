@@ -29,7 +29,7 @@ class ContrastiveModel(nn.Module):
         hidden = pooled.shape[-1]
         local = projected.view(batch_size, num_views, hidden)
         # Under DDP the local rows' gradient is multiplied by the world size: DDP's average of the ranks'
-        # gradients is then the single-process gradient of the global batch (clusterns/distributed.py).
+        # gradients is then the single-process gradient of the global batch (clusterns/training/distributed.py).
         gathered = gather_with_local_grad(local, scale_local_grad=True)
         return EncodedViews(pooled=pooled.view(batch_size, num_views, hidden), local=local, gathered=gathered)
 

@@ -148,7 +148,7 @@ class ContrastiveTrainer(Trainer):
 
     # ---- checkpoints ----------------------------------------------------------------------------
     # Every checkpoint is written into tmp-checkpoint-<step>/ and renamed to checkpoint-<step> once complete
-    # (clusterns/checkpointing.py); the final save into output_dir replaces its files one by one.
+    # (clusterns/training/checkpoints.py); the final save into output_dir replaces its files one by one.
     def _determine_best_metric(self, metrics, trial):
         is_new_best = super()._determine_best_metric(metrics, trial)
         if is_new_best:  # transformers 4.x records the step only for steps/epoch saving, not for --save_strategy best

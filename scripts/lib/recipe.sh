@@ -95,5 +95,5 @@ recipe_run() {
     fi
     "${LAUNCH[@]}" "${ARGS[@]}"
     python evaluation.py "${EVAL_ARGS[@]}"
-    python -m clusterns.export.model_card "$OUTPUT_DIR"  # add the test table to the model card
+    python -m clusterns.cli.model_card "$OUTPUT_DIR"  # add the test table to the model card
 }

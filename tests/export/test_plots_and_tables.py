@@ -12,8 +12,10 @@ from safetensors.torch import save_file
 
 from conftest import REPO
 from clusterns.modeling.encoder import EncoderConfig, SentenceEncoder
-from clusterns.export.model_card import render_model_card, results_markdown, results_table_main, write_model_card
-from clusterns.export.model_card import main as model_card_main
+from clusterns.cli.model_card import results_table_main
+from clusterns.export.model_card import render_model_card, write_model_card
+from clusterns.export.results import results_markdown
+from clusterns.cli.model_card import main as model_card_main
 
 pytest.importorskip("matplotlib")
 

@@ -2,7 +2,7 @@
 
 Everything here follows the original code (djz233/ClusterNS, `simcse/models.py`, class
 `kmeans_cluster`) unless a switch asks for the corrected behaviour; see
-`shared/specs/clusterns.md` sections 3-8 and 15.
+ClusterNS (Deng et al., Findings of ACL 2023, arXiv:2305.09892), djz233/ClusterNS simcse/models.py.
 
 Conventions: x = view-1 training embeddings of the (global) batch, detached, [B, H];
 c = centroids [K, H]; all clustering math is done in fp32 on cosine similarities

@@ -1,7 +1,7 @@
 """ClusterNS (non-prompt): InfoNCE + centroid hard negatives + false-negative BML (djz233/ClusterNS).
 
 Per training forward, over the gathered (global) batch, z1/z2 = the two views, tau = --temp
-(``shared/specs/clusterns.md`` §3-9, checklist §16):
+(Deng et al., Findings of ACL 2023, arXiv:2305.09892; djz233/ClusterNS simcse/models.py, train.py):
 
     C = cos(z1_i, z2_j)                                  B x B, fp32
     before the clustering starts: the loss is SimCSE InfoNCE; the start trigger
@@ -17,7 +17,7 @@ Per training forward, over the gathered (global) batch, z1/z2 = the two views, t
 The logits are assembled as a list of column blocks ([B, *] each) concatenated once, so other
 negatives (MixCSE's mixed negatives under --mix_negatives) are just one more block.
 
-Defaults reproduce the original code; the switches of spec §15 give the corrected behaviours.
+Defaults reproduce the original code; the switches below (fn_handling ... dataset_hardneg) give the corrected behaviours.
 State (centroids fp32 [K, H], started flag, start step, forward count, AdamW moments) lives in
 buffers of :class:`clusterns.objectives.clusterns.clustering.CentroidState`, so it is checkpointed and restored on
 resume. All ranks compute identical centroids from the identical gathered embeddings; the
@@ -90,7 +90,7 @@ class ClusterNSArguments:
         metadata={"help": "Accepted for compatibility with the original command lines; the cluster statistics are "
                           "always logged (cluster/*, bml/loss, sim/*)."},
     )
-    # ---- faithful (default) vs corrected switches, spec §15 ----
+    # ---- faithful (default) vs corrected switches ----
     fn_handling: str = field(
         default="bml_only",
         metadata={"help": "False negatives (same-cluster pairs): bml_only (original: kept in the InfoNCE denominator, "

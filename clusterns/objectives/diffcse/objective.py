@@ -5,7 +5,7 @@ generator's argmax); a separate discriminator, whose position-0 embedding-layer 
 that view's (projected, not detached) sentence vector, predicts which tokens were replaced. The RTD
 gradient flows through the sentence vector back into the projector and the encoder.
 
-Faithful by default (spec diffcse.md section 18), corrected by switch:
+Faithful by default (voidism/DiffCSE diffcse/models.py; BM-K/KoDiffCSE model/diffcse/models.py), corrected by switch:
 
 =========================  ===========================  ===========================================
 switch                     default (original code)      alternative
