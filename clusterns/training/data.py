@@ -25,13 +25,19 @@ class CorpusError(ValueError):
     """A training file that cannot be used, with the file (and line) named in the message."""
 
 
+def check_corpus_path(path: str) -> None:
+    if os.path.isdir(path):
+        raise CorpusError(f"--train_file {path!r} is a folder; give the corpus file inside it (.txt, .csv, .tsv, .json, .jsonl)")
+    if not os.path.isfile(path):
+        raise CorpusError(f"--train_file {path!r} does not exist")
+
+
 def scan_text_corpus(path: str) -> tuple[int, int]:
     """Check a one-sentence-a-line file before training: (#non-blank lines, #blank lines).
 
     Reads bytes so that invalid UTF-8 and NUL bytes are reported with their line number
     instead of surfacing as a decoding error deep inside `datasets`."""
-    if not os.path.isfile(path):
-        raise CorpusError(f"--train_file {path!r} does not exist")
+    check_corpus_path(path)
     with open(path, "rb") as f:
         data = f.read()
     if not data:
@@ -76,8 +82,7 @@ def load_corpus(path: str, sentence_columns: str | None = None, cache_dir: str |
         if blank:
             logger.warning("%s: skipped %d blank line(s); %d sentences kept", path, blank, kept)
         return ds.rename_column("text", "sent0")
-    if not os.path.isfile(path):
-        raise CorpusError(f"--train_file {path!r} does not exist")
+    check_corpus_path(path)
     if os.path.getsize(path) == 0:
         raise CorpusError(f"--train_file {path!r} is empty")
     try:

@@ -98,6 +98,16 @@ def test_missing_and_blank_train_files(tiny_bert, tmp_path, capsys):
     blank.write_text("\n \n\n")
     err = run_error(base_args(tiny_bert, blank, tmp_path / "o2", "--do_train"), capsys)
     assert "blank.txt" in err and "all blank" in err
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    err = run_error(base_args(tiny_bert, folder, tmp_path / "o3", "--do_train"), capsys)  # a folder for a file
+    assert "'" + str(folder) + "' is a folder; give the corpus file inside it" in err
+
+
+def test_missing_model_folder_is_one_line(tiny_corpus, tmp_path, capsys):
+    err = run_error(base_args(tmp_path / "no-such-model", tiny_corpus, tmp_path / "o", "--do_train"), capsys)
+    assert "--model_name_or_path" in err and "no-such-model" in err and "does not exist" in err
+    assert "Traceback" not in err
 
 
 def test_csv_missing_named_columns(tiny_bert, tmp_path, capsys):
