@@ -141,3 +141,9 @@ def tiny_sts_dir(tmp_path_factory) -> Path:
     for name in ("SICK_train.txt", "SICK_trial.txt", "SICK_test_annotated.txt"):
         (root / "SICK" / name).write_text("\r\n".join(sick) + "\r\n")
     return root
+
+
+def sentences(word, n, rng):
+    """n synthetic sentences that end in `word` (separable transfer data for the harness tests)."""
+    fillers = "the a movie film plot actor scene story one it was is".split()
+    return [" ".join(list(rng.choice(fillers, size=4)) + [word]) for _ in range(n)]

@@ -13,6 +13,7 @@ if str(REPO / "SentEval") not in sys.path:
     sys.path.insert(0, str(REPO / "SentEval"))
 
 import senteval  # noqa: E402
+from conftest import sentences  # noqa: E402
 from senteval.toy import bow_batcher  # noqa: E402
 from senteval.utils import DataFormatError, get_optimizer  # noqa: E402
 
@@ -20,9 +21,6 @@ FAST = {"kfold": 2, "device": "cpu",
         "classifier": {"nhid": 0, "optim": "rmsprop", "batch_size": 128, "tenacity": 3, "epoch_size": 2}}
 
 
-def sentences(word, n, rng):
-    fillers = "the a movie film plot actor scene story one it was is".split()
-    return [" ".join(list(rng.choice(fillers, size=4)) + [word]) for _ in range(n)]
 
 
 @pytest.fixture(scope="module")

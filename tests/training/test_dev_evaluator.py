@@ -88,7 +88,7 @@ def test_matches_harness_dev_numbers_on_real_data():
 
 @pytest.mark.slow  # seven k-fold probes: minutes on a busy 2-core machine
 def test_transfer_dev_metrics(tmp_path, monkeypatch):
-    from test_senteval_transfer import sentences
+    from conftest import sentences
 
     root = mirror_root()
     down = tmp_path / "downstream"
