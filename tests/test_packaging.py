@@ -39,6 +39,13 @@ def test_metadata_and_packages(pyproject):
         folder = REPO / dirs.get(package, package.replace(".", "/"))
         assert (folder / "__init__.py").is_file() or package == "clusterns", package
         assert folder.is_dir(), package
+    # every subpackage is listed: a missing one still imports from a checkout or an editable install, but
+    # not from a normal `pip install .`
+    found = {".".join(init.parent.relative_to(REPO).parts) for init in (REPO / "clusterns").rglob("__init__.py")}
+    found |= {"senteval." + ".".join(init.parent.relative_to(REPO / "SentEval" / "senteval").parts)
+              for init in (REPO / "SentEval" / "senteval").rglob("__init__.py")}
+    found = {name.rstrip(".") for name in found}
+    assert found <= set(setuptools["packages"]), sorted(found - set(setuptools["packages"]))
 
 
 def test_console_scripts_resolve(pyproject):
