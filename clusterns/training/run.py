@@ -71,7 +71,53 @@ def parse_args(argv: list[str] | None = None):
         if flag:  # parse again: TrainingArguments sets up its mixed precision while it is built
             logger.info("mixed precision on by default on this GPU: %s (--auto_mixed_precision false for fp32)", flag)
             model_args, data_args, *extra_args, training_args = parser.parse_args_into_dataclasses(args=[*argv, flag])
+    choose_objective(model_args, argv)
     return model_args, data_args, {type(a): a for a in extra_args}, training_args
+
+
+def objective_flags() -> dict[str, str]:
+    """{command-line flag name: the objective it belongs to}, for every registered objective's own flags
+    (bool flags also in their --no_ form, and their aliases)."""
+    owners: dict[str, str] = {}
+    for name in objective_names():
+        cls = get_objective_class(name).arguments_class
+        if cls is None:
+            continue
+        for f in dataclasses.fields(cls):
+            flags = [f.name, *(alias.lstrip("-") for alias in f.metadata.get("aliases", []))]
+            if f.type in (bool, "bool"):
+                flags.append(f"no_{f.name}")
+            for flag in flags:
+                owners[flag] = name
+    return owners
+
+
+def choose_objective(model_args, argv: list[str]) -> None:
+    """No method flag is silently ignored: a flag of another objective than --objective stops the run; without
+    --objective, the one method whose flags are given is selected (the originals' train.py has no --objective,
+    so their command lines select their method this way), and flags of two methods are an error."""
+    given = [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")]
+    owners = objective_flags()
+    used: dict[str, list[str]] = {}
+    for flag in given:
+        if flag in owners:
+            used.setdefault(owners[flag], []).append(f"--{flag}")
+    explicit = "objective" in given
+    if explicit:
+        for method, flags in used.items():
+            if method != model_args.objective:
+                raise UsageError(
+                    f"{', '.join(flags)} belong{'s' if len(flags) == 1 else ''} to --objective {method}, but --objective "
+                    f"{model_args.objective} was given: {'it' if len(flags) == 1 else 'they'} would be ignored; drop "
+                    f"{'it' if len(flags) == 1 else 'them'} or use --objective {method}")
+        return
+    if len(used) > 1:
+        listed = "; ".join(f"{', '.join(flags)} ({method})" for method, flags in sorted(used.items()))
+        raise UsageError(f"flags of several objectives were given without --objective: {listed}; choose one with --objective")
+    if used:
+        (method, flags), = used.items()
+        model_args.objective = method
+        logger.info("objective %s inferred from %s (pass --objective to choose it explicitly)", method, " ".join(flags))
 
 
 def check_output_dir(training_args, model_args, data_args) -> None:

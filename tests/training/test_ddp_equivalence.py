@@ -47,6 +47,11 @@ VOCAB_WORDS = (
     "train bus plane flying swimming jumping kid girl boy person outside inside near under over table chair book"
 ).split()
 
+def with_assets(flags: list, assets: dict) -> list:
+    """The objective's flags with the tiny generator's folder filled in (DiffCSE only: other objectives refuse it)."""
+    return [str(assets["generator"]) if f == "{generator}" else f for f in flags]
+
+
 OBJECTIVE_FLAGS = {
     "infonce": ["--objective", "infonce", "--max_steps", "2"],
     # --kmean_cosine 1.0: the clustering starts at forward 1 (that step is plain InfoNCE); forwards 2 and 3 use
@@ -55,7 +60,7 @@ OBJECTIVE_FLAGS = {
                   "--bml_weight", "0.1", "--max_steps", "3"],
     "mixcse": ["--objective", "mixcse", "--lambdas", "0.2", "--max_steps", "2"],
     # lambda 1: the RTD gradient (a rank-local term) weighs as much as the contrastive one.
-    "diffcse": ["--objective", "diffcse", "--masking_scheme", "kodiffcse", "--masking_ratio", "0.3",
+    "diffcse": ["--objective", "diffcse", "--generator_name", "{generator}", "--masking_scheme", "kodiffcse", "--masking_ratio", "0.3",
                 "--no_generator_dropout", "--lambda_weight", "1.0", "--max_steps", "2"],
 }
 
@@ -175,7 +180,7 @@ if __name__ != "__main__":
 
     def common_argv(assets, out: Path, batch: int, ddp: bool = False) -> list[str]:
         return [*(["--ddp_backend", "gloo"] if ddp else []),
-            "--model_name_or_path", assets["model"], "--generator_name", assets["generator"],
+            "--model_name_or_path", assets["model"],
             "--train_file", assets["corpus"], "--output_dir", out, "--overwrite_output_dir",
             "--per_device_train_batch_size", batch, "--use_cpu", "--report_to", "none",
             "--dropout_prob", "0", "--pooler_type", "cls", "--max_seq_length", "16", "--seed", "42",
@@ -209,7 +214,7 @@ if __name__ != "__main__":
         for name, flags in OBJECTIVE_FLAGS.items():
             out = root / name
             out.mkdir()
-            spec.append({"argv": [str(a) for a in [*common_argv(assets, out / "run", LOCAL_BATCH, ddp=True), *flags]], "out": str(out)})
+            spec.append({"argv": [str(a) for a in [*common_argv(assets, out / "run", LOCAL_BATCH, ddp=True), *with_assets(flags, assets)]], "out": str(out)})
             outs[name] = out
         out = root / "eval"
         out.mkdir()
@@ -254,7 +259,7 @@ if __name__ != "__main__":
     @pytest.mark.parametrize("name", list(OBJECTIVE_FLAGS))
     def test_two_ranks_equal_one_process(name, assets, ddp_runs, tmp_path):
         ranks = ddp_runs[name]
-        single = run_recorded([*common_argv(assets, tmp_path / "single", WORLD * LOCAL_BATCH), *OBJECTIVE_FLAGS[name]])
+        single = run_recorded([*common_argv(assets, tmp_path / "single", WORLD * LOCAL_BATCH), *with_assets(OBJECTIVE_FLAGS[name], assets)])
         steps = len(single["loss"])
         assert all(len(rec["loss"]) == steps for rec in ranks)
         # The gathered batch (rank order) is the single-process batch, row for row.
