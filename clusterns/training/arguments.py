@@ -128,7 +128,9 @@ class ContrastiveTrainingArguments(TrainingArguments):
         metadata={"help": "Also log alignment and uniformity (Wang & Isola) on STS-B dev at each evaluation."},
     )
     eval_korsts: bool = field(
-        default=False, metadata={"help": "Select checkpoints on KorSTS dev Spearman (Korean runs) instead of STS-B dev."}
+        default=False,
+        metadata={"help": "Also evaluate KorSTS dev (--korsts_dir) and select checkpoints on its Spearman (Korean runs): "
+                          "--metric_for_best_model becomes korsts_spearman unless given."},
     )
     early_stop: int | None = field(
         default=None, metadata={"help": "Stop after this many evaluations without improvement of metric_for_best_model."}

@@ -72,6 +72,12 @@ def parse_args(argv: list[str] | None = None):
             logger.info("mixed precision on by default on this GPU: %s (--auto_mixed_precision false for fp32)", flag)
             model_args, data_args, *extra_args, training_args = parser.parse_args_into_dataclasses(args=[*argv, flag])
     choose_objective(model_args, argv)
+    given = {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
+    if training_args.eval_korsts and "metric_for_best_model" not in given:
+        # --eval_korsts selects on KorSTS dev Spearman unless --metric_for_best_model says otherwise
+        training_args.metric_for_best_model = "korsts_spearman"
+        if "greater_is_better" not in given:
+            training_args.greater_is_better = True
     return model_args, data_args, {type(a): a for a in extra_args}, training_args
 
 

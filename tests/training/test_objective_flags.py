@@ -65,3 +65,13 @@ def test_prompt_flags_combine_with_any_objective(tiny_bert, tiny_corpus, tmp_pat
                     "--prompt_templates", "per_backbone", "--max_seq_length", 16))
     assert trained_objective(out) == "mixcse"
     assert json.loads((out / "clusterns_config.json").read_text())["pooler_type"] == "mask"
+
+
+@pytest.mark.parametrize("extra, metric", [([], "korsts_spearman"), (["--metric_for_best_model", "stsb_spearman"], "stsb_spearman")])
+def test_eval_korsts_selects_on_korsts_unless_told_otherwise(extra, metric, tmp_path):
+    from clusterns.training.run import parse_args
+
+    *_, training_args = parse_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--use_cpu",
+                                    "--eval_korsts", "--korsts_dir", str(tmp_path), "--load_best_model_at_end",
+                                    "--eval_strategy", "steps", "--eval_steps", "5", *extra])
+    assert training_args.metric_for_best_model == metric and training_args.greater_is_better is True
