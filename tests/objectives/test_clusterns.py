@@ -364,3 +364,15 @@ def test_fp32_math_inside_autocast():
         got = amp(views(z1), {}, None).loss
     assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-6)
     assert torch.equal(amp.centroids, ref.centroids)
+
+
+def test_start_trigger_at_exactly_the_threshold():
+    """The original starts when mean(cos) <= --kmean_cosine: equal starts, a hair above does not."""
+    z = batch(b=8, h=16, seed=3)
+    mean = float(cosine_matrix(z[:, 0], z[:, 1]).mean())
+    at = make(k=4, kmean_cosine=mean)
+    at(views(z), {}, None)
+    assert at.started  # a strict `<` would not start here
+    below = make(k=4, kmean_cosine=float(torch.nextafter(torch.tensor(mean), torch.tensor(-2.0))))
+    below(views(z), {}, None)
+    assert not below.started
