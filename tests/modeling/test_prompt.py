@@ -340,3 +340,23 @@ def test_non_prompt_encoder_is_untouched(tiny_bert):
     assert encoder.tokenize(["a dog"])["input_ids"] == [encoder.tokenizer.encode("a dog")]
     with pytest.raises(ValueError, match="prompt settings"):  # the mask pooler without the settings it needs
         PromptPooler().pooled(encoder, torch.tensor([[2, 3]]), torch.tensor([[1, 1]]))
+
+
+@pytest.mark.parametrize("backbone", ["tiny_bert", "tiny_roberta"])
+def test_original_convention_is_the_raw_mask_state_without_delta(backbone, request):
+    """--prompt_convention original on a delta-trained encoder: evaluation_prompt.py's string input and the raw
+    last-layer state at its mask token, no template delta (dev subtracts it)."""
+    encoder = make_encoder(request.getfixturevalue(backbone), delta=True).eval()
+    tok = encoder.tokenizer
+    template = get_spec(encoder).t1
+    sentence = "a dog runs"
+    ids = tok.encode(string_input(template.text, tok.mask_token, sentence, True))  # the period is appended
+    assert tok.decode(ids).count("runs.") == 1
+    with torch.no_grad():
+        hidden = encoder.backbone(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long)).last_hidden_state
+    expected = hidden[0, ids.index(tok.mask_token_id)]
+    encoder.pooling.convention = "original"
+    assert np.allclose(encoder.encode([sentence])[0], expected.numpy(), atol=1e-5)
+    encoder.pooling.convention = "dev"  # template ids around the sentence ids, minus the delta
+    dev = encoder.encode([sentence])[0]
+    assert not np.allclose(dev, expected.numpy(), atol=1e-3)
