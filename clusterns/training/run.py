@@ -64,15 +64,16 @@ def parse_args(argv: list[str] | None = None):
     # meaning without writing a checkpoint that is not an improvement.
     if any(a.split("=")[0] == "--load_best_model_at_end" for a in argv) and not any(a.split("=")[0] == "--save_strategy" for a in argv):
         argv += ["--save_strategy", "best"]
-    parser = HfArgumentParser(argument_classes())
+    # No abbreviations: argparse would take `--bml_weigh` for --bml_weight, out of sight of choose_objective's check.
+    parser = HfArgumentParser(argument_classes(), allow_abbrev=False)
     model_args, data_args, *extra_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if training_args.auto_mixed_precision:
         flag = auto_mixed_precision_flag(training_args.fp16, training_args.bf16, training_args.use_cpu)
         if flag:  # parse again: TrainingArguments sets up its mixed precision while it is built
             logger.info("mixed precision on by default on this GPU: %s (--auto_mixed_precision false for fp32)", flag)
             model_args, data_args, *extra_args, training_args = parser.parse_args_into_dataclasses(args=[*argv, flag])
-    choose_objective(model_args, argv)
-    given = {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
+    given = given_flags(argv)
+    choose_objective(model_args, given)
     if training_args.eval_korsts and "metric_for_best_model" not in given:
         # --eval_korsts selects on KorSTS dev Spearman unless --metric_for_best_model says otherwise
         training_args.metric_for_best_model = "korsts_spearman"
@@ -98,11 +99,15 @@ def objective_flags() -> dict[str, str]:
     return owners
 
 
-def choose_objective(model_args, argv: list[str]) -> None:
+def given_flags(argv: list[str]) -> list[str]:
+    """The flag names on the command line, in order (`--name value` and `--name=value`)."""
+    return [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")]
+
+
+def choose_objective(model_args, given: list[str]) -> None:
     """No method flag is silently ignored: a flag of another objective than --objective stops the run; without
     --objective, the one method whose flags are given is selected (the originals' train.py has no --objective,
     so their command lines select their method this way), and flags of two methods are an error."""
-    given = [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")]
     owners = objective_flags()
     used: dict[str, list[str]] = {}
     for flag in given:

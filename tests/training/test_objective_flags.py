@@ -75,3 +75,11 @@ def test_eval_korsts_selects_on_korsts_unless_told_otherwise(extra, metric, tmp_
                                     "--eval_korsts", "--korsts_dir", str(tmp_path), "--load_best_model_at_end",
                                     "--eval_strategy", "steps", "--eval_steps", "5", *extra])
     assert training_args.metric_for_best_model == metric and training_args.greater_is_better is True
+
+
+def test_an_abbreviated_flag_is_refused_not_silently_taken(tiny_bert, tiny_corpus, tmp_path, capsys):
+    """argparse would read `--bml_weigh` as --bml_weight, out of sight of the objective check: refused instead."""
+    with pytest.raises(SystemExit) as info:
+        train_main(argv(tiny_bert, tiny_corpus, tmp_path / "run", "--bml_weigh", 0.5))
+    assert info.value.code == 2
+    assert "--bml_weigh" in capsys.readouterr().err
