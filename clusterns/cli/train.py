@@ -8,7 +8,7 @@ import sys
 
 import transformers
 
-from clusterns.export.folder import write_model_folder
+from clusterns.export.model_card import write_model_card
 from clusterns.training.arguments import UsageError
 from clusterns.training.data import CorpusError
 from clusterns.training.run import RUN_MARKER, build_run, parse_args, run_marker
@@ -62,8 +62,8 @@ def _train(argv: list[str] | None) -> dict:
             write_results(os.path.join(training_args.output_dir, "eval_results.txt"), metrics)
     if trainer.is_world_process_zero() and trained:
         record = {**run.run_config, "training": training_args.to_dict(), "world_size": training_args.world_size}
-        try:  # README.md: base model, objective, hyper-parameters, data, dev numbers (the weights are written)
-            write_model_folder(run.encoder, training_args.output_dir, weights=False, run_record=record, metrics=results)
+        try:  # README.md: base model, objective, hyper-parameters, data, dev numbers (the model folder is written)
+            write_model_card(training_args.output_dir, record, results)
         except Exception as err:  # the trained model is saved; a card problem must not fail the run
             logger.warning("could not write the model card: %s", err)
     return results

@@ -131,9 +131,9 @@ def enable_prompt(model_args, prompt_args: PromptArguments | None) -> PromptArgu
 
 
 def attach_prompt(encoder, prompt_args: PromptArguments, max_seq_length: int) -> None:
-    """Record the resolved prompt settings in the encoder's config and check them against the model."""
+    """Record the resolved prompt settings in the encoder's config (the run builder then checks the template
+    tokens plus --max_seq_length against the model through encoder.pooling.check)."""
     encoder.configure(prompt=prompt_args.to_config(is_roberta(encoder.backbone.config), max_seq_length))
-    encoder.pooling.check(encoder, max_seq_length)
     spec = encoder.pooling.spec(encoder)
     logger.info("prompt: template 1 %r -> %s, template 2 %r", spec.t1.text, list(spec.t1.empty_ids),
                 spec.t2.text if spec.t2 else None)
