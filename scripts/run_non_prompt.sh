@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ClusterNS non-prompt recipes (djz233/ClusterNS run_non_prompt.sh and the README "Hyperparameters" table).
 #
-#   bash scripts/run_non_prompt.sh [CONFIG] [--dry_run] [extra train.py flags...]
+#   bash run_non_prompt.sh (or scripts/run_non_prompt.sh) [CONFIG] [--dry_run] [extra train.py flags...]
 #
 # CONFIG (README table, `a*b` = per-device a x b GPUs; every config: K 128, --enable_hardneg, lr 5e-5, 1 epoch,
 # max_seq_length 32, pooler cls + --mlp_only_train, fp16, eval/save every 125 steps on STS-B dev with best-checkpoint

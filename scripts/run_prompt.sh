@@ -3,7 +3,7 @@
 # kongds/Prompt-BERT). ClusterNS on PromptBERT embeddings: template pair,
 # mask-token pooler with template denoising (--mask_embedding_sentence_delta), MLP in training only.
 #
-#   bash scripts/run_prompt.sh [CONFIG] [--dry_run] [extra train.py flags...]
+#   bash run_prompt.sh (or scripts/run_prompt.sh) [CONFIG] [--dry_run] [extra train.py flags...]
 #
 # CONFIG (the README table's prompt columns; published hyper-parameters):
 #   prompt-bert-base       (default) bert-base-uncased, global batch 512, lr 5e-5, K 96, kmeans_lr 5e-4,
@@ -27,8 +27,9 @@
 # original final test (evaluation_prompt.py: '.' appended, whole-string tokenisation, no delta);
 # TEST_CONVENTION=consistent tests exactly as the dev selection (template ids, delta).
 #
-# Environment overrides: MODEL, TRAIN_FILE, OUTPUT_DIR, NUM_GPU (default 1; 0 = CPU; >1 = torchrun DDP, the
-# per-device batch is the global batch / NUM_GPU so the gathered batch matches the published one),
+# Environment overrides: MODEL, TRAIN_FILE, OUTPUT_DIR, NUM_GPU (default: the published GPU count - 1 for
+# prompt-bert-base, 4 for prompt-bert-large, 2 for prompt-roberta-base and prompt-bert-base-script; 0 = CPU;
+# >1 = torchrun DDP, the per-device batch is the global batch / NUM_GPU so the gathered batch matches the published one),
 # EVAL_DATA_DIR (SentEval downstream folder for dev evaluation), TEST_DATA_DIR (evaluation.py --data_dir),
 # TASK_SET (default sts), SEED (default 42), PROMPT_TEMPLATES, TEST_CONVENTION.
 set -euo pipefail
@@ -53,19 +54,19 @@ EARLY_STOP=3
 FP16=1
 case "$CONFIG" in
     prompt-bert-base)
-        MODEL_DEFAULT=bert-base-uncased; BACKBONE=bert; GLOBAL_BATCH=512; LR=5e-5
+        MODEL_DEFAULT=bert-base-uncased; BACKBONE=bert; GLOBAL_BATCH=512; PUBLISHED_GPUS=1; LR=5e-5
         KMEANS=96; KMEANS_LR=5e-4; KMEAN_COSINE=0.4; HARDNEG=1; BML_WEIGHT=1e-2; BML_ALPHA=0; BML_BETA=0.2
         TEMPLATES_DEFAULT=per_backbone ;;
     prompt-bert-large)
-        MODEL_DEFAULT=bert-large-uncased; BACKBONE=bert; GLOBAL_BATCH=256; LR=3e-5
+        MODEL_DEFAULT=bert-large-uncased; BACKBONE=bert; GLOBAL_BATCH=256; PUBLISHED_GPUS=4; LR=3e-5
         KMEANS=96; KMEANS_LR=1e-4; KMEAN_COSINE=0.2; HARDNEG=1; BML_WEIGHT=5e-4; BML_ALPHA=0.25; BML_BETA=0.3
         TEMPLATES_DEFAULT=per_backbone ;;
     prompt-roberta-base)
-        MODEL_DEFAULT=roberta-base; BACKBONE=roberta; GLOBAL_BATCH=512; LR=5e-5
+        MODEL_DEFAULT=roberta-base; BACKBONE=roberta; GLOBAL_BATCH=512; PUBLISHED_GPUS=2; LR=5e-5
         KMEANS=128; KMEANS_LR=1e-3; KMEAN_COSINE=0.4; HARDNEG=0; BML_WEIGHT=1e-2; BML_ALPHA=0.2; BML_BETA=0.6
         TEMPLATES_DEFAULT=per_backbone ;;
     prompt-bert-base-script)
-        MODEL_DEFAULT=bert-base-uncased; BACKBONE=bert; GLOBAL_BATCH=512; LR=5e-5
+        MODEL_DEFAULT=bert-base-uncased; BACKBONE=bert; GLOBAL_BATCH=512; PUBLISHED_GPUS=2; LR=5e-5
         KMEANS=128; KMEANS_LR=1e-3; KMEAN_COSINE=0.4; HARDNEG=1; BML_WEIGHT=1e-5; BML_ALPHA=0.1; BML_BETA=0.3
         TEMPLATES_DEFAULT=run_prompt_sh ;;
 esac
@@ -90,7 +91,7 @@ case "$TEST_CONVENTION" in
     *) echo "error: TEST_CONVENTION must be test, original or consistent, got '$TEST_CONVENTION'" >&2; exit 2 ;;
 esac
 
-recipe_devices
+recipe_devices "$PUBLISHED_GPUS"
 
 ARGS=(
     --model_name_or_path "$MODEL"
@@ -134,6 +135,7 @@ EVAL_ARGS=(--model_name_or_path "$OUTPUT_DIR" --output_json "$OUTPUT_DIR/eval_te
 
 if (( DRY_RUN )); then
     recipe_print_config
+    echo "published_num_gpu=$PUBLISHED_GPUS"
     echo "learning_rate=$LR"
     echo "eval_steps=$EVAL_STEPS"
     echo "kmeans=$KMEANS"

@@ -93,6 +93,10 @@ recipe_run() {
         recipe_print_command "python evaluation.py" "${EVAL_ARGS[@]}"
         exit 0
     fi
+    # The commands name train.py and evaluation.py relative to the repository root, as the originals do.
+    if [ ! -f train.py ] || [ ! -f evaluation.py ]; then
+        echo "error: run the recipe from the repository root (cd $(cd "$(dirname "$0")/.." && pwd)); train.py is not in $(pwd)" >&2; exit 2
+    fi
     "${LAUNCH[@]}" "${ARGS[@]}"
     python evaluation.py "${EVAL_ARGS[@]}"
     python -m clusterns.cli.model_card "$OUTPUT_DIR"  # add the test table to the model card

@@ -1,4 +1,4 @@
-"""Every recipe script (scripts/run_*.sh and any run_*.sh at the repository root), every configuration, under
+"""Every recipe script (scripts/run_*.sh; the root run_*.sh only exec them, tests/scripts/test_root_recipes.py), every configuration, under
 NUM_GPU = 0, 1, 2, 4, 8: NUM_GPU > 1 launches `torchrun --nproc_per_node $NUM_GPU train.py`, otherwise
 `python train.py`; the per-device batch times the number of processes (times gradient accumulation) is the
 published global batch, which the dry-run prints as global_batch_size= and which does not depend on NUM_GPU;
@@ -17,7 +17,7 @@ import pytest
 
 from recipes import REPO, flag
 
-SCRIPTS = sorted([*REPO.glob("scripts/run_*.sh"), *REPO.glob("run_*.sh")])
+SCRIPTS = sorted(REPO.glob("scripts/run_*.sh"))
 CONFIG_LIST = re.compile(r"^CONFIGS=\(([^)]*)\)$", re.M)
 GPU_COUNTS = (0, 1, 2, 4, 8)
 # Variables a developer's shell may export that would change what the scripts print.

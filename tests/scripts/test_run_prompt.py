@@ -43,17 +43,17 @@ BASE = {
 }
 # README "Hyperparameters", prompt columns (batch a*b = per-device a x b GPUs; the global batch is kept).
 TABLE = {
-    "prompt-bert-base": dict(model="bert-base-uncased", batch=512, lr="5e-5", kmeans="96", kmeans_lr="5e-4",
+    "prompt-bert-base": dict(model="bert-base-uncased", batch=512, gpus=1, lr="5e-5", kmeans="96", kmeans_lr="5e-4",
                              kmean_cosine="0.4", hardneg=True, bml_weight="1e-2", bml_alpha="0", bml_beta="0.2",
                              templates=BERT_TEMPLATES),
-    "prompt-bert-large": dict(model="bert-large-uncased", batch=256, lr="3e-5", kmeans="96", kmeans_lr="1e-4",
+    "prompt-bert-large": dict(model="bert-large-uncased", batch=256, gpus=4, lr="3e-5", kmeans="96", kmeans_lr="1e-4",
                               kmean_cosine="0.2", hardneg=True, bml_weight="5e-4", bml_alpha="0.25", bml_beta="0.3",
                               templates=BERT_TEMPLATES),
-    "prompt-roberta-base": dict(model="roberta-base", batch=512, lr="5e-5", kmeans="128", kmeans_lr="1e-3",
+    "prompt-roberta-base": dict(model="roberta-base", batch=512, gpus=2, lr="5e-5", kmeans="128", kmeans_lr="1e-3",
                                 kmean_cosine="0.4", hardneg=False, bml_weight="1e-2", bml_alpha="0.2", bml_beta="0.6",
                                 templates=ROBERTA_TEMPLATES),
     # the shipped run_prompt.sh (spec §11): its own values and the RoBERTa templates on BERT
-    "prompt-bert-base-script": dict(model="bert-base-uncased", batch=512, lr="5e-5", kmeans="128", kmeans_lr="1e-3",
+    "prompt-bert-base-script": dict(model="bert-base-uncased", batch=512, gpus=2, lr="5e-5", kmeans="128", kmeans_lr="1e-3",
                                     kmean_cosine="0.4", hardneg=True, bml_weight="1e-5", bml_alpha="0.1", bml_beta="0.3",
                                     templates=ROBERTA_TEMPLATES),
 }
@@ -95,7 +95,7 @@ def test_dry_run_matches_the_published_table(config):
         **BASE,
         "model_name_or_path": row["model"],
         "output_dir": f"result/ClusterNS-{config}",
-        "per_device_train_batch_size": str(row["batch"]),
+        "per_device_train_batch_size": str(row["batch"] // row["gpus"]),
         "learning_rate": row["lr"],
         "kmeans": row["kmeans"],
         "kmeans_lr": row["kmeans_lr"],
@@ -108,7 +108,9 @@ def test_dry_run_matches_the_published_table(config):
         ("enable_hardneg" if row["hardneg"] else "no_enable_hardneg"): True,
     }
     assert train == expected
-    assert launch == ["python", "train.py"]
+    # NUM_GPU defaults to the published GPU count (the table's `a*b`), like run_non_prompt.sh.
+    assert resolved["num_gpu"] == resolved["published_num_gpu"] == str(row["gpus"])
+    assert launch == (["torchrun", "--nproc_per_node", str(row["gpus"]), "train.py"] if row["gpus"] > 1 else ["python", "train.py"])
     assert resolved["global_batch_size"] == str(row["batch"]) and resolved["config"] == config
     assert resolved["enable_hardneg"] == ("1" if row["hardneg"] else "0")
     assert evaluation == {"model_name_or_path": f"result/ClusterNS-{config}", "pooler": "mask",
@@ -127,7 +129,7 @@ def test_resolved_flags_parse_with_train_py(config):
     clusterns_args = next(a for c, a in by_class.items() if c.__name__ == "ClusterNSArguments")
     assert clusterns_args.enable_hardneg is TABLE[config]["hardneg"]
     assert clusterns_args.kmeans == int(TABLE[config]["kmeans"])
-    assert training_args.per_device_train_batch_size == TABLE[config]["batch"]
+    assert training_args.per_device_train_batch_size == TABLE[config]["batch"] // TABLE[config]["gpus"]
     assert training_args.early_stop == 3 and training_args.load_best_model_at_end
     assert prompt.prompt_test_add_period and not prompt.prompt_test_delta  # faithful final test by default
 
