@@ -18,7 +18,9 @@
 # Environment overrides: MODEL, TRAIN_FILE, OUTPUT_DIR, NUM_GPU (default 1; 0 = CPU; >1 = torchrun DDP, the
 # per-device batch is the global batch / NUM_GPU so the gathered batch matches the published one),
 # EVAL_DATA_DIR (SentEval downstream folder for dev evaluation), TEST_DATA_DIR (evaluation.py --data_dir),
-# TASK_SET (evaluation.py --task_set, default sts; the original script used full), SEED (default 42).
+# TASK_SET (evaluation.py --task_set, default full as in the original script: STS and transfer), SEED (default 42).
+# Every configuration logs alignment and uniformity on STS-B dev at each evaluation (--eval_align_uniform), as
+# the original trainer's cal_align_uniform did (a diagnostic; selection stays on stsb_spearman).
 set -euo pipefail
 source "$(dirname "$0")/lib/recipe.sh"
 
@@ -55,7 +57,7 @@ MODEL=${MODEL:-$MODEL_DEFAULT}
 TRAIN_FILE=${TRAIN_FILE:-$TRAIN_FILE_DEFAULT}
 OUTPUT_DIR=${OUTPUT_DIR:-result/mixcse-${CONFIG}}
 SEED=${SEED:-42}
-TASK_SET=${TASK_SET:-sts}
+TASK_SET=${TASK_SET:-full}
 
 recipe_devices
 
@@ -82,6 +84,7 @@ ARGS=(
     --overwrite_output_dir
     --do_train
     --do_eval
+    --eval_align_uniform
 )
 if (( MLP_ONLY_TRAIN )); then ARGS+=(--mlp_only_train); fi
 recipe_common_args
@@ -101,6 +104,7 @@ if (( DRY_RUN )); then
     echo "train_pooler=$TRAIN_POOLER"
     echo "select_pooler=$SELECT_POOLER"
     echo "test_pooler=$TEST_POOLER"
+    echo "align_uniform=True"
     echo "task_set=$TASK_SET"
 fi
 recipe_run

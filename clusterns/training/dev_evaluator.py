@@ -36,8 +36,9 @@ def alignment_uniformity(emb1: np.ndarray, emb2: np.ndarray, scores: Sequence[fl
                          normalize: bool = True) -> tuple[float, float]:
     """(alignment, uniformity) of paired embeddings.
 
-    alignment  = mean ||f(x) - f(y)||^alpha over the pairs whose gold score >= threshold
-                 (STS-B's 0-5 scale; scores are not truncated to int)
+    alignment  = mean ||f(x) - f(y)||^alpha over the pairs whose gold score is > threshold (strictly: the
+                 SimCSE paper's "score higher than 4" and MixCSE's cal_align_uniform `label > 4.0`; STS-B's
+                 0-5 scale, scores not truncated to int as MixCSE's LongTensor labels were)
     uniformity = log mean exp(-t ||f(x) - f(y)||^2) over all pairs of distinct vectors among
                  emb1 and emb2 (identical rows, i.e. repeated sentences, count once)
     f is L2-normalised first unless normalize=False. Computed in float64.
@@ -50,9 +51,9 @@ def alignment_uniformity(emb1: np.ndarray, emb2: np.ndarray, scores: Sequence[fl
     if normalize:
         a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
         b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    pos = s >= threshold
+    pos = s > threshold
     if not pos.any():
-        raise ValueError(f"no pair has a gold score >= {threshold}")
+        raise ValueError(f"no pair has a gold score > {threshold}")
     alignment = float(np.mean(np.linalg.norm(a[pos] - b[pos], axis=1) ** alpha))
     x = np.unique(np.concatenate([a, b]), axis=0)
     if len(x) < 2:

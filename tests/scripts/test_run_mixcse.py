@@ -34,6 +34,7 @@ BASE = {
     "overwrite_output_dir": True,
     "do_train": True,
     "do_eval": True,
+    "eval_align_uniform": True,
 }
 EXPECTED = {
     "bert-base": ({}, {"global_batch_size": "64", "test_pooler": "cls_before_pooler", "fp16": "0"}),
@@ -83,7 +84,9 @@ def test_dry_run_matches_the_published_table(config):
     assert resolved["config"] == config and resolved["train_pooler"] == "cls"
     assert resolved["select_pooler"].startswith("cls_before_pooler" if "mlp_only_train" in train else "cls (")
     assert launch == ["python", "train.py"]
-    assert evaluation == {"model_name_or_path": f"result/mixcse-{config}", "pooler": resolved["test_pooler"], "task_set": "sts", "mode": "test",
+    # As the original run_unsup_example.sh and trainer: the full test set (STS + transfer) and align/uniform logged.
+    assert train["eval_align_uniform"] is True and resolved["align_uniform"] == "True"
+    assert evaluation == {"model_name_or_path": f"result/mixcse-{config}", "pooler": resolved["test_pooler"], "task_set": "full", "mode": "test",
                           "output_json": f"result/mixcse-{config}/eval_test.json"}
 
 
@@ -94,7 +97,7 @@ def test_default_configuration_is_bert_base():
 def test_env_overrides_and_multi_gpu_keeps_the_global_batch():
     resolved, train, evaluation, launch = dry_run(
         "bert-base-sup", MODEL="/m/bert", TRAIN_FILE="/d/nli.csv", OUTPUT_DIR="/o/run", NUM_GPU="4",
-        EVAL_DATA_DIR="/d/downstream", TEST_DATA_DIR="/d/SentEval", TASK_SET="full", SEED="7",
+        EVAL_DATA_DIR="/d/downstream", TEST_DATA_DIR="/d/SentEval", TASK_SET="sts", SEED="7",
     )
     assert launch == ["torchrun", "--nproc_per_node", "4", "train.py"]
     assert (resolved["global_batch_size"], resolved["per_device_train_batch_size"]) == ("512", "128")
@@ -102,7 +105,7 @@ def test_env_overrides_and_multi_gpu_keeps_the_global_batch():
     assert (train["model_name_or_path"], train["train_file"], train["output_dir"]) == ("/m/bert", "/d/nli.csv", "/o/run")
     assert train["eval_data_dir"] == "/d/downstream" and train["seed"] == "7"
     assert evaluation["model_name_or_path"] == "/o/run" and evaluation["data_dir"] == "/d/SentEval"
-    assert evaluation["task_set"] == "full"
+    assert evaluation["task_set"] == "sts"
 
 
 def test_cpu_and_extra_flags():

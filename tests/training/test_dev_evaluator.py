@@ -30,10 +30,14 @@ def mirror_root() -> Path:
 def test_alignment_uniformity_by_hand():
     e1 = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     e2 = np.array([[0.0, 1.0], [0.0, 1.0], [-1.0, 0.0]])
-    scores = [4.0, 4.5, 3.99]  # the last pair is below the 4.0 threshold (not truncated to 3)
+    scores = [4.01, 4.5, 3.99]  # the last pair is below the 4.0 threshold (not truncated to 3)
     align, unif = alignment_uniformity(e1, e2, scores)
     # pairs 0 and 1: squared distances 2 and 0
     assert align == pytest.approx(1.0)
+    # A score of exactly 4 is not a positive pair (MixCSE's `label > 4.0`; the SimCSE paper's "higher than 4"):
+    # only pair 1 (distance 0) is left.
+    align_strict, _ = alignment_uniformity(e1, e2, [4.0, 4.5, 3.99])
+    assert align_strict == pytest.approx(0.0)
     # distinct vectors: (1,0), (0,1), (-1,0): squared distances 2, 4, 2
     assert unif == pytest.approx(np.log(np.mean(np.exp(-2 * np.array([2.0, 4.0, 2.0])))))
 
