@@ -360,3 +360,40 @@ def test_original_convention_is_the_raw_mask_state_without_delta(backbone, reque
     encoder.pooling.convention = "dev"  # template ids around the sentence ids, minus the delta
     dev = encoder.encode([sentence])[0]
     assert not np.allclose(dev, expected.numpy(), atol=1e-3)
+
+
+def test_roberta_mask_position_and_delta_by_hand(tiny_roberta):
+    """One RoBERTa input, checked by hand: the template ids around the sentence (no leading space on its first
+    word), the mask at a literal index, and the pooled vector = that state - the empty template's mask state with
+    the position ids written out (explicit, starting at 0 as the original passes them; shifted by the sentence
+    length after the prefix), in training (view 1) and in dev evaluation."""
+    encoder = make_encoder(tiny_roberta, *ROBERTA_TEMPLATES)  # dropout 0
+    tok = encoder.tokenizer
+    spec = get_spec(encoder)
+    sentence = "a dog runs"
+    features = spec.tokenize_function(tok, 32)({"sent0": [sentence]})
+    view1 = features["sent0_ids"][0]
+    # the tiny BPE vocabulary spells the template in pieces; what matters is the order and the first word's space
+    assert tok.convert_ids_to_tokens(view1) == [
+        "<s>", "T", "h", "is", "Ġs", "e", "n", "t", "e", "n", "c", "e", "Ġ", ":", "Ġ", "'",  # prefix "This sentence : '"
+        "a", "Ġd", "og", "Ġrun", "s",  # the sentence: 5 tokens, "a" without "Ġ"
+        "Ġ", "'", "Ġm", "e", "an", "s", "<mask>", ".", "</s>",  # suffix " ' means<mask>."
+    ]
+    assert mask_positions(torch.tensor([view1]), tok.mask_token_id).item() == 27
+    empty = spec.t1.empty_ids
+    assert tok.convert_ids_to_tokens(empty)[15:18] == ["'", "Ġ", "'"] and spec.t1.empty_mask_index == 22
+    # positions 0..15 (CLS + prefix), then 16..24 shifted by the sentence length 5
+    positions = torch.tensor([list(range(16)) + [21, 22, 23, 24, 25, 26, 27, 28, 29]])
+    with torch.no_grad():
+        empty_state = encoder.backbone(input_ids=torch.tensor([empty]), position_ids=positions).last_hidden_state[0, 22]
+        state = encoder.backbone(input_ids=torch.tensor([view1]), attention_mask=torch.ones(1, 30, dtype=torch.long)).last_hidden_state[0, 27]
+        expected = state - empty_state
+        encoder.train()
+        views = torch.tensor([view1, view1])  # two copies of view 1 (the shapes of one sentence's pair)
+        pooled = encoder.pooled(views, torch.ones_like(views), num_views=2)
+        torch.testing.assert_close(pooled[0], expected, atol=1e-5, rtol=1e-5)
+    encoder.eval()
+    encoder.pooling.convention = "dev"
+    assert encoder.tokenize([sentence])["input_ids"][0] == view1
+    np.testing.assert_allclose(encoder.encode([sentence])[0], expected.numpy(), atol=1e-5)
+    assert not np.allclose(expected.numpy(), state.numpy(), atol=1e-3)  # the delta is not zero
