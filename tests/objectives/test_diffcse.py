@@ -177,19 +177,33 @@ def test_rtd_gradient_reaches_encoder_not_generator(models, kind, before_mlp):
     assert all(p.grad is None for p in model.objective.generator.parameters())
 
 
+def rtd_gradient(model, batch, views, through, before_mlp=False):
+    """d(lambda * RTD)/d `through` (views.local or views.pooled): the gradient of the loss with lambda 1 minus
+    the one with lambda 0 (the InfoNCE part), with the discriminator's dropout drawn the same way both times."""
+    obj = model.objective
+    obj.args.before_mlp = before_mlp
+    grads = []
+    for weight in (1.0, 0.0):
+        obj.lambda_weight = weight
+        torch.manual_seed(0)
+        out = obj(views, dict(batch), model.encoder)
+        (grad,) = torch.autograd.grad(out.loss, through, retain_graph=True, allow_unused=True)
+        grads.append(torch.zeros_like(through) if grad is None else grad)
+    return grads[0] - grads[1]
+
+
 def test_sentence_vector_gets_rtd_gradient(models):
-    """The conditioning vector is not detached: d RTD / d h != 0."""
+    """The conditioning vector is not detached: the RTD loss alone has a gradient on the projected sentence
+    vector of every view (and, with --before_mlp, on the pooler output), and none on the other one."""
     model = make(models, generator_dropout=False)
     batch = collate(model)
-    obj = model.objective
     views = model.encode_views(batch["input_ids"], batch["attention_mask"])
-    views.local.retain_grad()
-    obj.lambda_weight = 1.0
-    out = obj(views, dict(batch), model.encoder)
-    rtd = out.loss - out.logs["contrastive/loss"]
-    (views.local.grad,) = (None,)
-    rtd.backward()
-    assert views.local.grad is not None and views.local.grad.abs().sum() > 0
+    grad = rtd_gradient(model, batch, views, views.local)
+    assert (grad.abs().sum(-1) > 0).all(), "every view's sentence vector must get an RTD gradient"
+    before = rtd_gradient(model, batch, views, views.pooled, before_mlp=True)
+    assert (before.abs().sum(-1) > 0).all()
+    # conditioned on the pooler output, the projected vector gets only the InfoNCE gradient
+    assert rtd_gradient(model, batch, views, views.local, before_mlp=True).abs().max() == 0
 
 
 def test_logs_and_loss(models):

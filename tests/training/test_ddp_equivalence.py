@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -176,7 +177,9 @@ if __name__ != "__main__":
         assert all(len(tok(line)["input_ids"]) == 8 for line in lines)  # [CLS] + 6 + [SEP]: no padding anywhere
         corpus = root / "corpus.txt"
         corpus.write_text("\n".join(lines) + "\n")
-        return {"model": model, "generator": generator, "corpus": corpus}
+        varied = root / "corpus-varied.txt"  # 3 to 12 words: every batch is padded, differently on each rank
+        varied.write_text("\n".join(" ".join(rng.sample(VOCAB_WORDS, rng.randint(3, 12))) for _ in range(48)) + "\n")
+        return {"model": model, "generator": generator, "corpus": corpus, "corpus_varied": varied}
 
     def common_argv(assets, out: Path, batch: int, ddp: bool = False) -> list[str]:
         return [*(["--ddp_backend", "gloo"] if ddp else []),
@@ -192,6 +195,17 @@ if __name__ != "__main__":
         return [*common_argv(assets, out, LOCAL_BATCH, ddp=True), "--objective", "infonce", "--max_steps", "4",
                 "--eval_strategy", "steps", "--eval_steps", "1", "--eval_data_dir", sts_dir,
                 "--metric_for_best_model", "stsb_spearman", "--load_best_model_at_end", "--early_stop", "2"]
+
+    # The published DiffCSE recipe's settings (scripts/run_diffcse.sh): BatchNorm projector, BERT 80/10/10 masking,
+    # generator dropout on, lambda 0.005, padded batches of varied lengths. Not equal to one process by design
+    # (per-rank BatchNorm statistics, padding and mask draws); checked for what DDP must still give.
+    DIFFCSE_RECIPE_FLAGS = ["--objective", "diffcse", "--generator_name", "{generator}", "--batchnorm", "--masking_scheme", "bert",
+                            "--masking_ratio", "0.3", "--lambda_weight", "0.005", "--mlp_only_train", "--max_steps", "3"]
+
+    def diffcse_recipe_argv(assets, out: Path) -> list:
+        argv = [*common_argv(assets, out, LOCAL_BATCH, ddp=True), *with_assets(DIFFCSE_RECIPE_FLAGS, assets)]
+        argv[argv.index("--train_file") + 1] = assets["corpus_varied"]
+        return argv
 
     RESUME_FLAGS = ["--objective", "clusterns", "--kmeans", "4", "--kmean_cosine", "1.0", "--kmeans_lr", "0.1",
                     "--bml_weight", "0.1", "--save_strategy", "steps", "--save_steps", "2"]
@@ -220,6 +234,10 @@ if __name__ != "__main__":
         out.mkdir()
         spec.append({"argv": [str(a) for a in eval_argv(assets, tiny_sts_dir, out / "run")], "out": str(out)})
         outs["eval"] = out
+        out = root / "diffcse-recipe"
+        out.mkdir()
+        spec.append({"argv": [str(a) for a in diffcse_recipe_argv(assets, out / "run")], "out": str(out)})
+        outs["diffcse-recipe"] = out
         # Resume under DDP (the driver runs the spec in order): 4 steps straight, then 2 steps + resume to 4.
         for name, argv in resume_argvs(assets, root).items():
             out = root / name
@@ -293,6 +311,30 @@ if __name__ != "__main__":
         # DDP keeps the ranks' weights identical.
         for key, value in float_items(ranks[0]["final"]).items():
             torch.testing.assert_close(float_items(ranks[1]["final"])[key], value, rtol=0, atol=0)
+
+    def test_diffcse_published_recipe_under_ddp(ddp_runs):
+        """The published recipe's settings under 2 ranks, with the semantics the README documents: each rank pads
+        its own rows and its RTD loss is its own (different on the two ranks), the contrastive loss is global (equal
+        on both), every weight stays identical on both ranks (DDP averages the gradients), and training moves the
+        weights. The BatchNorm projector normalises each rank's own rows; its running statistics are rank 0's at the
+        start of every forward (DDP broadcasts buffers), so after a step each rank holds its own update of them
+        (only rank 0's are saved; with --mlp_only_train they are not used at evaluation)."""
+        r0, r1 = ddp_runs["diffcse-recipe"]
+        assert len(r0["loss"]) == len(r1["loss"]) == 3
+        widths = [(a.shape[-1], b.shape[-1]) for a, b in zip(r0["ids"], r1["ids"])]
+        assert any(w0 != w1 for w0, w1 in widths), f"the ranks' batches should be padded differently: {widths}"
+        for a, b in zip(r0["logs"], r1["logs"]):
+            assert a["contrastive/loss"] == pytest.approx(b["contrastive/loss"], rel=1e-5)
+            assert a["rtd/loss"] != b["rtd/loss"] and all(map(math.isfinite, (a["rtd/loss"], b["rtd/loss"])))
+        f0, f1 = r0["final"], r1["final"]
+        assert any("running_mean" in k for k in f0), "the BN projector's statistics must be in the state"
+        for key, value in f0.items():
+            if key.endswith(("running_mean", "running_var")):
+                assert not torch.equal(f1[key], value)  # each rank's last update of rank 0's statistics
+                continue
+            torch.testing.assert_close(f1[key], value, rtol=0, atol=0, msg=f"{key} differs between the ranks")
+        moved = max(float((f0[k].double() - r0["initial"][k].double()).abs().max()) for k in f0 if f0[k].is_floating_point())
+        assert moved > 1e-6
 
     def test_resume_under_ddp_continues_exactly(ddp_runs):
         """2 ranks: stopping after step 2 and resuming from checkpoint-2 ends on the weights and centroids of the
