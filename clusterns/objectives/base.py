@@ -71,6 +71,11 @@ class Objective(nn.Module):
         self.temp = float(model_args.temp)
         self.hard_negative_weight = float(getattr(model_args, "hard_negative_weight", 0.0) or 0.0)
 
+    def set_accumulation_position(self, closes_optimizer_step: bool) -> None:
+        """Told by the trainer before each training forward whether this micro-batch is the last of its
+        optimizer step (gradient accumulation; always True without it). State updated once per optimizer
+        step (ClusterNS's --centroid_update_per optimizer_step) reads it; the default ignores it."""
+
     def batch_transform(self, tokenizer) -> Callable[[dict], dict] | None:
         """A picklable function the collator applies to each padded batch (e.g. MLM masking)."""
         return None

@@ -139,6 +139,13 @@ class ContrastiveTrainingArguments(TrainingArguments):
         default="stop",
         metadata={"help": "On a non-finite loss or gradient: stop (raise naming the step; nothing is applied or saved) or skip (drop that update entirely: no optimizer/scheduler step, objective buffers rolled back; logged with its step)."},
     )
+    ddp_gradient: str = field(
+        default="exact",
+        metadata={"help": "Under DDP (torchrun): exact (default: each rank's own rows' contrastive gradient is scaled by "
+                          "the world size W, so DDP's average is the one-process gradient of the global batch) or "
+                          "original (not scaled, as SimCSE and its forks: the contrastive gradient is 1/W of that, an "
+                          "effective learning rate of lr/W for the contrastive terms). No effect on one process."},
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator needs every column."})
     logging_steps: float = field(default=500, metadata={"help": "Log every N steps (SimCSE: 500)."})
     auto_mixed_precision: bool = field(

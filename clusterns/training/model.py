@@ -12,11 +12,16 @@ from clusterns.precision import fp32_region
 from clusterns.objectives.base import EncodedViews, Objective
 
 
+DDP_GRADIENTS = ("exact", "original")  # --ddp_gradient: scale_local_grad True / False
+
+
 class ContrastiveModel(nn.Module):
-    def __init__(self, encoder: SentenceEncoder, objective: Objective):
+    def __init__(self, encoder: SentenceEncoder, objective: Objective, scale_local_grad: bool = True):
+        """scale_local_grad: --ddp_gradient exact (True) or original (False: SimCSE's unscaled local gradient)."""
         super().__init__()
         self.encoder = encoder
         self.objective = objective
+        self.scale_local_grad = scale_local_grad
 
     def encode_views(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> EncodedViews:
         batch_size, num_views, length = input_ids.shape
@@ -30,7 +35,8 @@ class ContrastiveModel(nn.Module):
         local = projected.view(batch_size, num_views, hidden)
         # Under DDP the local rows' gradient is multiplied by the world size: DDP's average of the ranks'
         # gradients is then the single-process gradient of the global batch (clusterns/training/distributed.py).
-        gathered = gather_with_local_grad(local, scale_local_grad=True)
+        # --ddp_gradient original leaves it unscaled, as SimCSE's gather did (1/W of that gradient).
+        gathered = gather_with_local_grad(local, scale_local_grad=self.scale_local_grad)
         return EncodedViews(pooled=pooled.view(batch_size, num_views, hidden), local=local, gathered=gathered)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None, **batch: Tensor) -> dict:

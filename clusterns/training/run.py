@@ -41,7 +41,7 @@ from clusterns.training.checkpoints import resolve_resume_checkpoint
 from clusterns.training.data import ContrastiveCollator, load_corpus, tokenize_corpus
 from clusterns.training.dev_evaluator import SentEvalDevEvaluator
 from clusterns.training.distributed import data_parallel_message
-from clusterns.training.model import ContrastiveModel
+from clusterns.training.model import DDP_GRADIENTS, ContrastiveModel
 from clusterns.training.trainer import ContrastiveTrainer
 
 logger = logging.getLogger("clusterns")
@@ -159,6 +159,8 @@ def check_arguments(model_args, data_args, objective_cls: type[Objective], objec
     """Every start-up check that needs no model: flag ranges, the objective's data needs, resume, output_dir."""
     if training_args.nan_policy not in ("stop", "skip"):
         raise UsageError(f"--nan_policy must be stop or skip, got {training_args.nan_policy!r}")
+    if training_args.ddp_gradient not in DDP_GRADIENTS:
+        raise UsageError(f"--ddp_gradient must be exact or original, got {training_args.ddp_gradient!r}")
     if training_args.n_gpu > 1:  # several visible GPUs in one process: HF would use nn.DataParallel
         raise UsageError(data_parallel_message(training_args.n_gpu, list(sys.argv[1:] if argv is None else argv)))
     objective_cls.check_data_arguments(data_args, objective_args)  # e.g. DiffCSE refuses --pad_to_max_length
@@ -272,7 +274,7 @@ def build_run(argv: list[str] | None = None, *, parsed: tuple | None = None, sen
     set_seed(training_args.seed)
     encoder = build_encoder(model_args, data_args, objective_args, by_class.get(PromptArguments))
     objective = objective_cls(model_args, objective_args, encoder, **(objective_kwargs or {}))
-    model = ContrastiveModel(encoder, objective)
+    model = ContrastiveModel(encoder, objective, scale_local_grad=training_args.ddp_gradient == "exact")
 
     views_function = encoder.pooling.training_tokenize_function(encoder, data_args.max_seq_length)
     train_dataset, num_views = None, 2

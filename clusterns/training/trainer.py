@@ -86,6 +86,8 @@ class ContrastiveTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
             self.nan_guard.before_forward(self.contrastive_model)
+            # HF sets sync_gradients before each micro-batch: True on the last one of the accumulation window.
+            self.contrastive_model.objective.set_accumulation_position(bool(self.accelerator.sync_gradients))
         outputs = model(**inputs)
         loss = outputs["loss"]
         if model.training:

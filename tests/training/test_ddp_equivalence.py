@@ -234,6 +234,11 @@ if __name__ != "__main__":
         out.mkdir()
         spec.append({"argv": [str(a) for a in eval_argv(assets, tiny_sts_dir, out / "run")], "out": str(out)})
         outs["eval"] = out
+        out = root / "ddp-gradient-original"  # the originals' unscaled local gradient
+        out.mkdir()
+        spec.append({"argv": [str(a) for a in [*common_argv(assets, out / "run", LOCAL_BATCH, ddp=True), *OBJECTIVE_FLAGS["infonce"],
+                                                 "--max_steps", "1", "--ddp_gradient", "original"]], "out": str(out)})
+        outs["ddp-gradient-original"] = out
         out = root / "diffcse-recipe"
         out.mkdir()
         spec.append({"argv": [str(a) for a in diffcse_recipe_argv(assets, out / "run")], "out": str(out)})
@@ -311,6 +316,26 @@ if __name__ != "__main__":
         # DDP keeps the ranks' weights identical.
         for key, value in float_items(ranks[0]["final"]).items():
             torch.testing.assert_close(float_items(ranks[1]["final"])[key], value, rtol=0, atol=0)
+
+    def test_ddp_gradient_original_is_one_over_world_size(assets, ddp_runs, tmp_path):
+        """--ddp_gradient original (SimCSE's gather, no world-size factor): the first update of every parameter is
+        1/W of the one-process update on the global batch (SGD, constant LR: the update is lr x gradient); the
+        loss of that first step is the same."""
+        ranks = ddp_runs["ddp-gradient-original"]
+        argv = [*common_argv(assets, tmp_path / "single", WORLD * LOCAL_BATCH), *OBJECTIVE_FLAGS["infonce"], "--max_steps", "1"]
+        single = run_recorded(argv)
+        for rec in ranks:
+            assert rec["loss"][0] == pytest.approx(single["loss"][0], rel=1e-5)
+        init, final = float_items(single["initial"]), float_items(single["final"])
+        ratios = {}
+        for key in init:
+            delta = final[key] - init[key]
+            if delta.abs().max() > 1e-4:  # (some updates are float noise around an exact 0)
+                for rec in ranks:
+                    torch.testing.assert_close(float_items(rec["final"])[key] - init[key], delta / WORLD, rtol=1e-3, atol=1e-7)
+                ratios[key] = float((float_items(ranks[0]["final"])[key] - init[key]).norm() / delta.norm())
+        assert len(ratios) > 5
+        print(f"--ddp_gradient original, 2 ranks: update / one-process update = {min(ratios.values()):.4f}..{max(ratios.values()):.4f}")
 
     def test_diffcse_published_recipe_under_ddp(ddp_runs):
         """The published recipe's settings under 2 ranks, with the semantics the README documents: each rank pads

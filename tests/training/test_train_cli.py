@@ -142,3 +142,13 @@ def test_normalise_argv_legacy_names_and_warmup_spelling(monkeypatch):
     monkeypatch.setattr(arguments, "FLAG_ALIASES", {"--warmup_ratio": "--warmup_steps"})
     assert arguments.normalise_argv(["--warmup_steps", "0.05"]) == ["--warmup_steps", "0.05"]
     assert arguments.normalise_argv(["--warmup_ratio", "0.05"]) == ["--warmup_steps", "0.05"]
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--ddp_gradient", "halved", "--ddp_gradient must be exact or original, got 'halved'"),
+    ("--centroid_update_per", "epoch", "--centroid_update_per"),
+])
+def test_bad_switch_values_stop_at_start_up(flag, value, message, tiny_bert, tiny_corpus, tmp_path, capsys):
+    extra = ["--objective", "clusterns"] if flag == "--centroid_update_per" else []
+    err = run_error(base_args(tiny_bert, tiny_corpus, tmp_path / "run", *extra, flag, value, "--max_steps", "1"), capsys)
+    assert message in err and "Traceback" not in err

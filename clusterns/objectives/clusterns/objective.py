@@ -47,6 +47,7 @@ CENTROID_DTYPES = ("fp32", "model")
 CLUSTER_STARTS = ("cos_threshold", "fixed_step")
 INIT_SMALL_BATCH = ("wait", "error")
 DATASET_HARDNEG = ("overwrite", "keep")
+CENTROID_UPDATE_PER = ("micro_batch", "optimizer_step")
 
 
 def _choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
@@ -141,6 +142,14 @@ class ClusterNSArguments:
                           "(original: the centroid block replaces it) or keep (both blocks). Before the start, and "
                           "with --no_enable_hardneg, the dataset hard negatives are always used."},
     )
+    centroid_update_per: str = field(
+        default="micro_batch",
+        metadata={"help": "When the centroids move under --gradient_accumulation_steps: micro_batch (original: every "
+                          "training forward) or optimizer_step (once per optimizer step, on all its micro-batches' "
+                          "sentences, before the last one's assignment: the update a batch of the accumulated size "
+                          "would make; earlier micro-batches use the centroids as the step began). Identical without "
+                          "accumulation."},
+    )
     mix_negatives: bool = field(
         default=False,
         metadata={"help": "Also append MixCSE's mixed negatives (the repo variant's two B-column blocks) to the logits."},
@@ -167,6 +176,7 @@ class ClusterNSArguments:
         _choice("centroid_init", self.centroid_init, C.CENTROID_INITS)
         _choice("init_small_batch", self.init_small_batch, INIT_SMALL_BATCH)
         _choice("dataset_hardneg", self.dataset_hardneg, DATASET_HARDNEG)
+        _choice("centroid_update_per", self.centroid_update_per, CENTROID_UPDATE_PER)
         if self.cluster_start == "fixed_step" and self.cluster_start_step < 1:
             raise ValueError(f"--cluster_start_step must be >= 1 with --cluster_start fixed_step, got {self.cluster_start_step}")
         if not 0.0 <= float(self.mix_lambdas) <= 1.0:
@@ -203,6 +213,26 @@ class ClusterNSObjective(Objective):
         # Tests (and golden replays) force the greedy chain's first index here; None: Python random.
         self.forced_first_index: int | None = None
         self._warned_small_batch = False
+        # --centroid_update_per optimizer_step: this step's view-1 embeddings so far (empty between optimizer
+        # steps, hence never in a checkpoint), and whether the current micro-batch closes the step.
+        self._pending: list[Tensor] = []
+        self._closes_optimizer_step = True
+
+    def set_accumulation_position(self, closes_optimizer_step: bool) -> None:
+        self._closes_optimizer_step = bool(closes_optimizer_step)
+
+    @torch.no_grad()
+    def _update_centroids(self, x: Tensor, model_dtype: torch.dtype) -> None:
+        """The centroid update of one training forward (active clustering), per --centroid_update_per."""
+        if self.args.centroid_update_per == "optimizer_step":
+            self._pending.append(x)
+            if not self._closes_optimizer_step:
+                return  # the step's earlier micro-batches: the centroids stay as the step began
+            x = torch.cat(self._pending) if len(self._pending) > 1 else x
+            self._pending = []
+        self.cluster.update(x)
+        if self.args.centroid_dtype == "model":
+            C.round_to_dtype_(self.cluster.centroids, model_dtype)
 
     # ------------------------------------------------------------------------------------------
     # start trigger and initialisation (host syncs allowed: they happen only before the start)
@@ -309,9 +339,7 @@ class ClusterNSObjective(Objective):
         if active:
             with torch.no_grad():
                 if self.training:
-                    state.update(x)
-                    if args.centroid_dtype == "model":
-                        C.round_to_dtype_(state.centroids, model_dtype)
+                    self._update_centroids(x, model_dtype)
                 cos_xc, assignments = C.assign(x, state.centroids)
                 hard = state.centroids.index_select(0, C.second_nearest(cos_xc))
                 fn_mask = C.false_negative_mask(assignments)
