@@ -15,10 +15,10 @@
 #   bert-base     the script's earlier commented-out BERT variant: klue/bert-base as encoder and as its own
 #                 generator (no small KLUE-BERT exists), batch 128, eval every 250 steps; otherwise as roberta-base.
 #
+# As KoDiffCSE: the contrastive and conditioning vector is the checkpoint's pretrained HF pooler (CLS -> dense+tanh,
+# --cond_source hf_pooler; SimCSE's fresh MLP with --cond_source post_projector); the test embedding is the raw CLS
+# (cls_before_pooler). Selection reads KorSTS dev alone: no English SentEval data is needed.
 # Framework equivalents (the recipe cannot be bit-identical, see the README's switch table):
-#   - the contrastive / conditioning vector is CLS -> dense+tanh (--pooler_type cls, SimCSE's MLP, randomly
-#     initialised) where KoDiffCSE used the checkpoint's HF pooler (pretrained dense+tanh, when the checkpoint has
-#     one); the test embedding is the raw CLS in both (cls_before_pooler);
 #   - dynamic padding instead of padding to 64: with batches of 256 Wikipedia sentences the longest sentence
 #     almost always reaches 64 tokens, so the RTD mean (pads included) has the original scale;
 #   - selection on the whole-set KorSTS dev cosine Spearman (the original: the per-batch max of 4 Spearman values
@@ -27,8 +27,7 @@
 # Environment overrides: MODEL, GENERATOR, TRAIN_FILE (Korean Wikipedia, one sentence a line; KoDiffCSE's
 # Dataset/wiki_corpus.txt is not distributed), OUTPUT_DIR, NUM_GPU (default 1; 0 = CPU without fp16; >1 = torchrun
 # DDP with per-device batch = 256 / NUM_GPU so the gathered batch matches), KORSTS_DIR (folder with
-# sts-{dev,test}.tsv), EVAL_DATA_DIR (SentEval downstream folder; train.py's dev evaluator also reads STS-B/SICK),
-# TEST_DATA_DIR (evaluation.py --data_dir), SEED (default 42).
+# sts-{dev,test}.tsv), TEST_DATA_DIR (evaluation.py --data_dir), SEED (default 42).
 set -euo pipefail
 source "$(dirname "$0")/lib/recipe.sh"
 
@@ -75,6 +74,7 @@ ARGS=(
     --masking_scheme kodiffcse
     --rtd_reduction sum_over_views
     --generator_replace argmax
+    --cond_source hf_pooler
     --num_train_epochs "$EPOCHS"
     --per_device_train_batch_size "$PER_DEVICE_BATCH"
     --learning_rate "$LR"
@@ -114,6 +114,7 @@ if (( DRY_RUN )); then
     echo "masking_ratio=$MASKING"
     echo "masking_scheme=kodiffcse"
     echo "rtd_reduction=sum_over_views"
+    echo "cond_source=hf_pooler (the checkpoint's pretrained pooler)"
     echo "fp16=$FP16"
     echo "korsts_dir=$KORSTS_DIR"
     echo "select_metric=korsts_spearman (KorSTS dev, cosine Spearman, whole set)"

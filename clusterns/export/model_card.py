@@ -63,6 +63,10 @@ def _versions() -> list[tuple[str, Any]]:
             continue
     return rows
 
+# The in-training dev Spearman columns of the card, in this order, each shown when the run logged it.
+DEV_COLUMNS = (("eval_stsb_spearman", "STS-B dev"), ("eval_sickr_spearman", "SICK-R dev"), ("eval_korsts_spearman", "KorSTS dev"))
+
+
 def _dev_metrics(metrics: dict, state: dict | None) -> str:
     lines = []
     if state and state.get("best_metric") is not None:
@@ -71,16 +75,17 @@ def _dev_metrics(metrics: dict, state: dict | None) -> str:
         step = ckpt.rstrip("/").rsplit("-", 1)[-1] if ckpt and "checkpoint-" in ckpt else None
         lines.append(f"Best dev metric (selection): **{best * 100 if abs(best) <= 1 else best:.2f}**"
                      + (f" at step {step}" if step else ""))
-    history = [h for h in (state or {}).get("log_history", []) if "eval_stsb_spearman" in h]
+    log = (state or {}).get("log_history", [])
+    columns = [(key, title) for key, title in DEV_COLUMNS if any(key in h for h in log)]
+    history = [h for h in log if any(key in h for key, _ in columns)]
     if history:
         rows = []
         for h in history:
-            rows.append([str(h.get("step")), f"{h['eval_stsb_spearman'] * 100:.2f}",
-                         f"{h['eval_sickr_spearman'] * 100:.2f}" if "eval_sickr_spearman" in h else MISSING])
+            rows.append([str(h.get("step"))] + [f"{h[key] * 100:.2f}" if key in h else MISSING for key, _ in columns])
         if len(rows) > 12:  # keep the card short: first, every n-th, last
             stride = -(-len(rows) // 10)
             rows = rows[::stride] + ([rows[-1]] if (len(rows) - 1) % stride else [])
-        lines.append("Dev Spearman x100 during training:\n\n" + markdown_table(["step", "STS-B dev", "SICK-R dev"], rows))
+        lines.append("Dev Spearman x100 during training:\n\n" + markdown_table(["step", *(t for _, t in columns)], rows))
     final = {k: v for k, v in (metrics or {}).items() if k.startswith("eval_") and isinstance(v, (int, float))}
     if final:
         rows = [[k[len("eval_"):], f"{v * 100:.2f}" if ("spearman" in k or k.endswith("avg_sts")) else f"{v:.4g}"]

@@ -138,15 +138,32 @@ class SentenceEncoder(nn.Module):
         if dropout_prob is not None:
             hf_config.hidden_dropout_prob = dropout_prob
             hf_config.attention_probs_dropout_prob = dropout_prob
+        pretrained_pooler = config.projector == "hf_pooler"  # the projector starts from the checkpoint's pooler
         with quiet_transformers():
-            backbone = AutoModel.from_pretrained(
-                model_name_or_path, config=hf_config, add_pooling_layer=False, use_safetensors=None if trust_pickle else True,
-                cache_dir=cache_dir, revision=revision,
+            backbone, info = AutoModel.from_pretrained(
+                model_name_or_path, config=hf_config, add_pooling_layer=pretrained_pooler,
+                use_safetensors=None if trust_pickle else True, cache_dir=cache_dir, revision=revision, output_loading_info=True,
             )
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_name or model_name_or_path, cache_dir=cache_dir, revision=revision,
                                                   use_fast=use_fast_tokenizer)
         config.base_model = config.base_model or str(model_name_or_path)
-        return cls(backbone, tokenizer, config)
+        pooler = getattr(backbone, "pooler", None) if pretrained_pooler else None
+        if pretrained_pooler:
+            dense = getattr(pooler, "dense", None)
+            missing = [k for k in info.get("missing_keys", []) if "pooler" in k]
+            if not isinstance(dense, nn.Linear) or missing:
+                raise ValueError(
+                    f"--projector hf_pooler needs the checkpoint's pretrained pooler (pooler.dense), but "
+                    f"{model_name_or_path!r} {'has none' if dense is None else 'does not hold its weights'}; "
+                    "use --projector simcse_mlp (a fresh MLP)"
+                )
+            backbone.pooler = None  # the encoder pools itself; the weights move to the projector
+        encoder = cls(backbone, tokenizer, config)
+        if pooler is not None:
+            with torch.no_grad():
+                encoder.projector.dense.weight.copy_(pooler.dense.weight)
+                encoder.projector.dense.bias.copy_(pooler.dense.bias)
+        return encoder
 
     @classmethod
     def from_pretrained(

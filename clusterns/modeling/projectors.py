@@ -1,4 +1,5 @@
-"""Projectors applied on top of the pooled vector in training: SimCSE's MLP and DiffCSE's BatchNorm MLP."""
+"""Projectors applied on top of the pooled vector in training: SimCSE's MLP (fresh, or the checkpoint's pretrained
+HF pooler) and DiffCSE's BatchNorm MLP."""
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -43,14 +44,19 @@ class BNProjectionMLP(nn.Module):
         return self.net(x)
 
 
+# none | simcse_mlp (fresh Linear+tanh) | hf_pooler (the same layer, initialised from the checkpoint's pretrained
+# HF pooler, as KoDiffCSE's contrastive vector; SentenceEncoder.from_backbone copies the weights) | bn_mlp
+PROJECTOR_KINDS = ("none", "simcse_mlp", "hf_pooler", "bn_mlp")
+
+
 def build_projector(kind: str, hidden_size: int, initializer_range: float = 0.02) -> nn.Module:
     if kind == "none":
         return nn.Identity()
-    if kind == "simcse_mlp":
+    if kind in ("simcse_mlp", "hf_pooler"):
         return MLPProjector(hidden_size, initializer_range)
     if kind == "bn_mlp":
         return BNProjectionMLP(hidden_size)
-    raise ValueError(f"--projector {kind!r} is not known; choose none, simcse_mlp or bn_mlp")
+    raise ValueError(f"--projector {kind!r} is not known; choose one of {', '.join(PROJECTOR_KINDS)}")
 
 
 def resolve_projector(projector: str, pooler_type: str, required: str | None = None, required_by: str = "the objective") -> str:

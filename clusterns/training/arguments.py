@@ -12,7 +12,7 @@ from transformers import TrainingArguments
 from clusterns.modeling.poolers import POOLERS
 from clusterns.objectives import describe_objectives
 
-PROJECTORS = ("auto", "none", "simcse_mlp", "bn_mlp")
+PROJECTORS = ("auto", "none", "simcse_mlp", "hf_pooler", "bn_mlp")
 
 
 class UsageError(SystemExit):
@@ -53,7 +53,8 @@ class ModelArguments:
         default="auto",
         metadata={
             "help": "Projector on top of the pooler in training: auto (simcse_mlp for cls, bn_mlp for --batchnorm, else none), "
-            "none, simcse_mlp (Linear+tanh), bn_mlp (DiffCSE Linear-BN-ReLU-Linear-BN)."
+            "none, simcse_mlp (Linear+tanh, freshly initialised as SimCSE's), hf_pooler (the same layer initialised from "
+            "the checkpoint's pretrained HF pooler, as KoDiffCSE's contrastive vector), bn_mlp (DiffCSE Linear-BN-ReLU-Linear-BN)."
         },
     )
     mlp_only_train: bool = field(
@@ -129,8 +130,15 @@ class ContrastiveTrainingArguments(TrainingArguments):
     )
     eval_korsts: bool = field(
         default=False,
-        metadata={"help": "Also evaluate KorSTS dev (--korsts_dir) and select checkpoints on its Spearman (Korean runs): "
-                          "--metric_for_best_model becomes korsts_spearman unless given."},
+        metadata={"help": "Evaluate KorSTS dev (--korsts_dir) and select checkpoints on its Spearman (Korean runs): "
+                          "--metric_for_best_model becomes korsts_spearman unless given; the English dev sets are then "
+                          "not evaluated unless --eval_english_sts."},
+    )
+    eval_english_sts: bool | None = field(
+        default=None,
+        metadata={"help": "Evaluate the English dev sets (STS-B dev, SICK trial; --eval_data_dir) during training. Default: "
+                          "yes, except with --eval_korsts, which evaluates KorSTS dev alone (a Korean run needs no English "
+                          "data); --eval_english_sts with --eval_korsts evaluates both."},
     )
     early_stop: int | None = field(
         default=None, metadata={"help": "Stop after this many evaluations without improvement of metric_for_best_model."}

@@ -7,7 +7,8 @@ plus alignment / uniformity (Wang & Isola, 2020).
 Returns fractions (not x100): eval_stsb_spearman (STS-B dev, 1500 pairs), eval_sickr_spearman
 (SICK trial, 500 pairs), eval_avg_sts; with transfer=True eval_<TASK> dev accuracies (%) and
 eval_avg_transfer; with korsts_dir eval_korsts_spearman (KorSTS dev, cosine Spearman over the
-whole set); with align_uniform=True eval_alignment / eval_uniformity on STS-B dev.
+whole set); with align_uniform=True eval_alignment / eval_uniformity on STS-B dev. english=False evaluates
+KorSTS dev alone (no English data needed).
 
 Only the dev splits are encoded (SimCSE encodes every split and reads dev: identical metrics
 at ~1/9 of the cost), each distinct sentence once; the files are read once, at construction.
@@ -70,19 +71,27 @@ def _joined(tokens_list) -> list[str]:
 
 
 class SentEvalDevEvaluator:
-    def __init__(self, data_dir: str, transfer: bool = False, korsts_dir: str | None = None,
+    def __init__(self, data_dir: str | None, transfer: bool = False, korsts_dir: str | None = None,
                  align_uniform: bool = False, korsts_per_batch: bool = False,
-                 batch_size: int = 128, device: str | None = None):
-        down = resolve_downstream(data_dir)
+                 batch_size: int = 128, device: str | None = None, english: bool = True):
+        """english=False: KorSTS dev only (korsts_dir required); the English SentEval data is neither needed nor read."""
+        if not english and (transfer or align_uniform):
+            raise ValueError("the transfer tasks and alignment/uniformity are evaluated on the English dev sets (english=True)")
+        if not english and not korsts_dir:
+            raise ValueError("a dev evaluation without the English sets needs korsts_dir (KorSTS dev)")
+        self.english = english
         self.transfer = transfer
         self.align_uniform = align_uniform
         self.korsts_per_batch = korsts_per_batch
         self.batch_size = batch_size
-        stsb = _sts.STSBenchmarkEval(os.path.join(down, "STS", "STSBenchmark")).data["dev"]
-        sick = _sts.SICKRelatednessEval(os.path.join(down, "SICK")).data["dev"]
         # name -> (sentences A, sentences B, gold); tokens re-joined as SimCSE's batcher does
-        self.pairs = {"stsb": (_joined(stsb[0]), _joined(stsb[1]), list(stsb[2])),
-                      "sickr": (_joined(sick[0]), _joined(sick[1]), list(sick[2]))}
+        self.pairs = {}
+        down = resolve_downstream(data_dir) if english else None
+        if english:
+            stsb = _sts.STSBenchmarkEval(os.path.join(down, "STS", "STSBenchmark")).data["dev"]
+            sick = _sts.SICKRelatednessEval(os.path.join(down, "SICK")).data["dev"]
+            self.pairs["stsb"] = (_joined(stsb[0]), _joined(stsb[1]), list(stsb[2]))
+            self.pairs["sickr"] = (_joined(sick[0]), _joined(sick[1]), list(sick[2]))
         if korsts_dir:
             kdev = _korsts.load_korsts_file(os.path.join(korsts_dir, "sts-dev.tsv"))
             self.pairs["korsts"] = (_joined(kdev[0]), _joined(kdev[1]), list(kdev[2]))
@@ -94,9 +103,21 @@ class SentEvalDevEvaluator:
         if device:
             self.params["device"] = device
         self.transfer_evals = {}
-        if transfer:
+        if transfer:  # (english=True here, so `down` is the SentEval folder)
             se = SE(self.params, None)
             self.transfer_evals = {t: se.build(t) for t in TRANSFER_TASKS}
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The metrics __call__ returns, without the eval_ prefix (what --metric_for_best_model may name)."""
+        names = ["stsb_spearman", "sickr_spearman", "avg_sts"] if self.english else []
+        if "korsts" in self.pairs:
+            names += ["korsts_spearman"] + (["korsts_select"] if self.korsts_per_batch else [])
+        if self.align_uniform:
+            names += ["alignment", "uniformity"]
+        if self.transfer:
+            names += [*TRANSFER_TASKS, "avg_transfer"]
+        return names
 
     # The Trainer's eval_dataset: the distinct dev sentences that __call__ encodes.
     def __len__(self) -> int:
@@ -114,10 +135,11 @@ class SentEvalDevEvaluator:
         if emb.shape[0] != len(self.sentences):
             raise ValueError(f"encode_fn returned {emb.shape[0]} rows for {len(self.sentences)} sentences")
         metrics: dict[str, float] = {}
-        for name, key in (("stsb", "eval_stsb_spearman"), ("sickr", "eval_sickr_spearman")):
-            e1, e2, gold = self._pair_embeddings(emb, name)
-            metrics[key] = float(spearmanr(_sts.pair_similarities(e1, e2), gold)[0])
-        metrics["eval_avg_sts"] = (metrics["eval_stsb_spearman"] + metrics["eval_sickr_spearman"]) / 2
+        if self.english:
+            for name, key in (("stsb", "eval_stsb_spearman"), ("sickr", "eval_sickr_spearman")):
+                e1, e2, gold = self._pair_embeddings(emb, name)
+                metrics[key] = float(spearmanr(_sts.pair_similarities(e1, e2), gold)[0])
+            metrics["eval_avg_sts"] = (metrics["eval_stsb_spearman"] + metrics["eval_sickr_spearman"]) / 2
         if "korsts" in self.pairs:
             e1, e2, gold = self._pair_embeddings(emb, "korsts")
             labels = np.asarray(gold, dtype=np.float64) / 5.0

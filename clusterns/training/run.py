@@ -224,10 +224,29 @@ def build_dev_evaluator(data_args, training_args) -> SentEvalDevEvaluator | None
     korsts_dir = data_args.korsts_dir if training_args.eval_korsts else None
     if training_args.eval_korsts and not korsts_dir:
         raise UsageError("--eval_korsts needs --korsts_dir (the folder with KorSTS sts-dev.tsv)")
-    return SentEvalDevEvaluator(
-        data_dir=data_args.eval_data_dir, transfer=training_args.eval_transfer, korsts_dir=korsts_dir,
-        align_uniform=training_args.eval_align_uniform,
+    english = training_args.eval_english_sts
+    if english is None:
+        english = not training_args.eval_korsts  # a Korean run selects on KorSTS dev alone
+    if not english and not training_args.eval_korsts:
+        raise UsageError("--no_eval_english_sts leaves nothing to evaluate: add --eval_korsts --korsts_dir DIR, or drop it")
+    for flag, wanted in (("--eval_transfer", training_args.eval_transfer), ("--eval_align_uniform", training_args.eval_align_uniform)):
+        if wanted and not english:
+            raise UsageError(f"{flag} evaluates the English dev sets, which are off (--eval_korsts without --eval_english_sts); "
+                             "add --eval_english_sts or drop the flag")
+    evaluator = SentEvalDevEvaluator(
+        data_dir=data_args.eval_data_dir if english else None, transfer=training_args.eval_transfer, korsts_dir=korsts_dir,
+        align_uniform=training_args.eval_align_uniform, english=english,
     )
+    metric = training_args.metric_for_best_model
+    if metric is not None:  # HF would raise only at the first evaluation that selects (KeyError), hours in
+        name = metric[len("eval_"):] if metric.startswith("eval_") else metric
+        if name not in evaluator.metric_names:
+            raise UsageError(
+                f"--metric_for_best_model {metric} is not a metric of this run's dev evaluation (one of: "
+                f"{', '.join(evaluator.metric_names)}); choose one of them"
+                + ("" if english else ", or add --eval_english_sts for the English ones")
+            )
+    return evaluator
 
 
 @dataclass

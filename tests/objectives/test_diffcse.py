@@ -181,7 +181,7 @@ def rtd_gradient(model, batch, views, through, before_mlp=False):
     """d(lambda * RTD)/d `through` (views.local or views.pooled): the gradient of the loss with lambda 1 minus
     the one with lambda 0 (the InfoNCE part), with the discriminator's dropout drawn the same way both times."""
     obj = model.objective
-    obj.args.before_mlp = before_mlp
+    obj.args.cond_source = "pre_projector" if before_mlp else "post_projector"
     grads = []
     for weight in (1.0, 0.0):
         obj.lambda_weight = weight

@@ -67,6 +67,7 @@ KODIFFCSE_BASE = {
     "masking_scheme": "kodiffcse",
     "rtd_reduction": "sum_over_views",
     "generator_replace": "argmax",
+    "cond_source": "hf_pooler",  # KoDiffCSE's contrastive vector: the checkpoint's pretrained pooler
     "num_train_epochs": "1",
     "per_device_train_batch_size": "256",
     "learning_rate": "5e-5",
@@ -219,7 +220,8 @@ def test_kodiffcse_command_parses(config):
     d = by_class[DiffCSEArguments]
     assert d.masking_scheme == "kodiffcse" and d.rtd_reduction == "sum_over_views" and d.generator_replace == "argmax"
     assert d.generator_dropout and not d.batchnorm and d.lambda_weight == 0.005 and d.masking_ratio == 0.15
-    assert resolve_projector(model_args.projector, model_args.pooler_type, *(DiffCSEObjective.required_projector(d) or (None,))) == "simcse_mlp"
+    assert resolve_projector(model_args.projector, model_args.pooler_type, *(DiffCSEObjective.required_projector(d) or (None,))) == "hf_pooler"
+    assert d.cond_source == "hf_pooler" and not training_args.eval_english_sts
     assert data_args.max_seq_length == 64 and data_args.korsts_dir == "SentEval/data/downstream/KorSTS"
     # transformers 5 reads a fractional --warmup_steps as a ratio; on 4.x train.py renames it --warmup_ratio
     warmup = training_args.warmup_ratio if getattr(training_args, "warmup_ratio", 0) else training_args.warmup_steps

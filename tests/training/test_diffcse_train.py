@@ -161,6 +161,79 @@ def test_pad_to_max_length_is_refused(tiny_bert, generators, tiny_corpus, tiny_s
     expect_usage_error(argv + ["--pad_to_max_length", "--save_strategy", "no"], capsys, "--pad_to_max_length")
 
 
+# ---- KoDiffCSE: the pretrained pooler, KorSTS selection ---------------------------------------------------
+
+
+def test_cond_source_hf_pooler_starts_from_the_checkpoint_pooler(tiny_roberta, generators):
+    """--cond_source hf_pooler: the projector is the checkpoint's pretrained pooler (dense+tanh, its weights), so the
+    contrastive and conditioning vector is HF's pooler_output; the default is SimCSE's fresh MLP."""
+    from transformers import AutoModel
+
+    from clusterns.objectives.diffcse.objective import DiffCSEArguments
+    from clusterns.training.run import build_encoder, parse_args
+
+    flags = ["--model_name_or_path", tiny_roberta, "--objective", "diffcse", "--generator_name", generators["roberta"],
+             "--output_dir", "unused", "--pooler_type", "cls"]
+    model_args, data_args, by_class, _ = parse_args([str(a) for a in [*flags, "--cond_source", "hf_pooler"]])
+    encoder = build_encoder(model_args, data_args, by_class[DiffCSEArguments])
+    hf = AutoModel.from_pretrained(tiny_roberta)
+    assert encoder.config.projector == "hf_pooler" and getattr(encoder.backbone, "pooler", None) is None
+    torch.testing.assert_close(encoder.projector.dense.weight, hf.pooler.dense.weight, rtol=0, atol=0)
+    torch.testing.assert_close(encoder.projector.dense.bias, hf.pooler.dense.bias, rtol=0, atol=0)
+    batch = encoder.tokenizer(["a dog runs", "a man"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        pooled = encoder.projector(encoder.pooled(batch["input_ids"], batch["attention_mask"]))
+        expected = hf(**batch).pooler_output
+    torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-6)
+    model_args, data_args, by_class, _ = parse_args([str(a) for a in flags])
+    fresh = build_encoder(model_args, data_args, by_class[DiffCSEArguments])
+    assert fresh.config.projector == "simcse_mlp" and not torch.equal(fresh.projector.dense.weight, hf.pooler.dense.weight)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--cond_source", "hf_pooler", "--batchnorm"], "--cond_source hf_pooler uses the checkpoint's pooler"),
+    (["--cond_source", "hf_pooler", "--projector", "simcse_mlp"], "--projector simcse_mlp was given"),
+    (["--before_mlp", "--cond_source", "hf_pooler"], "--before_mlp means --cond_source pre_projector"),
+    (["--cond_source", "pooler"], "--cond_source must be one of"),
+])
+def test_cond_source_conflicts(extra, needle, tiny_bert, generators, tiny_corpus, tiny_sts_dir, tmp_path, capsys):
+    argv = [a for a in base_argv(tiny_bert, generators["bert"], tiny_corpus, tiny_sts_dir, tmp_path / "o") if a != "--batchnorm"]
+    expect_usage_error(argv + extra, capsys, needle)
+
+
+def write_korsts(folder: Path, sentences: list[str]) -> Path:
+    """A KorSTS-format sts-dev.tsv (header + genre filename year id score sentence1 sentence2) over `sentences`."""
+    folder.mkdir(parents=True)
+    rows = ["genre\tfilename\tyear\tid\tscore\tsentence1\tsentence2"]
+    for i in range(24):
+        rows.append(f"g\tf\t2012\t{i:04d}\t{(i * 7) % 6:.3f}\t{sentences[i]}\t{sentences[(i * 5 + 1) % len(sentences)]}")
+    (folder / "sts-dev.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_korsts_selection_needs_no_english_data(tiny_bert, generators, tiny_corpus, tmp_path):
+    """--eval_korsts alone: KorSTS dev is the only dev set (not read: STS-B, SICK), the selection metric by default."""
+    korsts = write_korsts(tmp_path / "korsts", tiny_corpus.read_text().splitlines())
+    argv = base_argv(tiny_bert, generators["bert"], tiny_corpus, tmp_path / "nowhere", tmp_path / "run", max_steps=4)
+    argv[argv.index("--metric_for_best_model"):argv.index("--metric_for_best_model") + 2] = []
+    run_train([*argv, "--eval_korsts", "--korsts_dir", korsts])
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    evals = [h for h in state["log_history"] if "eval_korsts_spearman" in h]
+    assert evals and not any(k.startswith(("eval_stsb", "eval_sickr", "eval_avg_sts")) for h in evals for k in h)
+    assert state["best_metric"] == max(h["eval_korsts_spearman"] for h in evals)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--metric_for_best_model", "stsb_spearman"], "--metric_for_best_model stsb_spearman is not a metric of this run"),
+    (["--eval_align_uniform"], "--eval_align_uniform evaluates the English dev sets"),
+])
+def test_english_metrics_without_the_english_sets_are_refused(extra, needle, tiny_bert, generators, tiny_corpus, tmp_path, capsys):
+    korsts = write_korsts(tmp_path / "korsts", tiny_corpus.read_text().splitlines())
+    argv = base_argv(tiny_bert, generators["bert"], tiny_corpus, tmp_path / "nowhere", tmp_path / "run")
+    argv[argv.index("--metric_for_best_model"):argv.index("--metric_for_best_model") + 2] = []
+    expect_usage_error([*argv, "--eval_korsts", "--korsts_dir", korsts, *extra], capsys, needle)
+
+
 # ---- KorSTS with a tiny Korean model ------------------------------------------------------------------
 
 
@@ -184,8 +257,10 @@ def build_tiny_korean(root: Path, texts: list[str]) -> tuple[Path, Path]:
     return enc_dir, build_generator(enc_dir, root / "ko-gen")
 
 
-@pytest.mark.slow
-def test_kodiffcse_run_on_korsts(tiny_sts_dir, tmp_path):
+def test_kodiffcse_run_on_korsts(tmp_path):
+    """KoDiffCSE as published on a tiny Korean model and the real KorSTS (in CI): the checkpoint's pretrained pooler as
+    the contrastive and conditioning vector (--cond_source hf_pooler), selection on KorSTS dev alone with no English
+    SentEval data anywhere (--eval_data_dir points nowhere), then the 8-metric KorSTS test table."""
     korsts = data_mirror() / "korsts"
     corpus_src = data_mirror() / "corpus" / "ko_sentences.txt"
     if not (korsts / "sts-dev.tsv").exists() or not corpus_src.exists():
@@ -208,12 +283,15 @@ def test_kodiffcse_run_on_korsts(tiny_sts_dir, tmp_path):
         "--lambda_weight", 0.005, "--max_seq_length", 64, "--per_device_train_batch_size", 16, "--max_steps", 4,
         "--learning_rate", 5e-5, "--warmup_steps", 0.05, "--max_grad_norm", 0, "--use_cpu", "--logging_steps", 1,
         "--eval_strategy", "steps", "--eval_steps", 4, "--eval_korsts", "--korsts_dir", korsts,
-        "--eval_data_dir", tiny_sts_dir, "--metric_for_best_model", "korsts_spearman", "--load_best_model_at_end",
+        "--eval_data_dir", tmp_path / "no-english-data", "--load_best_model_at_end", "--cond_source", "hf_pooler",
         "--pooler_type", "cls", "--mlp_only_train", "--seed", 42, "--report_to", "none",
     ])
     state = json.loads((out / "trainer_state.json").read_text())
     evals = [h for h in state["log_history"] if "eval_korsts_spearman" in h]
     assert len(evals) == 1 and -1 <= evals[0]["eval_korsts_spearman"] <= 1
+    assert not any("eval_stsb_spearman" in h for h in state["log_history"])  # KorSTS dev alone
+    assert state["best_metric"] == evals[0]["eval_korsts_spearman"]  # selected on it (the --eval_korsts default)
+    assert json.loads((out / "clusterns_config.json").read_text())["projector"] == "hf_pooler"
     assert all(k in h for h in state["log_history"] if "loss" in h for k in RTD_KEYS)
     # The 8-metric KorSTS test table, whole set and KoDiffCSE's per-batch protocol.
     result_json = tmp_path / "korsts.json"

@@ -18,8 +18,10 @@ switch                     default (original code)      alternative
                            all 2B*L positions, pads     sum_over_views (KoDiffCSE: one mean per view,
                            and position 0 included)     summed, = V x all_positions)
 --masking_scheme           bert (80/10/10, dynamic)     kodiffcse (fixed count, [SEP], static)
---before_mlp               False: D is conditioned on   True: on the pooler output before the
-                           the projected vector         projector
+--cond_source              post_projector: D is         pre_projector (= --before_mlp): the pooler
+                           conditioned on the projected output before the projector;
+                           vector (DiffCSE)             hf_pooler: projected by the checkpoint's
+                                                        pretrained HF pooler (KoDiffCSE)
 =========================  ===========================  ===========================================
 
 Always corrected (no switch, identical numbers for the published base models): the CLS id written at
@@ -48,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 REPLACE_MODES = ("argmax", "sample")
 RTD_REDUCTIONS = ("all_positions", "exclude_padding", "sum_over_views")
+COND_SOURCES = ("post_projector", "pre_projector", "hf_pooler")
 
 __all__ = [
     "DiffCSEArguments",
@@ -83,7 +86,15 @@ class DiffCSEArguments:
     )
     before_mlp: bool = field(
         default=False,
-        metadata={"help": "DiffCSE: condition the discriminator on the pooler output before the projector (default: after it)."},
+        metadata={"help": "DiffCSE: condition the discriminator on the pooler output before the projector (default: after it); "
+                          "the original's spelling of --cond_source pre_projector."},
+    )
+    cond_source: str = field(
+        default="post_projector",
+        metadata={"help": "DiffCSE: the sentence vector the discriminator is conditioned on (also the contrastive vector): "
+                          "post_projector (DiffCSE: after the projector), pre_projector (= --before_mlp), or hf_pooler "
+                          "(KoDiffCSE: the checkpoint's pretrained HF pooler, dense+tanh, as the projector: selects "
+                          "--projector hf_pooler instead of SimCSE's freshly initialised MLP)."},
     )
     batchnorm: bool = field(
         default=False,
@@ -126,6 +137,18 @@ class DiffCSEArguments:
             raise ValueError(f"--rtd_reduction must be one of {', '.join(RTD_REDUCTIONS)}, got {self.rtd_reduction!r}")
         if self.masking_scheme not in SCHEMES:
             raise ValueError(f"--masking_scheme must be one of {', '.join(SCHEMES)}, got {self.masking_scheme!r}")
+        if self.cond_source not in COND_SOURCES:
+            raise ValueError(f"--cond_source must be one of {', '.join(COND_SOURCES)}, got {self.cond_source!r}")
+        if self.before_mlp and self.cond_source != "pre_projector":
+            if self.cond_source != "post_projector":
+                raise ValueError(f"--before_mlp means --cond_source pre_projector, but --cond_source {self.cond_source} was given; drop one")
+            self.cond_source = "pre_projector"
+        if self.cond_source == "hf_pooler" and self.batchnorm:
+            raise ValueError("--cond_source hf_pooler uses the checkpoint's pooler as the projector, --batchnorm the BatchNorm one; drop one")
+
+    @property
+    def conditions_before_projector(self) -> bool:
+        return self.cond_source == "pre_projector"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,8 +325,14 @@ class DiffCSEObjective(Objective):
 
     @classmethod
     def required_projector(cls, objective_args: Any) -> tuple[str, str] | None:
-        """--batchnorm: DiffCSE's BatchNorm projector on the encoder."""
-        return ("bn_mlp", "--batchnorm") if objective_args is not None and objective_args.batchnorm else None
+        """--batchnorm: DiffCSE's BatchNorm projector; --cond_source hf_pooler: the checkpoint's pretrained pooler."""
+        if objective_args is None:
+            return None
+        if objective_args.batchnorm:
+            return ("bn_mlp", "--batchnorm")
+        if objective_args.cond_source == "hf_pooler":
+            return ("hf_pooler", "--cond_source hf_pooler")
+        return None
 
     def __init__(self, model_args: Any, objective_args: DiffCSEArguments | None = None, encoder: nn.Module | None = None,
                  generator: nn.Module | None = None, generator_tokenizer: Any = None):
@@ -421,7 +450,7 @@ class DiffCSEObjective(Objective):
             contrastive = infonce_loss(logits)
 
         # RTD part on this rank's rows: generator -> labels -> conditional discriminator -> head.
-        cond = (views.pooled if self.args.before_mlp else views.local).reshape(batch_size * num_views, -1)
+        cond = (views.pooled if self.args.conditions_before_projector else views.local).reshape(batch_size * num_views, -1)
         g = self.corrupt(mlm_ids, attn)
         disc_ids, replaced = rtd_inputs(g, ids, attn, self.cls_token_id)
         hidden = self.discriminator(disc_ids, attn, cond, token_type_ids)
