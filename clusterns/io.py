@@ -28,6 +28,7 @@ WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 PICKLE_WEIGHTS_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 PROJECTOR_WEIGHTS_NAME = "projector.safetensors"
 OBJECTIVE_STATE_NAME = "objective.safetensors"
+MASKED_LM_STATE_NAME = "masked_lm.safetensors"  # --do_mlm's LM head (training checkpoints only)
 TRAINING_ARGS_NAME = "training_args.json"
 TRAINER_STATE_NAME = "trainer_state.json"
 MODEL_CARD_NAME = "README.md"

@@ -52,6 +52,19 @@ def _write_wordpiece_vocab(path: Path) -> None:
     path.write_text("\n".join(vocab) + "\n")
 
 
+def with_mlm_head(encoder_dir: Path, out: Path, seed: int = 3) -> Path:
+    """A copy of a tiny checkpoint saved as AutoModelForMaskedLM (backbone + a pre-training head of its own weights)."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    torch.manual_seed(seed)
+    shutil.copytree(encoder_dir, out)
+    AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(encoder_dir)).save_pretrained(out)
+    return out
+
+
 def build_tiny_bert(path: Path, hidden_dropout: float = 0.1, seed: int = 0) -> Path:
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast

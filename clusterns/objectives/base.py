@@ -53,6 +53,9 @@ class Objective(nn.Module):
     # True: it runs under the trainer's autocast, because it runs sub-networks that should stay in mixed
     # precision (DiffCSE's generator and discriminator), and wraps its own losses in precision.fp32_region.
     runs_subnetworks_in_autocast: ClassVar[bool] = False
+    # --do_mlm's default for --mlm_clone_inputs (objectives/masked_lm.py): True, SimCSE masks a copy of the views;
+    # False for the forks that dropped the copy (ClusterNS, MixCSE), whose contrastive views were masked too.
+    mlm_clones_inputs: ClassVar[bool] = True
 
     @classmethod
     def check_data_arguments(cls, data_args: Any, objective_args: Any) -> None:

@@ -234,6 +234,7 @@ class MixCSEObjective(Objective):
     citation = ("Zhang et al. Unsupervised Sentence Representation via Contrastive Learning with Mixing Negatives. "
                 "AAAI 2022. BDBC-KG-NLP/MixCSE_AAAI2022")
     arguments_class = MixCSEArguments
+    mlm_clones_inputs = False  # MixCSE's mask_tokens dropped SimCSE's clone (train.py)
     # Mixing needs a next sentence: a global batch of 1 raises BATCH_OF_ONE_MESSAGE at its forward.
     min_global_batch_size = 2
 

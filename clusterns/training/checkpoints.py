@@ -34,6 +34,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from clusterns.io import (
     CONFIG_NAME,
     HF_CONFIG_NAME,
+    MASKED_LM_STATE_NAME,
     MLP_KEYS,
     OBJECTIVE_STATE_NAME,
     PICKLE_WEIGHTS_NAMES,
@@ -271,3 +272,8 @@ def load_contrastive_state(model: nn.Module, folder: str) -> None:
         model.objective.load_state_dict(load_file(objective_file))
     elif model.objective.state_dict():
         raise FileNotFoundError(f"{folder!r} has no {OBJECTIVE_STATE_NAME}: the objective's state (e.g. centroids) cannot be restored")
+    if getattr(model, "masked_lm", None) is not None:
+        head_file = os.path.join(folder, MASKED_LM_STATE_NAME)
+        if not os.path.isfile(head_file):
+            raise FileNotFoundError(f"{folder!r} has no {MASKED_LM_STATE_NAME}: it was not trained with --do_mlm, so its LM head cannot be restored")
+        model.masked_lm.load_state_dict(load_file(head_file))

@@ -159,7 +159,9 @@ class ContrastiveCollator:
     pad_token_id: int
     num_views: int = 2
     max_length: int | None = None  # --pad_to_max_length
+    # Applied in order to each padded batch (the objective's, e.g. DiffCSE's masking, then --do_mlm's).
     batch_transform: Callable[[dict], dict] | None = None
+    extra_transforms: tuple[Callable[[dict], dict], ...] = ()
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         views = []
@@ -183,4 +185,6 @@ class ContrastiveCollator:
         }
         if self.batch_transform is not None:
             batch = self.batch_transform(batch)
+        for transform in self.extra_transforms:
+            batch = transform(batch)
         return batch

@@ -10,18 +10,22 @@ from clusterns.training.distributed import gather_with_local_grad
 from clusterns.modeling.encoder import SentenceEncoder
 from clusterns.precision import fp32_region
 from clusterns.objectives.base import EncodedViews, Objective
+from clusterns.objectives.masked_lm import MLM_INPUT_IDS, MLM_LABELS, MaskedLMLoss
 
 
 DDP_GRADIENTS = ("exact", "original")  # --ddp_gradient: scale_local_grad True / False
 
 
 class ContrastiveModel(nn.Module):
-    def __init__(self, encoder: SentenceEncoder, objective: Objective, scale_local_grad: bool = True):
-        """scale_local_grad: --ddp_gradient exact (True) or original (False: SimCSE's unscaled local gradient)."""
+    def __init__(self, encoder: SentenceEncoder, objective: Objective, scale_local_grad: bool = True,
+                 masked_lm: MaskedLMLoss | None = None):
+        """scale_local_grad: --ddp_gradient exact (True) or original (False: SimCSE's unscaled local gradient).
+        masked_lm: SimCSE's auxiliary MLM (--do_mlm), added to the objective's loss with its weight."""
         super().__init__()
         self.encoder = encoder
         self.objective = objective
         self.scale_local_grad = scale_local_grad
+        self.masked_lm = masked_lm
 
     def encode_views(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> EncodedViews:
         batch_size, num_views, length = input_ids.shape
@@ -40,6 +44,7 @@ class ContrastiveModel(nn.Module):
         return EncodedViews(pooled=pooled.view(batch_size, num_views, hidden), local=local, gathered=gathered)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None, **batch: Tensor) -> dict:
+        mlm_input_ids, mlm_labels = batch.pop(MLM_INPUT_IDS, None), batch.pop(MLM_LABELS, None)
         views = self.encode_views(input_ids, attention_mask, token_type_ids)
         batch = dict(batch, input_ids=input_ids, attention_mask=attention_mask)
         if token_type_ids is not None:
@@ -53,4 +58,12 @@ class ContrastiveModel(nn.Module):
             # --fp16 / --bf16 (autocast would run even fp32 matmuls in half precision) and without TF32.
             with fp32_region(input_ids.device.type):
                 out = self.objective(views, batch, self.encoder)
-        return {"loss": out.loss, "logs": out.logs}
+        loss, logs = out.loss, out.logs
+        if self.masked_lm is not None and self.training:
+            if mlm_input_ids is None:
+                raise ValueError(f"--do_mlm: the batch has no {MLM_INPUT_IDS} (the collator needs the MLMBatchMasking transform)")
+            # A second backbone pass over the masked views (mixed precision as the first); the loss itself in fp32.
+            mlm = self.masked_lm(self.encoder.backbone, mlm_input_ids, attention_mask, mlm_labels, token_type_ids)
+            loss = loss + self.masked_lm.weight * mlm
+            logs = {**logs, "mlm/loss": mlm.detach()}
+        return {"loss": loss, "logs": logs}

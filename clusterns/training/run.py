@@ -29,6 +29,7 @@ from clusterns.modeling.packing import enable_packed_linear
 from clusterns.modeling.projectors import resolve_projector
 from clusterns.modeling.prompt import PromptArguments, attach_prompt, enable_prompt
 from clusterns.objectives import Objective, check_flag_collisions, get_objective_class, objective_argument_classes, objective_names
+from clusterns.objectives.masked_lm import MaskedLMArguments, MLMBatchMasking, build_masked_lm
 from clusterns.precision import auto_mixed_precision_flag, configure_tf32
 from clusterns.training.arguments import (
     ContrastiveTrainingArguments,
@@ -52,7 +53,8 @@ RUN_MARKER = "run_args.json"  # what produced an output_dir, to refuse mixing tw
 # ---- arguments ---------------------------------------------------------------------------------------
 def argument_classes() -> list[type]:
     """Every flag dataclass of a run, checked for flags defined twice (the error names both owners)."""
-    classes = [ModelArguments, DataTrainingArguments, *objective_argument_classes(), PromptArguments, ContrastiveTrainingArguments]
+    classes = [ModelArguments, DataTrainingArguments, *objective_argument_classes(), PromptArguments, MaskedLMArguments,
+               ContrastiveTrainingArguments]
     check_flag_collisions([c for c in classes if c is not ContrastiveTrainingArguments])
     return classes
 
@@ -293,7 +295,17 @@ def build_run(argv: list[str] | None = None, *, parsed: tuple | None = None, sen
     set_seed(training_args.seed)
     encoder = build_encoder(model_args, data_args, objective_args, by_class.get(PromptArguments))
     objective = objective_cls(model_args, objective_args, encoder, **(objective_kwargs or {}))
-    model = ContrastiveModel(encoder, objective, scale_local_grad=training_args.ddp_gradient == "exact")
+    mlm_args = by_class.get(MaskedLMArguments) or MaskedLMArguments()
+    unused = mlm_args.given_without_do_mlm()
+    if unused:
+        raise UsageError(f"{', '.join(unused)} only apply with --do_mlm (SimCSE's auxiliary MLM); add --do_mlm or drop them")
+    masked_lm = None
+    if mlm_args.do_mlm:
+        if mlm_args.mlm_clone_inputs is None:  # as the objective's original code (recorded resolved in the run config)
+            mlm_args.mlm_clone_inputs = objective_cls.mlm_clones_inputs
+        masked_lm = build_masked_lm(mlm_args, model_args.model_name_or_path, len(encoder.tokenizer), cache_dir=model_args.cache_dir,
+                                    revision=model_args.model_revision, use_safetensors=None if model_args.trust_pickle else True)
+    model = ContrastiveModel(encoder, objective, scale_local_grad=training_args.ddp_gradient == "exact", masked_lm=masked_lm)
 
     views_function = encoder.pooling.training_tokenize_function(encoder, data_args.max_seq_length)
     train_dataset, num_views = None, 2
@@ -311,12 +323,15 @@ def build_run(argv: list[str] | None = None, *, parsed: tuple | None = None, sen
         num_views=num_views,
         max_length=data_args.max_seq_length if data_args.pad_to_max_length else None,
         batch_transform=objective.batch_transform(encoder.tokenizer),
+        extra_transforms=(() if masked_lm is None else (MLMBatchMasking.from_tokenizer(
+            encoder.tokenizer, mlm_args.mlm_probability, mlm_args.mlm_clone_inputs, seed=training_args.seed),)),
     )
     dev_evaluator = build_dev_evaluator(data_args, training_args)
     run_config = {
         "model": dataclasses.asdict(model_args),
         "data": dataclasses.asdict(data_args),
         "objective_args": dataclasses.asdict(objective_args) if objective_args is not None else {},
+        "masked_lm": dataclasses.asdict(mlm_args),
     }
     trainer_callbacks = [EarlyStoppingCallback(early_stopping_patience=training_args.early_stop)] if training_args.early_stop else []
     trainer = ContrastiveTrainer(

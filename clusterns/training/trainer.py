@@ -24,7 +24,7 @@ except ImportError:  # transformers 4.x: Trainer._rotate_checkpoints
     rotate_checkpoints = None
 
 from clusterns.export.folder import write_model_folder
-from clusterns.io import OBJECTIVE_STATE_NAME, TRAINING_ARGS_NAME, save_tensors, write_json
+from clusterns.io import MASKED_LM_STATE_NAME, OBJECTIVE_STATE_NAME, TRAINING_ARGS_NAME, save_tensors, write_json
 from clusterns.training import checkpoints as ckpt
 from clusterns.training.distributed import check_no_data_parallel, is_distributed
 from clusterns.training.model import ContrastiveModel
@@ -321,6 +321,8 @@ class ContrastiveTrainer(Trainer):
         objective_state = model.objective.state_dict()
         if objective_state:
             save_tensors(objective_state, os.path.join(output_dir, OBJECTIVE_STATE_NAME))
+        if model.masked_lm is not None:  # cloned: a tied bias (BERT's predictions.bias) is one tensor under two names
+            save_tensors({k: v.clone() for k, v in model.masked_lm.state_dict().items()}, os.path.join(output_dir, MASKED_LM_STATE_NAME))
         write_json(os.path.join(output_dir, TRAINING_ARGS_NAME), {"training": self.args.to_dict(), **self.run_config}, sort_keys=True)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:

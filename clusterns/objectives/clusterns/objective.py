@@ -189,6 +189,7 @@ class ClusterNSObjective(Objective):
     citation = ("Deng et al. Clustering-Aware Negative Sampling for Unsupervised Sentence Representation. "
                 "Findings of ACL 2023. djz233/ClusterNS")
     arguments_class = ClusterNSArguments
+    mlm_clones_inputs = False  # ClusterNS's mask_tokens dropped SimCSE's clone (models.py / train.py)
 
     def __init__(self, model_args, objective_args: ClusterNSArguments | None = None, encoder: nn.Module | None = None,
                  hidden_size: int | None = None):

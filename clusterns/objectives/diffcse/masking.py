@@ -35,61 +35,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from clusterns.objectives.token_masking import _mix, bert_mask_tokens, content_generator, row_keys, special_token_mask
+
+__all__ = ["SCHEMES", "RNG_MODES", "MLMMasking", "kodiffcse_mask_tokens", "bert_mask_tokens", "row_keys", "special_token_mask"]
+
 SCHEMES = ("bert", "kodiffcse")
 RNG_MODES = ("content", "global")
-
-
-def special_token_mask(input_ids: Tensor, special_ids: Tensor | list[int]) -> Tensor:
-    """True where the id is one of the tokenizer's special ids (vectorised get_special_tokens_mask)."""
-    special = torch.as_tensor(special_ids, dtype=input_ids.dtype, device=input_ids.device)
-    return torch.isin(input_ids, special)
-
-
-def bert_mask_tokens(
-    input_ids: Tensor,
-    special_mask: Tensor,
-    mask_token_id: int,
-    vocab_size: int,
-    masking_ratio: float,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
-    """BERT 80/10/10 masking, the same draws as HF 4.2.1 ``mask_tokens`` (bernoulli, bernoulli, randint).
-
-    Returns (masked ids, selected positions). ``special_mask`` positions are never selected."""
-    inputs = input_ids.clone()
-    probability = torch.full(inputs.shape, float(masking_ratio))
-    probability.masked_fill_(special_mask.cpu(), 0.0)
-    selected = torch.bernoulli(probability, generator=generator).bool().to(inputs.device)
-    to_mask = torch.bernoulli(torch.full(inputs.shape, 0.8), generator=generator).bool().to(inputs.device) & selected
-    inputs[to_mask] = mask_token_id
-    to_random = (
-        torch.bernoulli(torch.full(inputs.shape, 0.5), generator=generator).bool().to(inputs.device) & selected & ~to_mask
-    )
-    random_words = torch.randint(vocab_size, inputs.shape, dtype=torch.long, generator=generator).to(inputs.device)
-    inputs[to_random] = random_words[to_random].to(inputs.dtype)
-    return inputs, selected
-
-
-_MASK61 = (1 << 61) - 1
-
-
-def _mix(x: Tensor) -> Tensor:
-    """A cheap integer hash (splitmix-style) on int64 tensors, kept non-negative (< 2**61)."""
-    x = x & _MASK61
-    x = ((x ^ (x >> 31)) * 0x5DEECE66D + 0xB) & _MASK61
-    x = ((x ^ (x >> 29)) * 0x27D4EB2F165667C5 % (1 << 61)) & _MASK61
-    x = x ^ (x >> 32)
-    return x & _MASK61
-
-
-def row_keys(input_ids: Tensor, attention_mask: Tensor, view_index: Tensor, seed: int) -> Tensor:
-    """A per-row key that depends only on (seed, view, the row's attended token ids) - not on padding."""
-    n, length = input_ids.shape
-    pos = torch.arange(length, dtype=torch.int64)
-    tok = (input_ids.to(torch.int64) + 1) * attention_mask.to(torch.int64)
-    per_pos = _mix(tok * 1_000_003 + pos * 7919 + 17) * attention_mask.to(torch.int64)
-    h = (per_pos % (1 << 40)).sum(dim=1)  # order-aware: positions enter the hash
-    return _mix(h + _mix(view_index.to(torch.int64) + 131 * int(seed)))
 
 
 def kodiffcse_mask_tokens(
@@ -178,11 +129,7 @@ class MLMMasking:
         attn = attention_mask.reshape(-1, shape[-1]) if attention_mask is not None else torch.ones_like(ids)
         special = special_token_mask(ids, self.special_ids)
         if self.scheme == "bert":
-            generator = None
-            if self.rng == "content":
-                keys = row_keys(ids, attn, torch.arange(ids.shape[0]), self.seed)
-                batch_key = int(_mix((keys % (1 << 40)).sum().reshape(1) + ids.shape[0] * 7 + ids.shape[1])[0])
-                generator = torch.Generator().manual_seed(batch_key)
+            generator = content_generator(ids, attn, self.seed) if self.rng == "content" else None
             out, _ = bert_mask_tokens(ids, special, self.mask_token_id, self.vocab_size, self.masking_ratio, generator)
         else:
             view_index = torch.arange(ids.shape[0]) % views
