@@ -26,6 +26,18 @@ def data_mirror() -> Path:
     return Path(os.environ.get("CLUSTERNS_DATA_MIRROR", REPO.parent / "shared" / "data"))
 
 
+def require_mirror(*relative: str) -> Path:
+    """data_mirror()/relative for a fidelity gate: skipped without the mirror on a developer's machine, but a failure
+    where CLUSTERNS_DATA_MIRROR names it (as .ci/run does), so CI never passes a gate by skipping it."""
+    path = data_mirror().joinpath(*relative)
+    if not path.exists():
+        message = f"data mirror path not found: {path}"
+        if os.environ.get("CLUSTERNS_DATA_MIRROR"):
+            pytest.fail(message + " (CLUSTERNS_DATA_MIRROR is set, so this fidelity gate must run)")
+        pytest.skip(message)
+    return path
+
+
 def golden_dir() -> Path:
     return Path(os.environ.get("CLUSTERNS_GOLDEN", REPO.parent / "shared" / "golden"))
 

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
-from conftest import REPO, data_mirror
+from conftest import REPO, require_mirror
 
 RTD_KEYS = ("rtd/loss", "rtd/acc", "rtd/replaced_recall", "rtd/original_acc", "sim/pos", "sim/neg")
 
@@ -261,10 +261,8 @@ def test_kodiffcse_run_on_korsts(tmp_path):
     """KoDiffCSE as published on a tiny Korean model and the real KorSTS (in CI): the checkpoint's pretrained pooler as
     the contrastive and conditioning vector (--cond_source hf_pooler), selection on KorSTS dev alone with no English
     SentEval data anywhere (--eval_data_dir points nowhere), then the 8-metric KorSTS test table."""
-    korsts = data_mirror() / "korsts"
-    corpus_src = data_mirror() / "corpus" / "ko_sentences.txt"
-    if not (korsts / "sts-dev.tsv").exists() or not corpus_src.exists():
-        pytest.skip(f"KorSTS mirror not found under {data_mirror()}")
+    korsts = require_mirror("korsts", "sts-dev.tsv").parent
+    corpus_src = require_mirror("corpus", "ko_sentences.txt")
     from senteval.korsts import load_korsts_file
 
     texts = corpus_src.read_text(encoding="utf-8").splitlines()

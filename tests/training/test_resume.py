@@ -125,7 +125,6 @@ def test_infonce_resume_is_exact(tiny_bert, small_corpus, tiny_sts_dir, tmp_path
     assert best_a["best_global_step"] == best_b["best_global_step"] == a["best_global_step"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("start_step", [3, 6], ids=["clustering-before-checkpoint", "clustering-starts-after-resume"])
 def test_clusterns_resume_is_exact(tiny_bert, small_corpus, tmp_path, monkeypatch, start_step):
     """Centroids, the started flag and the forward counter come back from objective.safetensors; the
