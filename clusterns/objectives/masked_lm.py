@@ -53,8 +53,10 @@ class MaskedLMArguments:
     mlm_probability: float = field(
         default=0.15, metadata={"help": "With --do_mlm: the fraction of (non-special) tokens masked, in (0, 1) (SimCSE: 0.15)."}
     )
+    # True here so that a bare --mlm_clone_inputs parses (and --no_mlm_clone_inputs exists); not given on the
+    # command line, the run sets it to None: the objective's original (training/run.py parse_args).
     mlm_clone_inputs: bool | None = field(
-        default=None,
+        default=True,
         metadata={"help": "With --do_mlm: mask a copy of the views (SimCSE) or the views themselves, so the contrastive "
                           "loss sees masked inputs too (ClusterNS and MixCSE, which dropped the copy). Default: as the "
                           "objective's original (true for infonce and diffcse, false for clusterns and mixcse)."},
@@ -71,8 +73,8 @@ class MaskedLMArguments:
         if self.do_mlm:
             return []
         defaults = MaskedLMArguments()
-        return [f"--{name}" for name in ("mlm_weight", "mlm_probability", "mlm_clone_inputs")
-                if getattr(self, name) != getattr(defaults, name)]
+        given = [f"--{name}" for name in ("mlm_weight", "mlm_probability") if getattr(self, name) != getattr(defaults, name)]
+        return given + (["--mlm_clone_inputs"] if self.mlm_clone_inputs is not None else [])
 
 
 # ---- the collator side -----------------------------------------------------------------------------

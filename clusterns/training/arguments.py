@@ -134,8 +134,9 @@ class ContrastiveTrainingArguments(TrainingArguments):
                           "--metric_for_best_model becomes korsts_spearman unless given; the English dev sets are then "
                           "not evaluated unless --eval_english_sts."},
     )
+    # True so that a bare --eval_english_sts parses; not given, parse_args sets None (resolved with --eval_korsts).
     eval_english_sts: bool | None = field(
-        default=None,
+        default=True,
         metadata={"help": "Evaluate the English dev sets (STS-B dev, SICK trial; --eval_data_dir) during training. Default: "
                           "yes, except with --eval_korsts, which evaluates KorSTS dev alone (a Korean run needs no English "
                           "data); --eval_english_sts with --eval_korsts evaluates both."},

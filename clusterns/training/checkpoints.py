@@ -77,6 +77,12 @@ def missing_checkpoint_files(folder: str) -> list[str]:
     return missing
 
 
+def checkpoint_global_step(folder: str) -> int:
+    """The global step recorded in a checkpoint's trainer_state.json."""
+    with open(os.path.join(folder, TRAINER_STATE_NAME)) as f:
+        return int(json.load(f).get("global_step", 0))
+
+
 def is_complete_checkpoint(folder: str) -> bool:
     return os.path.isdir(folder) and not missing_checkpoint_files(folder)
 

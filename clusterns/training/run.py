@@ -76,6 +76,12 @@ def parse_args(argv: list[str] | None = None):
             model_args, data_args, *extra_args, training_args = parser.parse_args_into_dataclasses(args=[*argv, flag])
     given = given_flags(argv)
     choose_objective(model_args, given)
+    # Switches whose default depends on other flags: None when the command line does not set them.
+    if not {"eval_english_sts", "no_eval_english_sts"} & set(given):
+        training_args.eval_english_sts = None  # on, except with --eval_korsts (build_dev_evaluator)
+    for extra in extra_args:
+        if isinstance(extra, MaskedLMArguments) and not {"mlm_clone_inputs", "no_mlm_clone_inputs"} & set(given):
+            extra.mlm_clone_inputs = None  # the objective's original (build_run)
     if training_args.eval_korsts and "metric_for_best_model" not in given:
         # --eval_korsts selects on KorSTS dev Spearman unless --metric_for_best_model says otherwise
         training_args.metric_for_best_model = "korsts_spearman"

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import shutil
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from transformers import EarlyStoppingCallback, Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers import EarlyStoppingCallback, Trainer, TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 try:
     from transformers.trainer_utils import rotate_checkpoints
@@ -50,6 +51,20 @@ HF_PRIVATE_OVERRIDES: dict[str, tuple[tuple[str, ...], bool]] = {
     "_get_grad_norm": (("self", "model", "grad_norm"), False),  # 5.x: the norm HF computed (4.x: our own norm)
     "_rotate_checkpoints": (("self", "use_mtime", "output_dir"), False),  # 4.x only (5.x: trainer_utils.rotate_checkpoints)
 }
+
+
+def logged_training_loss(log_history: list[dict]) -> float:
+    """The mean training loss over the steps the logs cover (each logging window weighted by its steps; windows
+    whose loss is not finite, i.e. only skipped steps, left out): what train_loss reports."""
+    total, steps, last = 0.0, 0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry:
+            window = int(entry["step"]) - last
+            last = int(entry["step"])
+            if math.isfinite(float(entry["loss"])) and window > 0:
+                total += float(entry["loss"]) * window
+                steps += window
+    return total / steps if steps else float("nan")
 
 
 class ContrastiveTrainer(Trainer):
@@ -282,7 +297,38 @@ class ContrastiveTrainer(Trainer):
             resume_from_checkpoint = found
         elif isinstance(resume_from_checkpoint, str):
             resume_from_checkpoint = ckpt.resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        if resume_from_checkpoint:
+            done = ckpt.checkpoint_global_step(resume_from_checkpoint)
+            planned = self.planned_steps()
+            if done >= planned:
+                # HF would train one more step (its stop test runs only after a step): finish instead.
+                return self._finish_from(resume_from_checkpoint, done, planned)
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def planned_steps(self) -> int:
+        """The optimizer steps this run trains in all: --max_steps, else HF's count from the epochs
+        (ceil(epochs x ceil(batches per epoch / gradient accumulation)))."""
+        if self.args.max_steps > 0:
+            return int(self.args.max_steps)
+        batches = len(self.get_train_dataloader())
+        per_epoch = max(math.ceil(batches / self.args.gradient_accumulation_steps), 1)
+        return math.ceil(self.args.num_train_epochs * per_epoch)
+
+    def _finish_from(self, checkpoint: str, done: int, planned: int) -> TrainOutput:
+        """A resume at or past the end (a rerun of a finished run, or a kill during the final save): restore the
+        checkpoint's weights, objective state and trainer state, and the best model with --load_best_model_at_end,
+        then return as train() would, so the final save and the results files are written. Nothing is trained."""
+        logger.warning(
+            "%s is at step %d of this run's %d: nothing left to train; restoring it to finish the final save", checkpoint, done, planned
+        )
+        self.state = TrainerState.load_from_json(os.path.join(checkpoint, ckpt.TRAINER_STATE_NAME))
+        self._load_from_checkpoint(checkpoint)
+        self._relocate_best_checkpoint()
+        if self.args.load_best_model_at_end and self.state.best_model_checkpoint is not None:
+            self._load_best_model()
+        loss = logged_training_loss(self.state.log_history)
+        metrics = {"train_loss": loss, "epoch": self.state.epoch, "nothing_trained": 1.0}
+        return TrainOutput(self.state.global_step, loss, metrics)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir or self.args.output_dir
