@@ -8,7 +8,7 @@
 
 Flags follow SimCSE's train.py and the method repositories; `python train.py --help` lists them all.
 """
-from clusterns.cli.train import train_main
+from clusterns.cli.train import train_cli
 
 if __name__ == "__main__":
-    train_main()
+    train_cli()

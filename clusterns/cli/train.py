@@ -10,7 +10,9 @@ import transformers
 
 from clusterns.export.model_card import write_model_card
 from clusterns.training.arguments import UsageError
+from clusterns.training.checkpoints import CheckpointWriteError
 from clusterns.training.data import CorpusError
+from clusterns.training.nan_guard import NonFiniteLossError, NonFiniteWeightsError
 from clusterns.training.run import RUN_MARKER, build_run, parse_args, run_marker
 
 logger = logging.getLogger("clusterns")
@@ -69,9 +71,20 @@ def _train(argv: list[str] | None) -> dict:
     return results
 
 
-def train_cli() -> None:
-    """`clusterns-train`: train_main without handing its metrics dict to sys.exit (which would print it, exit 1)."""
-    train_main()
+# Failures of a run that started correctly (a diverged run, broken weights, a full disk): one line, exit code 1.
+RUN_FAILURES = (NonFiniteLossError, NonFiniteWeightsError, CheckpointWriteError)
+
+
+def train_cli(argv: list[str] | None = None) -> None:
+    """`clusterns-train` and train.py: train_main, with a run failure reported in one line (exit code 1) instead of
+    a traceback (CLUSTERNS_DEBUG=1 shows it), and without handing the metrics dict to sys.exit."""
+    try:
+        train_main(argv)
+    except RUN_FAILURES as err:
+        if os.environ.get("CLUSTERNS_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def write_results(path: str, metrics: dict) -> None:

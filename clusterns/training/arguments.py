@@ -155,6 +155,12 @@ class ContrastiveTrainingArguments(TrainingArguments):
                           "original (not scaled, as SimCSE and its forks: the contrastive gradient is 1/W of that, an "
                           "effective learning rate of lr/W for the contrastive terms). No effect on one process."},
     )
+    max_consecutive_skips: int = field(
+        default=5,
+        metadata={"help": "With --nan_policy skip: stop the run when more than this many updates in a row were dropped "
+                          "as non-finite (a diverged run or broken weights; skipping on would save a model that never "
+                          "trained). 0: no limit."},
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator needs every column."})
     logging_steps: float = field(default=500, metadata={"help": "Log every N steps (SimCSE: 500)."})
     auto_mixed_precision: bool = field(

@@ -3,7 +3,12 @@ the gradient norm (one host sync per update; every rank takes the same decision)
 
 stop: NonFiniteLossError naming the step; nothing of that update is applied or saved.
 skip: the update is dropped entirely: no optimizer or scheduler step, the non-parameter state the forward
-      changed (ClusterNS centroids, BatchNorm statistics) rolled back, the step logged.
+      changed (ClusterNS centroids, BatchNorm statistics) rolled back, the step logged. More than
+      --max_consecutive_skips dropped updates in a row stop the run (NonFiniteLossError): the run diverged or its
+      weights are broken, and skipping on would only save a model that never trained.
+
+Both policies: weights are never written when a tensor is not finite (check_finite, called before every save),
+and train_loss is the mean loss of the applied updates (HF's counts dropped ones as 0 or as earlier averages).
 
 HF has no hook that can cancel an optimizer step, so the guard wraps the optimizer's `step` (installed on
 the first training step, when the optimizer exists) and puts the LR scheduler behind a proxy that skips
@@ -65,6 +70,9 @@ class NonFiniteGuard:
         self.window_log_count = 0
         self.skipped_in_window = 0
         self.skipped_steps: list[int] = []
+        self.consecutive_skips = 0
+        self.applied_loss_sum: torch.Tensor | None = None  # sum over applied updates of their mean micro-batch loss
+        self.applied_updates = 0
         self.check_seconds: list[float] = []  # time of each update's check (benchmarks read it)
 
     # ---- hooks called by the trainer --------------------------------------------------------------
@@ -144,6 +152,11 @@ class NonFiniteGuard:
             for key, value in step_logs.items():
                 self.window_log_sums[key] = self.window_log_sums[key] + value if key in self.window_log_sums else value
             self.window_log_count += step_count
+            if losses is not None:  # no host sync: a device scalar, read once at the end of training
+                mean = losses.mean()
+                self.applied_loss_sum = mean if self.applied_loss_sum is None else self.applied_loss_sum + mean
+                self.applied_updates += 1
+            self.consecutive_skips = 0
             return False
         step = trainer.state.global_step + 1
         values = losses.tolist() if losses is not None else []
@@ -157,6 +170,15 @@ class NonFiniteGuard:
                 f"{message}; stopped (--nan_policy stop): this step's update was not applied and nothing was saved; "
                 "the checkpoints written before it are intact. --nan_policy skip drops such updates and continues."
             )
+        self.consecutive_skips += 1
+        limit = trainer.args.max_consecutive_skips
+        if limit and self.consecutive_skips > limit:
+            logger.error(message)
+            raise NonFiniteLossError(
+                f"{message}; stopped: {self.consecutive_skips} updates in a row were non-finite and dropped "
+                f"(--max_consecutive_skips {limit}): the run diverged (lower --learning_rate) or its weights are broken. "
+                "Nothing of these updates was applied or saved; the checkpoints written before them are intact."
+            )
         logger.warning("%s; update dropped (--nan_policy skip): no optimizer or scheduler step", message)
         if state:
             trainer.contrastive_model.load_state_dict(state, strict=False)
@@ -164,6 +186,39 @@ class NonFiniteGuard:
         self.skipped_in_window += 1
         trainer.state.log_history.append({"step": step, "nonfinite": what, "nonfinite_loss": loss_text, "nan_policy": "skip"})
         return True
+
+
+    def applied_mean_loss(self) -> float | None:
+        """The mean loss of the updates applied in this process (averaged over ranks), or None before any."""
+        if self.applied_loss_sum is None:
+            return None
+        total = torch.stack([self.applied_loss_sum.detach().double().reshape(()), torch.tensor(float(self.applied_updates), dtype=torch.float64,
+                                                                                             device=self.applied_loss_sum.device)])
+        if is_distributed():
+            dist.all_reduce(total)
+        return float(total[0] / total[1])
+
+
+class NonFiniteWeightsError(RuntimeError):
+    """A tensor about to be saved (or resumed from) is NaN or infinite."""
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity, or None."""
+    for name, value in tensors.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return name
+    return None
+
+
+def check_finite(model: nn.Module, where: str) -> None:
+    """Raise NonFiniteWeightsError naming the tensor when any weight or buffer of `model` is not finite."""
+    name = first_non_finite(model.state_dict())
+    if name is not None:
+        raise NonFiniteWeightsError(
+            f"{name} is not finite ({where}): refusing to write or train on broken weights. The run diverged "
+            "(lower --learning_rate) or was resumed from a broken checkpoint; resume from an earlier checkpoint"
+        )
 
 
 def snapshot_state(model: nn.Module) -> dict[str, Any]:

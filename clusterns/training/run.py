@@ -167,6 +167,8 @@ def check_arguments(model_args, data_args, objective_cls: type[Objective], objec
     """Every start-up check that needs no model: flag ranges, the objective's data needs, resume, output_dir."""
     if training_args.nan_policy not in ("stop", "skip"):
         raise UsageError(f"--nan_policy must be stop or skip, got {training_args.nan_policy!r}")
+    if training_args.max_consecutive_skips < 0:
+        raise UsageError(f"--max_consecutive_skips must be >= 0 (0: no limit), got {training_args.max_consecutive_skips}")
     if training_args.ddp_gradient not in DDP_GRADIENTS:
         raise UsageError(f"--ddp_gradient must be exact or original, got {training_args.ddp_gradient!r}")
     if training_args.n_gpu > 1:  # several visible GPUs in one process: HF would use nn.DataParallel

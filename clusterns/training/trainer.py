@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file
 from transformers import EarlyStoppingCallback, Trainer, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
@@ -29,7 +30,13 @@ from clusterns.io import MASKED_LM_STATE_NAME, OBJECTIVE_STATE_NAME, TRAINING_AR
 from clusterns.training import checkpoints as ckpt
 from clusterns.training.distributed import check_no_data_parallel, is_distributed
 from clusterns.training.model import ContrastiveModel
-from clusterns.training.nan_guard import NonFiniteGuard, NonFiniteLossError  # noqa: F401  (NonFiniteLossError: part of the API)
+from clusterns.training.nan_guard import (  # noqa: F401  (the errors: part of the API)
+    NonFiniteGuard,
+    NonFiniteLossError,
+    NonFiniteWeightsError,
+    check_finite,
+    first_non_finite,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +58,18 @@ HF_PRIVATE_OVERRIDES: dict[str, tuple[tuple[str, ...], bool]] = {
     "_get_grad_norm": (("self", "model", "grad_norm"), False),  # 5.x: the norm HF computed (4.x: our own norm)
     "_rotate_checkpoints": (("self", "use_mtime", "output_dir"), False),  # 4.x only (5.x: trainer_utils.rotate_checkpoints)
 }
+
+
+def check_checkpoint_finite(folder: str) -> None:
+    """Refuse to resume from a checkpoint whose weights (encoder, projector, objective state) are not finite."""
+    for file in sorted(os.listdir(folder)):
+        if file.endswith(".safetensors"):
+            name = first_non_finite(load_file(os.path.join(folder, file)))
+            if name is not None:
+                raise NonFiniteWeightsError(
+                    f"{os.path.join(folder, file)}: {name} is not finite; this checkpoint cannot be resumed (resume from an "
+                    "earlier one, or start again)"
+                )
 
 
 def logged_training_loss(log_history: list[dict]) -> float:
@@ -300,10 +319,20 @@ class ContrastiveTrainer(Trainer):
         if resume_from_checkpoint:
             done = ckpt.checkpoint_global_step(resume_from_checkpoint)
             planned = self.planned_steps()
+            check_checkpoint_finite(resume_from_checkpoint)
             if done >= planned:
                 # HF would train one more step (its stop test runs only after a step): finish instead.
                 return self._finish_from(resume_from_checkpoint, done, planned)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        else:
+            check_finite(self.contrastive_model, f"the initial weights of {self.contrastive_model.encoder.config.base_model}")
+        output = super().train(resume_from_checkpoint, *args, **kwargs)
+        loss = self.nan_guard.applied_mean_loss()
+        if loss is not None:  # the applied updates' mean (HF's counts dropped updates)
+            output.metrics["train_loss"] = loss
+            output = TrainOutput(output.global_step, loss, output.metrics)
+        if self.skipped_steps:
+            output.metrics["skipped_steps"] = len(self.skipped_steps)
+        return output
 
     def planned_steps(self) -> int:
         """The optimizer steps this run trains in all: --max_steps, else HF's count from the epochs
@@ -363,6 +392,7 @@ class ContrastiveTrainer(Trainer):
     def _write_model_files(self, output_dir: str) -> None:
         """A model folder (encoder, sentence-transformers files) plus the objective state and the run's flags."""
         model = self.contrastive_model
+        check_finite(model, f"at step {self.state.global_step}, before writing {output_dir}")
         write_model_folder(model.encoder, output_dir)
         objective_state = model.objective.state_dict()
         if objective_state:

@@ -120,3 +120,80 @@ def test_skip_rolls_back_the_clusterns_state(tiny_bert, tiny_corpus, tmp_path, m
     s2, s3, s4 = (load_file(str(out / f"checkpoint-{s}" / "objective.safetensors")) for s in (2, 3, 4))
     assert same(s2, s3) and int(s3["cluster.num_forwards"]) == 2 and bool(s3["cluster.started"])
     assert not torch.equal(s3["cluster.centroids"], s4["cluster.centroids"])
+
+
+# ---- no broken model is ever written --------------------------------------------------------------------
+def test_a_checkpoint_with_a_nan_weight_is_not_resumed(tiny_bert, tiny_corpus, tmp_path, capsys):
+    """A NaN planted in checkpoint-2: the resume stops before training (it used to skip every step and save the
+    NaN with exit 0), naming the file and the tensor; the CLI says it in one line, exit code 1."""
+    from safetensors.torch import save_file
+
+    from clusterns.cli.train import train_cli
+    from clusterns.training.nan_guard import NonFiniteWeightsError
+
+    out = tmp_path / "run"
+    train_main(argv(tiny_bert, tiny_corpus, out, "--max_steps", 2))
+    state = weights(out / "checkpoint-2")
+    key = "encoder.layer.0.attention.self.query.weight"
+    state[key][0, 0] = float("nan")
+    save_file(state, str(out / "checkpoint-2" / "model.safetensors"), metadata={"format": "pt"})
+    before = (out / "model.safetensors").read_bytes()
+    resume = argv(tiny_bert, tiny_corpus, out, "--nan_policy", "skip", "--resume_from_checkpoint", out / "checkpoint-2")
+    with pytest.raises(NonFiniteWeightsError, match=rf"checkpoint-2/model.safetensors: {key} is not finite"):
+        train_main(resume)
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli(resume)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        f"error: {out}/checkpoint-2/model.safetensors: {key} is not finite; this checkpoint cannot be resumed "
+        "(resume from an earlier one, or start again)"]
+    assert (out / "model.safetensors").read_bytes() == before and not (out / "checkpoint-3").exists()
+
+
+def test_too_many_consecutive_skips_stop_the_run(tiny_bert, tiny_corpus, tmp_path, monkeypatch):
+    """Every update from the 2nd on is non-finite: with --max_consecutive_skips 2 the third dropped update in a row
+    stops the run: no checkpoint-4 and no final model; the checkpoints of the dropped steps hold step 1's weights."""
+    from clusterns.objectives.infonce import InfoNCEObjective
+
+    for forward in range(2, 9):
+        inject(monkeypatch, InfoNCEObjective, forward, "nan")
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 4 .* 3 updates in a row .*--max_consecutive_skips 2"):
+        train_main(argv(tiny_bert, tiny_corpus, out, "--nan_policy", "skip", "--max_consecutive_skips", 2, "--max_steps", 8))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    assert same(weights(out / "checkpoint-3"), weights(out / "checkpoint-1"))
+    assert not (out / "model.safetensors").exists()
+
+
+def test_non_finite_weights_are_never_saved(tiny_bert, tiny_corpus, tmp_path, monkeypatch):
+    """Weights that became non-finite in a step whose loss and gradient looked finite: the next save refuses."""
+    from clusterns.training.nan_guard import NonFiniteWeightsError
+    from clusterns.training.trainer import ContrastiveTrainer
+
+    original = ContrastiveTrainer._save_checkpoint
+
+    def poison_then_save(self, model, trial):
+        if self.state.global_step == 2:
+            with torch.no_grad():
+                self.contrastive_model.encoder.backbone.embeddings.word_embeddings.weight[3, 0] = float("inf")
+        return original(self, model, trial)
+
+    monkeypatch.setattr(ContrastiveTrainer, "_save_checkpoint", poison_then_save)
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteWeightsError, match="encoder.backbone.embeddings.word_embeddings.weight is not finite"):
+        train_main(argv(tiny_bert, tiny_corpus, out))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"] and not list(out.glob("tmp-*/checkpoint-2"))
+
+
+def test_train_loss_is_the_mean_of_the_applied_updates(tiny_bert, tiny_corpus, tmp_path, monkeypatch):
+    from clusterns.objectives.infonce import InfoNCEObjective
+
+    inject(monkeypatch, InfoNCEObjective, 3, "nan")
+    out = tmp_path / "run"
+    results = train_main(argv(tiny_bert, tiny_corpus, out, "--nan_policy", "skip"))
+    logged = [h["loss"] for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h]
+    applied = [v for v in logged if math.isfinite(v)]
+    assert len(applied) == 3 and results["skipped_steps"] == 1
+    assert results["train_loss"] == pytest.approx(sum(applied) / 3, rel=1e-5)
+    assert "train_loss = 0.0" not in (out / "train_results.txt").read_text()
