@@ -14,6 +14,7 @@ from clusterns.training.checkpoints import CheckpointWriteError
 from clusterns.training.data import CorpusError
 from clusterns.training.nan_guard import NonFiniteLossError, NonFiniteWeightsError
 from clusterns.training.run import RUN_MARKER, build_run, parse_args, run_marker
+from clusterns.training.run_lock import OutputDirLock, OutputDirLockedError
 
 logger = logging.getLogger("clusterns")
 
@@ -24,7 +25,7 @@ def train_main(argv: list[str] | None = None) -> dict:
     except UsageError as err:
         print(f"error: {err.message}", file=sys.stderr)
         raise
-    except (CorpusError, FileNotFoundError, ValueError) as err:
+    except (CorpusError, FileNotFoundError, ValueError, OutputDirLockedError) as err:
         if os.environ.get("CLUSTERNS_DEBUG"):
             raise
         print(f"error: {err}", file=sys.stderr)
@@ -40,6 +41,13 @@ def _train(argv: list[str] | None) -> dict:
         transformers.utils.logging.set_verbosity_warning()
     else:
         transformers.utils.logging.set_verbosity_error()
+    # One run per output folder, held until this function returns (or the process dies): training/run_lock.py.
+    with OutputDirLock(training_args.output_dir, enabled=training_args.process_index == 0):
+        return _run(argv, parsed)
+
+
+def _run(argv: list[str] | None, parsed: tuple) -> dict:
+    training_args = parsed[-1]
     run = build_run(argv, parsed=parsed)
     trainer, model_args, data_args = run.trainer, run.model_args, run.data_args
 

@@ -43,6 +43,7 @@ from clusterns.training.data import ContrastiveCollator, load_corpus, tokenize_c
 from clusterns.training.dev_evaluator import SentEvalDevEvaluator
 from clusterns.training.distributed import data_parallel_message
 from clusterns.training.model import DDP_GRADIENTS, ContrastiveModel
+from clusterns.training.run_lock import LOCK_NAME
 from clusterns.training.trainer import ContrastiveTrainer
 
 logger = logging.getLogger("clusterns")
@@ -141,7 +142,7 @@ def choose_objective(model_args, given: list[str]) -> None:
 
 def check_output_dir(training_args, model_args, data_args) -> None:
     out = training_args.output_dir
-    if not os.path.isdir(out) or not os.listdir(out) or training_args.overwrite_output_dir:
+    if not os.path.isdir(out) or not [e for e in os.listdir(out) if e != LOCK_NAME] or training_args.overwrite_output_dir:
         return
     if training_args.resume_from_checkpoint:
         return
