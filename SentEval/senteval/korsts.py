@@ -12,7 +12,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
 from senteval import utils
-from senteval.utils import DataFormatError, parse_float, require_files, split_fields
+from senteval.utils import DataFormatError, check_gold_varies, parse_float, require_files, split_fields
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ def load_korsts_file(fpath: str):
             y.append(parse_float(text[4], fpath, i, "gold score"))
     if not y:
         raise DataFormatError(f"{fpath}: no sentence pairs (empty file, or a header only)")
+    check_gold_varies(y, fpath)
     return X_A, X_B, y
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
 from senteval import utils
-from senteval.utils import DataFormatError, parse_float, require_files, split_fields
+from senteval.utils import DataFormatError, check_gold_varies, parse_float, require_files, split_fields
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class STSEval:
                 gs.append(score)
             if not gs:
                 raise DataFormatError(f"{gs_path}: no labelled pairs (empty file?)")
+            check_gold_varies(gs, gs_path)
             # Same stable sort as SentEval (only changes batch composition).
             sorted_data = sorted(zip(sent1, sent2, gs),
                                  key=lambda z: (len(z[0]), len(z[1]), z[2]))
@@ -196,6 +197,7 @@ def load_stsb_file(fpath: str):
             y.append(parse_float(text[4], fpath, i, "gold score"))
     if not y:
         raise DataFormatError(f"{fpath}: no sentence pairs (empty file)")
+    check_gold_varies(y, fpath)
     return X_A, X_B, y
 
 
@@ -213,6 +215,8 @@ def load_sick_file(fpath: str, label_field: int = 3):
                      if label_field == 3 else text[label_field])
     if not y:
         raise DataFormatError(f"{fpath}: no sentence pairs (empty file, or a header only)")
+    if label_field == 3:
+        check_gold_varies(y, fpath, "relatedness score")
     return X_A, X_B, y
 
 

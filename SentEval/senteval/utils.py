@@ -3,6 +3,7 @@ deduplicating, length-sorted encoder used by every task."""
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -56,10 +57,19 @@ def require_files(task: str, folder: str, files: Sequence[str]) -> None:
 
 def parse_float(text: str, fpath: str, lineno: int, what: str = "score") -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise DataFormatError(
             f"{fpath}:{lineno}: non-numeric {what} {text!r}") from None
+    if not math.isfinite(value):  # float() accepts 'nan' and 'inf': they would give nan correlations
+        raise DataFormatError(f"{fpath}:{lineno}: {what} {text!r} is not a finite number")
+    return value
+
+
+def check_gold_varies(scores, fpath: str, what: str = "gold score") -> None:
+    """A correlation with constant gold scores is undefined (nan): refuse the file."""
+    if len(scores) > 1 and min(scores) == max(scores):
+        raise DataFormatError(f"{fpath}: every {what} is {scores[0]!r}, so a correlation with them is undefined")
 
 
 def split_fields(line: str, fpath: str, lineno: int, min_fields: int) -> list[str]:

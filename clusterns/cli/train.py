@@ -41,14 +41,18 @@ def _train(argv: list[str] | None) -> dict:
         transformers.utils.logging.set_verbosity_warning()
     else:
         transformers.utils.logging.set_verbosity_error()
-    # One run per output folder, held until this function returns (or the process dies): training/run_lock.py.
-    with OutputDirLock(training_args.output_dir, enabled=training_args.process_index == 0):
-        return _run(argv, parsed)
+    # One run per output folder, taken once the flags are checked and held until this function returns (or the
+    # process dies): training/run_lock.py.
+    lock = OutputDirLock(training_args.output_dir, enabled=training_args.process_index == 0)
+    try:
+        return _run(argv, parsed, lock)
+    finally:
+        lock.release()
 
 
-def _run(argv: list[str] | None, parsed: tuple) -> dict:
+def _run(argv: list[str] | None, parsed: tuple, lock: OutputDirLock) -> dict:
     training_args = parsed[-1]
-    run = build_run(argv, parsed=parsed)
+    run = build_run(argv, parsed=parsed, output_lock=lock)
     trainer, model_args, data_args = run.trainer, run.model_args, run.data_args
 
     results: dict = {}

@@ -47,8 +47,9 @@ class Objective(nn.Module):
     arguments_class: ClassVar[type | None] = None
 
     # ---- what it needs from the run ---------------------------------------------------------------
-    # The smallest global batch the loss is defined for (checked against the last batch at start-up).
-    min_global_batch_size: ClassVar[int] = 1
+    # The smallest global batch the loss is defined for (checked against every batch at start-up): a contrastive
+    # loss over one sentence has no negative and is exactly 0.
+    min_global_batch_size: ClassVar[int] = 2
     # False: the whole forward runs in the fp32 region of training/model.py (autocast and TF32 off).
     # True: it runs under the trainer's autocast, because it runs sub-networks that should stay in mixed
     # precision (DiffCSE's generator and discriminator), and wraps its own losses in precision.fp32_region.
@@ -60,6 +61,12 @@ class Objective(nn.Module):
     @classmethod
     def check_data_arguments(cls, data_args: Any, objective_args: Any) -> None:
         """Raise ValueError for data flags the objective cannot honour (e.g. DiffCSE and --pad_to_max_length)."""
+
+    @classmethod
+    def uses_hard_negative_weight_without_data(cls, objective_args: Any) -> bool:
+        """True if --hard_negative_weight applies to negatives the objective makes itself (ClusterNS's centroids,
+        MixCSE's mixtures); False: only to a hard-negative column of the data, so 1-column data refuses it."""
+        return False
 
     @classmethod
     def required_projector(cls, objective_args: Any) -> tuple[str, str] | None:

@@ -238,6 +238,10 @@ class MixCSEObjective(Objective):
     # Mixing needs a next sentence: a global batch of 1 raises BATCH_OF_ONE_MESSAGE at its forward.
     min_global_batch_size = 2
 
+    @classmethod
+    def uses_hard_negative_weight_without_data(cls, objective_args) -> bool:
+        return True  # added at each anchor's own mixed negative (mixed_negative_blocks)
+
     def __init__(self, model_args, objective_args: MixCSEArguments | None = None, encoder: nn.Module | None = None):
         super().__init__(model_args, objective_args if objective_args is not None else MixCSEArguments(), encoder)
         args = self.objective_args

@@ -5,6 +5,8 @@ collator only pads, so each batch is padded to its own longest sentence (dynamic
 """
 from __future__ import annotations
 
+import csv
+import errno
 import logging
 import os
 from dataclasses import dataclass
@@ -21,15 +23,31 @@ JSON_SUFFIXES = {".json", ".jsonl"}
 ROLES = ("sent0", "sent1", "hard_neg")  # anchor, positive, hard negative (SimCSE's nli csv header)
 
 
+# Characters that print as nothing: zero-width space / non-joiner / joiner, word joiner, BOM. A line of only these
+# (and whitespace, which includes the no-break space) is blank.
+INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
+
+
 class CorpusError(ValueError):
     """A training file that cannot be used, with the file (and line) named in the message."""
+
+
+def is_blank(text) -> bool:
+    return not isinstance(text, str) or not text.translate(INVISIBLE).strip()
 
 
 def check_corpus_path(path: str) -> None:
     if os.path.isdir(path):
         raise CorpusError(f"--train_file {path!r} is a folder; give the corpus file inside it (.txt, .csv, .tsv, .json, .jsonl)")
+    try:
+        os.stat(path)
+    except OSError as err:
+        if os.path.islink(path):
+            problem = "is a symbolic link loop" if err.errno == errno.ELOOP else f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
+            raise CorpusError(f"--train_file {path!r} {problem}; give the corpus file itself") from None
+        raise CorpusError(f"--train_file {path!r} does not exist") from None
     if not os.path.isfile(path):
-        raise CorpusError(f"--train_file {path!r} does not exist")
+        raise CorpusError(f"--train_file {path!r} is not a regular file")
 
 
 def scan_text_corpus(path: str) -> tuple[int, int]:
@@ -58,10 +76,10 @@ def scan_text_corpus(path: str) -> tuple[int, int]:
                 line.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise CorpusError(f"{path}:{number}: invalid UTF-8 at byte {err.start} of the line ({err.reason})") from None
-    blank = sum(1 for line in lines if not line.strip())
+    blank = sum(1 for line in lines if is_blank(line.decode("utf-8")))
     kept = len(lines) - blank
     if kept == 0:
-        raise CorpusError(f"--train_file {path!r} has {len(lines)} lines, all blank")
+        raise CorpusError(f"--train_file {path!r} has {len(lines)} lines, all blank (whitespace or invisible characters only)")
     return kept, blank
 
 
@@ -78,7 +96,7 @@ def load_corpus(path: str, sentence_columns: str | None = None, cache_dir: str |
     if suffix in TEXT_SUFFIXES:
         kept, blank = scan_text_corpus(path)
         ds = load_dataset("text", data_files={"train": path}, cache_dir=cache_dir)["train"]
-        ds = ds.filter(lambda batch: [bool(t and t.strip()) for t in batch["text"]], batched=True, desc="Dropping blank lines")
+        ds = ds.filter(lambda batch: [not is_blank(t) for t in batch["text"]], batched=True, desc="Dropping blank lines")
         if blank:
             logger.warning("%s: skipped %d blank line(s); %d sentences kept", path, blank, kept)
         return ds.rename_column("text", "sent0")
@@ -87,21 +105,48 @@ def load_corpus(path: str, sentence_columns: str | None = None, cache_dir: str |
         raise CorpusError(f"--train_file {path!r} is empty")
     try:
         if suffix in CSV_SUFFIXES:
-            ds = load_dataset("csv", data_files={"train": path}, delimiter=CSV_SUFFIXES[suffix], cache_dir=cache_dir)["train"]
+            # TSV has no quoting convention (a cell may start with a quote, as in STS-B): read quotes as text.
+            quoting = {"quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
+            ds = load_dataset("csv", data_files={"train": path}, delimiter=CSV_SUFFIXES[suffix], cache_dir=cache_dir, **quoting)["train"]
         elif suffix in JSON_SUFFIXES:
             ds = load_dataset("json", data_files={"train": path}, cache_dir=cache_dir)["train"]
         else:
             raise CorpusError(f"--train_file {path!r}: unsupported extension {suffix!r} (use .txt, .csv, .tsv, .json, .jsonl)")
     except CorpusError:
         raise
-    except Exception as err:  # pandas / pyarrow parse errors: name the file
-        raise CorpusError(f"--train_file {path!r} could not be parsed: {err}") from None
+    except Exception as err:  # pandas / pyarrow parse errors: name the file and the parser's own reason
+        raise CorpusError(f"--train_file {path!r} could not be parsed: {root_cause(err)}") from None
     columns = select_columns(ds.column_names, sentence_columns, path)
     ds = ds.select_columns(columns)
-    ds = ds.rename_columns({old: new for old, new in zip(columns, ROLES) if old != new})
     if len(ds) == 0:
         raise CorpusError(f"--train_file {path!r} has a header but no rows")
+    check_sentence_columns(ds, columns, path, first_line=1 if suffix in JSON_SUFFIXES else 2)
+    ds = ds.rename_columns({old: new for old, new in zip(columns, ROLES) if old != new})
     return ds
+
+
+def root_cause(err: BaseException) -> str:
+    """The innermost exception's message (datasets wraps parser errors in 'An error occurred while generating')."""
+    while err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__):
+        err = err.__cause__ or err.__context__
+    return f"{type(err).__name__}: {err}".splitlines()[0]
+
+
+def check_sentence_columns(ds, columns: list[str], path: str, first_line: int) -> None:
+    """Every selected cell must be a non-blank string: numbers, lists, nulls and blank cells would otherwise be
+    trained on as ' ' or as their digits. `first_line`: the file line of row 0 (csv/tsv: 2, after the header;
+    jsonl: 1)."""
+    for column in columns:
+        dtype = getattr(ds.features[column], "dtype", type(ds.features[column]).__name__)
+        if dtype not in ("string", "large_string"):
+            raise CorpusError(
+                f"--train_file {path!r}: column {column!r} holds {dtype} values, not sentences (first: {ds[0][column]!r}); "
+                "name the sentence columns with --sentence_columns"
+            )
+        for row, text in enumerate(ds[column]):
+            if is_blank(text):
+                what = "missing (null)" if text is None else "blank"
+                raise CorpusError(f"{path}:{row + first_line}: column {column!r} is {what}; every row needs a sentence there")
 
 
 def select_columns(available: list[str], requested: str | None, path: str) -> list[str]:
@@ -110,10 +155,18 @@ def select_columns(available: list[str], requested: str | None, path: str) -> li
         missing = [c for c in wanted if c not in available]
         if missing:
             raise CorpusError(f"--train_file {path!r} has no column(s) {missing} (--sentence_columns); it has {available}")
+        repeated = sorted({c for c in wanted if wanted.count(c) > 1})
+        if repeated:
+            raise CorpusError(f"--sentence_columns {requested!r} names {repeated} more than once; give each column once")
     elif "sent0" in available:
         wanted = [c for c in ROLES if c in available]
+    elif len(available) <= 3:
+        wanted = list(available)  # SimCSE: 1-3 columns are anchor[, positive[, hard negative]] in order
     else:
-        wanted = available[:3]
+        raise CorpusError(
+            f"--train_file {path!r} has {len(available)} columns {available}: say which hold the sentences, in the order "
+            f"anchor[,positive[,hard_negative]], with --sentence_columns (e.g. --sentence_columns {','.join(available[1:3])})"
+        )
     if not 1 <= len(wanted) <= 3:
         raise CorpusError(f"--train_file {path!r}: expected 1-3 sentence columns, found {available}")
     return wanted

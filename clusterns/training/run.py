@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from clusterns.training.data import ContrastiveCollator, load_corpus, tokenize_c
 from clusterns.training.dev_evaluator import SentEvalDevEvaluator
 from clusterns.training.distributed import data_parallel_message
 from clusterns.training.model import DDP_GRADIENTS, ContrastiveModel
-from clusterns.training.run_lock import LOCK_NAME
+from clusterns.training.run_lock import LOCK_NAME, OutputDirLock
 from clusterns.training.trainer import ContrastiveTrainer
 
 logger = logging.getLogger("clusterns")
@@ -168,6 +169,16 @@ def check_arguments(model_args, data_args, objective_cls: type[Objective], objec
     """Every start-up check that needs no model: flag ranges, the objective's data needs, resume, output_dir."""
     if training_args.nan_policy not in ("stop", "skip"):
         raise UsageError(f"--nan_policy must be stop or skip, got {training_args.nan_policy!r}")
+    if not (math.isfinite(model_args.temp) and model_args.temp > 0):
+        raise UsageError(f"--temp must be a positive number (SimCSE: 0.05), got {model_args.temp}")
+    if not math.isfinite(model_args.hard_negative_weight):
+        raise UsageError(f"--hard_negative_weight must be finite, got {model_args.hard_negative_weight}")
+    if data_args.max_seq_length < 1:
+        raise UsageError(f"--max_seq_length must be at least 1 token plus the special tokens, got {data_args.max_seq_length}")
+    if training_args.per_device_train_batch_size < 1:
+        raise UsageError(f"--per_device_train_batch_size must be >= 1, got {training_args.per_device_train_batch_size}")
+    if training_args.gradient_accumulation_steps < 1:
+        raise UsageError(f"--gradient_accumulation_steps must be >= 1, got {training_args.gradient_accumulation_steps}")
     if training_args.max_consecutive_skips < 0:
         raise UsageError(f"--max_consecutive_skips must be >= 0 (0: no limit), got {training_args.max_consecutive_skips}")
     if training_args.ddp_gradient not in DDP_GRADIENTS:
@@ -184,10 +195,17 @@ def check_arguments(model_args, data_args, objective_cls: type[Objective], objec
 
 
 def check_last_batch(objective_cls: type[Objective], num_examples: int, training_args) -> None:
-    """Refuse at start-up a run whose last global batch is too small for the objective (MixCSE needs 2),
-    instead of failing at the end of the first epoch."""
+    """Refuse at start-up a run with a global batch too small for the objective (a contrastive loss over one
+    sentence is exactly 0: no negative), also its last batch, instead of training on it or failing at the end
+    of the first epoch."""
     needed = objective_cls.min_global_batch_size
     global_batch = training_args.per_device_train_batch_size * max(training_args.world_size, 1)
+    if num_examples < needed:
+        raise UsageError(f"the training corpus holds {num_examples} sentence(s), but --objective {objective_cls.name} needs "
+                         f"at least {needed} in a batch (the other sentences are the negatives)")
+    if global_batch < needed:
+        raise UsageError(f"the global batch is {global_batch} sentence(s) (--per_device_train_batch_size x processes), but "
+                         f"--objective {objective_cls.name} needs at least {needed} (the other sentences are the negatives)")
     last = num_examples % global_batch
     if not training_args.dataloader_drop_last and 0 < last < needed:
         raise UsageError(
@@ -220,6 +238,17 @@ def build_encoder(model_args, data_args, objective_args=None, prompt_args=None) 
     limit = max_positions(encoder.backbone.config, encoder.tokenizer)
     if data_args.max_seq_length > limit:
         raise UsageError(f"--max_seq_length {data_args.max_seq_length} exceeds the model's limit of {limit} tokens")
+    specials = encoder.tokenizer.num_special_tokens_to_add(pair=False)
+    if encoder.config.pooler_type != "mask" and data_args.max_seq_length <= specials:
+        raise UsageError(f"--max_seq_length {data_args.max_seq_length} leaves no room for a word after the tokenizer's "
+                         f"{specials} special tokens; use at least {specials + 1} (SimCSE: 32)")
+    vocab = getattr(encoder.backbone.config, "vocab_size", None)
+    if vocab and len(encoder.tokenizer) < vocab // 2:
+        raise UsageError(
+            f"the tokenizer of {model_args.tokenizer_name or model_args.model_name_or_path!r} has {len(encoder.tokenizer)} tokens "
+            f"but the model's vocabulary {vocab}: its tokenizer files are missing or belong to another model "
+            "(add them to the folder, or pass --tokenizer_name)"
+        )
     if model_args.packed_linear:  # non-pad tokens only through the linear layers (modeling/packing.py)
         enable_packed_linear(encoder.backbone)
     if prompt_args is not None:
@@ -280,19 +309,23 @@ class Run:
 
 def build_run(argv: list[str] | None = None, *, parsed: tuple | None = None, sentences: list[str] | None = None,
               objective_kwargs: dict | None = None, wrap_collator: Callable[[Callable], Callable] | None = None,
-              callbacks: list[TrainerCallback] | None = None) -> Run:
+              callbacks: list[TrainerCallback] | None = None, output_lock: OutputDirLock | None = None) -> Run:
     """Parse and check the flags, then build encoder, objective, data, dev evaluator and trainer.
 
     parsed: parse_args(argv)'s result, when the caller looked at the flags first (train.py sets up logging).
     sentences: in-memory training sentences (one view pair each) instead of --train_file.
     objective_kwargs: extra keyword arguments of the objective's constructor.
     wrap_collator: called with the collator, returns the one the trainer uses (e.g. a recorder).
-    callbacks: added to the trainer's (after early stopping)."""
+    callbacks: added to the trainer's (after early stopping).
+    output_lock: acquired right after the start-up checks, before anything reads the output folder's runs
+    (train.py's one-run-per-folder lock; the caller releases it)."""
     model_args, data_args, by_class, training_args = parsed if parsed is not None else parse_args(argv)
     if model_args.objective not in objective_names():
         raise UsageError(f"--objective {model_args.objective!r} is not known; choose one of: {', '.join(objective_names())}")
     objective_cls = get_objective_class(model_args.objective)
     objective_args = by_class.get(objective_cls.arguments_class) if objective_cls.arguments_class else None
+    if output_lock is not None:
+        output_lock.acquire()
     check_arguments(model_args, data_args, objective_cls, objective_args, training_args, argv)
     configure_tf32(training_args.tf32)  # TF32 matmuls on Ampere+ unless --tf32 false; losses stay fp32
     if training_args.ddp_find_unused_parameters is None:
@@ -327,6 +360,11 @@ def build_run(argv: list[str] | None = None, *, parsed: tuple | None = None, sen
                                             data_args.overwrite_cache, views_function=views_function)
         logger.info("training corpus: %s (%d examples, %d views each)", data_args.train_file or "in memory", len(train_dataset), num_views)
         check_last_batch(objective_cls, len(train_dataset), training_args)
+        if model_args.hard_negative_weight and num_views < 3 and not objective_cls.uses_hard_negative_weight_without_data(objective_args):
+            raise UsageError(
+                f"--hard_negative_weight {model_args.hard_negative_weight} applies to a hard-negative column, which "
+                f"{data_args.train_file or 'the corpus'} does not have (1-2 sentence columns); drop the flag or give 3-column data"
+            )
     collator = ContrastiveCollator(
         pad_token_id=encoder.tokenizer.pad_token_id,
         num_views=num_views,

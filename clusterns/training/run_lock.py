@@ -34,10 +34,12 @@ class OutputDirLock:
         self.path = os.path.join(self.output_dir, LOCK_NAME)
         self.enabled = enabled
         self._fd: int | None = None
+        self._created_folder = False
 
     def acquire(self) -> "OutputDirLock":
         if not self.enabled or self._fd is not None:
             return self
+        self._created_folder = not os.path.isdir(self.output_dir)
         os.makedirs(self.output_dir, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -64,6 +66,10 @@ class OutputDirLock:
         fd, self._fd = self._fd, None
         try:
             os.ftruncate(fd, 0)  # no holder any more (the file stays: removing it would race a waiting run)
+            if self._created_folder and os.listdir(self.output_dir) == [LOCK_NAME]:
+                # a run that stopped before writing anything leaves no folder behind
+                os.unlink(self.path)
+                os.rmdir(self.output_dir)
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)

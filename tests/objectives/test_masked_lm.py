@@ -85,7 +85,9 @@ def test_flag_ranges():
             MaskedLMArguments(do_mlm=True, mlm_probability=bad)
     with pytest.raises(ValueError, match="--mlm_weight"):
         MaskedLMArguments(do_mlm=True, mlm_weight=-0.1)
-    assert MaskedLMArguments(mlm_weight=0.5).given_without_do_mlm() == ["--mlm_weight"]
+    # (parse_args sets mlm_clone_inputs to None when the command line does not give it)
+    assert MaskedLMArguments(mlm_weight=0.5, mlm_clone_inputs=None).given_without_do_mlm() == ["--mlm_weight"]
+    assert MaskedLMArguments(mlm_clone_inputs=False).given_without_do_mlm() == ["--mlm_clone_inputs"]
     assert MaskedLMArguments(do_mlm=True, mlm_weight=0.5).given_without_do_mlm() == []
 
 

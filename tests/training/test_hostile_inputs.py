@@ -50,7 +50,7 @@ def test_train_on_blank_lines_mixed_endings_and_a_megabyte_line(tiny_bert, tmp_p
     )
     assert corpus.stat().st_size > 1_000_000
     out = tmp_path / "run"
-    results = train_main(base(tiny_bert, corpus, out, "--max_steps", 1, "--max_seq_length", 32))
+    results = train_main(base(tiny_bert, corpus, out, "--max_steps", 1, "--max_seq_length", 32, "--per_device_train_batch_size", 5))
     assert results["train_loss"] > 0 and (out / "model.safetensors").exists()
     assert "skipped 3 blank line(s); 5 sentences kept" in caplog.text
 

@@ -191,6 +191,12 @@ class ClusterNSObjective(Objective):
     arguments_class = ClusterNSArguments
     mlm_clones_inputs = False  # ClusterNS's mask_tokens dropped SimCSE's clone (models.py / train.py)
 
+    @classmethod
+    def uses_hard_negative_weight_without_data(cls, objective_args) -> bool:
+        # added at each anchor's own centroid hard negative, and at its own mixed negative with --mix_negatives
+        args = objective_args if objective_args is not None else ClusterNSArguments()
+        return bool(args.enable_hardneg or args.mix_negatives)
+
     def __init__(self, model_args, objective_args: ClusterNSArguments | None = None, encoder: nn.Module | None = None,
                  hidden_size: int | None = None):
         args = objective_args if objective_args is not None else ClusterNSArguments()
