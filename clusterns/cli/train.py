@@ -1,6 +1,7 @@
 """train.py and `clusterns-train`: build the run (training/run.py), train, save, evaluate, write the model card."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -10,7 +11,8 @@ import transformers
 
 from clusterns.export.model_card import write_model_card
 from clusterns.training.arguments import UsageError
-from clusterns.training.checkpoints import CheckpointWriteError
+from clusterns.io import atomic_write_text
+from clusterns.training.checkpoints import CheckpointWriteError, describe_write_error
 from clusterns.training.data import CorpusError
 from clusterns.training.nan_guard import NonFiniteLossError, NonFiniteWeightsError
 from clusterns.training.run import RUN_MARKER, build_run, parse_args, run_marker
@@ -67,7 +69,7 @@ def _run(argv: list[str] | None, parsed: tuple, lock: OutputDirLock) -> dict:
         results.update(train_result.metrics)
         if trainer.is_world_process_zero():
             write_results(os.path.join(training_args.output_dir, "train_results.txt"), train_result.metrics)
-            trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))
+            write_state(trainer.state, os.path.join(training_args.output_dir, "trainer_state.json"))
             logger.info("model saved to %s (load it with SentenceEncoder.from_pretrained or AutoModel.from_pretrained)", training_args.output_dir)
     if training_args.do_eval and run.dev_evaluator is not None:
         metrics = trainer.evaluate()
@@ -100,6 +102,18 @@ def train_cli(argv: list[str] | None = None) -> None:
 
 
 def write_results(path: str, metrics: dict) -> None:
-    with open(path, "w") as f:
-        for key in sorted(metrics):
-            f.write(f"{key} = {metrics[key]}\n")
+    """`key = value` lines, written atomically (a full disk leaves the previous file, not a truncated one)."""
+    _atomic(path, "".join(f"{key} = {metrics[key]}\n" for key in sorted(metrics)))
+
+
+def write_state(state, path: str) -> None:
+    """TrainerState.save_to_json's content, written atomically."""
+    _atomic(path, json.dumps(dataclasses.asdict(state), indent=2, sort_keys=True) + "\n")
+
+
+def _atomic(path: str, text: str) -> None:
+    try:
+        atomic_write_text(path, text)
+    except OSError as err:
+        folder = os.path.dirname(path)
+        raise describe_write_error(err, os.path.basename(path), folder) from err

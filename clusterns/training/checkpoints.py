@@ -27,6 +27,7 @@ import shutil
 import uuid
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -232,20 +233,49 @@ def write_json_atomic(path: str, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def describe_write_error(err: OSError, what: str, run_dir: str) -> CheckpointWriteError:
-    """A CheckpointWriteError saying what failed, why, and what is left to resume from."""
-    reason = os.strerror(err.errno) if err.errno else str(err)
-    if err.errno == errno.ENOSPC:
+# What a failed write raises: OSError (open/write/rename), RuntimeError (torch.save: "file write failed"),
+# SafetensorError (safetensors' save_file: "No space left on device").
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+
+
+def write_errno(err: BaseException) -> int:
+    """The errno of a failed write; torch and safetensors report it in the message only."""
+    if isinstance(err, OSError) and err.errno:
+        return err.errno
+    text = str(err).lower()
+    if "no space left" in text:
+        return errno.ENOSPC
+    if "quota" in text:
+        return errno.EDQUOT
+    return errno.EIO
+
+
+def free_space(folder: str) -> str:
+    while folder and not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    try:
+        free = shutil.disk_usage(folder or ".").free
+    except OSError:
+        return "unknown"
+    return f"{free / 2**30:.2f} GiB" if free >= 2**30 else f"{free / 2**20:.1f} MiB"
+
+
+def describe_write_error(err: BaseException, what: str, run_dir: str) -> CheckpointWriteError:
+    """A CheckpointWriteError saying what failed, why, the free space, and what is left to resume from."""
+    code = write_errno(err)
+    reason = os.strerror(code)
+    if code == errno.ENOSPC:
         reason += " (the disk is full)"
-    elif err.errno == errno.EDQUOT:
+    elif code == errno.EDQUOT:
         reason += " (disk quota exceeded)"
     previous = latest_checkpoint(run_dir)
     left = f"the latest complete checkpoint, {previous}, is intact" if previous else "no earlier checkpoint exists"
+    detail = str(err).splitlines()[0] if str(err) else type(err).__name__
     message = (
-        f"could not write {what}: {reason} [{err}]. The partial save was removed; {left}. "
-        "Free some space, then rerun the same command with --resume_from_checkpoint auto."
+        f"could not write {what}: {reason} [{detail}]; {free_space(run_dir)} free in {run_dir}. The partial save was "
+        f"removed; {left}. Free some space, then rerun the same command with --resume_from_checkpoint auto."
     )
-    return CheckpointWriteError(err.errno or errno.EIO, message)
+    return CheckpointWriteError(code, message)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -204,7 +204,7 @@ class ContrastiveTrainer(Trainer):
                 self._staging_cleaned = True
             shutil.rmtree(root, ignore_errors=True)
         self.accelerator.wait_for_everyone()
-        error: OSError | None = None
+        error: BaseException | None = None
         self._saving_checkpoint = True
         self._staging_root = root  # _get_output_dir: HF then writes every file under root/checkpoint-<step>
         try:
@@ -215,7 +215,7 @@ class ContrastiveTrainer(Trainer):
                 self.state.best_model_checkpoint = final
                 if self.args.should_save:
                     self.state.save_to_json(os.path.join(staged, ckpt.TRAINER_STATE_NAME))
-        except OSError as err:
+        except (NonFiniteWeightsError, *ckpt.WRITE_ERRORS) as err:  # every rank learns of it below (no deadlock)
             error = err
         finally:
             self._staging_root = None
@@ -232,6 +232,8 @@ class ContrastiveTrainer(Trainer):
             if self.args.should_save:
                 shutil.rmtree(root, ignore_errors=True)
             what = f"{os.path.basename(final)} in {run_dir}"
+            if isinstance(error, NonFiniteWeightsError):
+                raise error
             if error is not None:
                 raise ckpt.describe_write_error(error, what, run_dir) from error
             raise ckpt.CheckpointWriteError(errno.EIO, f"could not write {what}: another rank failed to write its part")
@@ -372,7 +374,10 @@ class ContrastiveTrainer(Trainer):
             if self._loaded_best and os.path.realpath(output_dir) == os.path.realpath(self.args.output_dir):
                 ckpt.write_json_atomic(os.path.join(staged, ckpt.BEST_METRIC_NAME), self._best_record())
             ckpt.replace_files_from(staged, output_dir)
-        except OSError as err:
+        except NonFiniteWeightsError:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        except ckpt.WRITE_ERRORS as err:
             shutil.rmtree(staged, ignore_errors=True)
             raise ckpt.describe_write_error(err, f"the model to {output_dir}", output_dir) from err
         except BaseException:

@@ -106,19 +106,33 @@ def test_killed_save_leaves_no_checkpoint_and_auto_resumes_from_the_previous(tin
     assert same_weights(out, out / "checkpoint-4")
 
 
-@pytest.mark.parametrize("writer", ["model", "optimizer"])
-def test_disk_full_during_checkpoint(tiny_bert, tiny_corpus, tiny_sts_dir, tmp_path, monkeypatch, writer):
+def disk_errors():
+    from safetensors import SafetensorError
+
+    return {
+        "oserror": lambda path: OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)),
+        # what safetensors' save_file and torch.save raise on a full disk (neither is an OSError)
+        "safetensors": lambda path: SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'),
+        "torch": lambda path: RuntimeError(
+            "[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0: PytorchStreamWriter failed writing file data/0: file write failed"),
+    }
+
+
+@pytest.mark.parametrize("writer, kind", [("model", "oserror"), ("optimizer", "oserror"), ("model", "safetensors"), ("optimizer", "torch")])
+def test_disk_full_during_checkpoint(tiny_bert, tiny_corpus, tiny_sts_dir, tmp_path, monkeypatch, writer, kind):
     import clusterns.io
 
     monkeypatch.setattr(ContrastiveTrainer, "evaluate", scripted_evaluate)
     out = tmp_path / "run"
     before: dict = {}
+    make_error = disk_errors()[kind]
 
     def full_disk(real):
         def save(obj, path, *args, **kwargs):
             if "checkpoint-4" in str(path):
                 before.update(tree_digest(out / "checkpoint-2"))
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+                raise make_error(path)
             return real(obj, path, *args, **kwargs)
 
         return save
@@ -130,9 +144,10 @@ def test_disk_full_during_checkpoint(tiny_bert, tiny_corpus, tiny_sts_dir, tmp_p
     with pytest.raises(ckpt.CheckpointWriteError) as err:
         train_main(argv(tiny_bert, tiny_corpus, out, tiny_sts_dir))
     message = str(err.value)
-    assert err.value.errno == errno.ENOSPC
-    for needle in ("could not write checkpoint-4", "No space left on device", "disk is full",
-                   f"{out / 'checkpoint-2'}, is intact", "--resume_from_checkpoint auto"):
+    full = kind != "torch"  # torch.save's message does not say why the write failed
+    assert err.value.errno == (errno.ENOSPC if full else errno.EIO)
+    for needle in ("could not write checkpoint-4", *(("No space left on device", "disk is full") if full else ("file write failed",)),
+                   f"free in {out}", f"{out / 'checkpoint-2'}, is intact", "--resume_from_checkpoint auto"):
         assert needle in message, message
     assert before and tree_digest(out / "checkpoint-2") == before  # the previous checkpoint is untouched
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["checkpoint-2"]  # no partial checkpoint-4, no tmp-*
@@ -203,3 +218,29 @@ def test_commit_replaces_an_existing_folder_whole(tmp_path):
     ckpt.commit_folder(str(staged), str(final))
     assert (final / "model.safetensors").read_text() == "new" and not (final / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-3", "tmp-checkpoint-3"]  # the empty root is the caller's
+
+
+def test_disk_full_writing_the_results_files(tiny_bert, tiny_corpus, tiny_sts_dir, tmp_path, monkeypatch, capsys):
+    """train_results.txt / trainer_state.json are written atomically: a full disk leaves no 0-byte file and no
+    temporary, and the CLI reports it in one line (exit code 1)."""
+    import clusterns.io
+    from clusterns.cli.train import train_cli
+
+    out = tmp_path / "run"
+    real_open = open
+
+    def full_disk_open(path, mode="r", *args, **kwargs):
+        if "train_results.txt" in str(path) and "w" in mode:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(clusterns.io, "open", full_disk_open, raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli([str(a) for a in ("--model_name_or_path", tiny_bert, "--train_file", tiny_corpus, "--output_dir", out,
+                                    "--per_device_train_batch_size", 8, "--max_steps", 2, "--use_cpu", "--report_to", "none")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "Traceback" not in err
+    line = next(l for l in err.splitlines() if l.startswith("error: "))
+    assert "could not write train_results.txt: No space left on device (the disk is full)" in line and "free in" in line
+    assert not (out / "train_results.txt").exists() and not list(out.glob("*.tmp"))
+    assert (out / "model.safetensors").exists()  # the model itself was saved before
