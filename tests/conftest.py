@@ -172,3 +172,15 @@ def sentences(word, n, rng):
     """n synthetic sentences that end in `word` (separable transfer data for the harness tests)."""
     fillers = "the a movie film plot actor scene story one it was is".split()
     return [" ".join(list(rng.choice(fillers, size=4)) + [word]) for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """24 sentences: 3 batches of 8 per epoch, so 8 steps span 3 epochs and step 4 is mid-epoch."""
+    import random
+
+    rng = random.Random(3)
+    lines = [" ".join(rng.choice(WORDS[:-1]) for _ in range(rng.randint(3, 10))) + " ." for _ in range(24)]
+    path = tmp_path_factory.mktemp("resume-corpus") / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--korsts_per_batch", action="store_true",
                    help="also report KoDiffCSE's per-batch KorSTS protocol (shuffled batches of 256, averaged)")
     p.add_argument("--seed", type=int, default=1111, help="SentEval seed for the classifiers")
+    p.add_argument("--trust_pickle", action="store_true",
+                   help="allow .bin (pickle) weights, read with weights_only=True (as train.py); default: safetensors only")
     # PromptBERT checkpoints (clusterns/modeling/prompt/): the recorded template is applied automatically.
     p.add_argument("--prompt_convention", type=str, default=None, choices=list(CONVENTIONS),
                    help="prompt checkpoints: test (default: the final-test convention recorded at training, "
@@ -197,7 +199,16 @@ def load_encoder(args):
     )
     pooler = prompt_kwargs.pop("pooler", pooler)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return SentenceEncoder.from_pretrained(args.model_name_or_path, pooler=pooler, device=device, **prompt_kwargs)
+    return SentenceEncoder.from_pretrained(args.model_name_or_path, pooler=pooler, device=device, trust_pickle=args.trust_pickle,
+                                           **prompt_kwargs)
+
+
+def check_ranges(args) -> None:
+    """Every numeric flag's range, before any data or model is read."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.max_seq_length is not None and args.max_seq_length < 2:
+        raise ValueError(f"--max_seq_length must leave room for a word after the special tokens (>= 2 here), got {args.max_seq_length}")
 
 
 def build_evaluations(tasks: list[str], params: dict) -> dict:
@@ -321,6 +332,7 @@ def main(argv=None) -> int:
     tasks = expand_tasks(args)
     params = senteval_params(args)
     try:
+        check_ranges(args)
         evaluations = build_evaluations(tasks, params)
         encoder = load_encoder(args)
     except (MissingDataError, DataFormatError, FileNotFoundError, ValueError) as e:

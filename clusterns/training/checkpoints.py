@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import errno
 import json
+import pickle
 import logging
 import os
 import re
 import shutil
 import uuid
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -82,6 +84,47 @@ def checkpoint_global_step(folder: str) -> int:
     """The global step recorded in a checkpoint's trainer_state.json."""
     with open(os.path.join(folder, TRAINER_STATE_NAME)) as f:
         return int(json.load(f).get("global_step", 0))
+
+
+class CheckpointLoadError(ValueError):
+    """A checkpoint file that cannot be used for the resume (refused for safety, or foreign to this run)."""
+
+
+# The Trainer's own files in a checkpoint, read by HF with torch.load(weights_only=True).
+TRAINER_PICKLES = ("optimizer.pt", "scheduler.pt", "scaler.pt")
+
+
+def numpy_safe_globals():
+    """The numpy types transformers 5 allows when it reads rng_state.pth weights-only (trainer_pt_utils.safe_globals;
+    transformers 4.57 has no such helper)."""
+    np_core = np._core if hasattr(np, "_core") else np.core
+    return torch.serialization.safe_globals([np_core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))])
+
+
+def check_trainer_files(folder: str, uses_grad_scaler: bool) -> None:
+    """Before HF reads them: every optimizer/scheduler/scaler/RNG file loads weights-only (torch's error names
+    neither the file nor the reason), and a scaler.pt (an fp16 run) matches this run's precision."""
+    names = [n for n in TRAINER_PICKLES if os.path.isfile(os.path.join(folder, n))]
+    names += sorted(n for n in os.listdir(folder) if n.startswith("rng_state") and n.endswith(".pth"))
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            with numpy_safe_globals():  # the numpy types HF itself allows in rng_state.pth
+                torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise CheckpointLoadError(
+                f"{path} was refused for safety: it holds Python objects other than tensors and plain containers, so "
+                "reading it would run code (weights-only loading). It was not written by this framework or was changed "
+                "since; resume from another checkpoint"
+            ) from None
+        except Exception as err:  # truncated or not a torch file
+            raise CheckpointLoadError(f"{path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                                      "resume from another checkpoint") from None
+    if "scaler.pt" in names and not uses_grad_scaler:
+        raise CheckpointLoadError(
+            f"{folder} was trained with --fp16 (it holds scaler.pt, the grad scaler's state), but this run has no fp16 "
+            "grad scaler (no --fp16, or the CPU): resume with the precision flags of the original run"
+        )
 
 
 def is_complete_checkpoint(folder: str) -> bool:

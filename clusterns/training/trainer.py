@@ -322,6 +322,7 @@ class ContrastiveTrainer(Trainer):
             done = ckpt.checkpoint_global_step(resume_from_checkpoint)
             planned = self.planned_steps()
             check_checkpoint_finite(resume_from_checkpoint)
+            ckpt.check_trainer_files(resume_from_checkpoint, getattr(self.accelerator, "scaler", None) is not None)
             if done >= planned:
                 # HF would train one more step (its stop test runs only after a step): finish instead.
                 return self._finish_from(resume_from_checkpoint, done, planned)

@@ -167,6 +167,32 @@ def test_missing_model_path_is_a_clear_error(tiny_downstream, tmp_path, capsys):
     assert rc == 2 and "does not exist" in cap.err and "STS12 |" not in cap.out
 
 
+@pytest.mark.parametrize("flags, needle", [(["--batch_size", "0"], "--batch_size must be >= 1"),
+                                           (["--max_seq_length", "1"], "--max_seq_length must leave room")])
+def test_flag_ranges_are_checked_first(flags, needle, tiny_model, tiny_downstream, capsys):
+    rc = evaluation.main(["--model_name_or_path", str(tiny_model), "--data_dir", str(tiny_downstream), *flags])
+    cap = capsys.readouterr()
+    assert rc == 2 and needle in cap.err and "Traceback" not in cap.err and "STS12 |" not in cap.out
+
+
+def test_pickle_weights_need_trust_pickle_which_evaluation_has(tiny_model, tiny_downstream, tmp_path, capsys):
+    """The refusal names --trust_pickle, and evaluation.py has it (read weights-only, as train.py)."""
+    import shutil
+
+    from transformers import BertModel
+
+    model = tmp_path / "bin-model"
+    shutil.copytree(tiny_model, model)
+    (model / "model.safetensors").unlink()
+    import torch
+
+    torch.save(BertModel.from_pretrained(str(tiny_model)).state_dict(), model / "pytorch_model.bin")
+    argv = ["--model_name_or_path", str(model), "--pooler", "avg", "--mode", "fasttest", "--task_set", "na", "--tasks", "STSBenchmark",
+            "--data_dir", str(tiny_downstream.parent), "--device", "cpu"]
+    assert evaluation.main(argv) == 2 and "--trust_pickle" in capsys.readouterr().err
+    assert evaluation.main([*argv, "--trust_pickle"]) == 0
+
+
 def test_missing_data_is_a_clear_error_before_any_table(tmp_path, capsys):
     rc = evaluation.main(["--model_name_or_path", str(tmp_path), "--data_dir", str(tmp_path / "nodata")])
     cap = capsys.readouterr()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 
 import pytest
@@ -122,15 +121,25 @@ def test_resume_from_checkpoint_missing_its_config(tiny_bert, tiny_corpus, check
     assert "--overwrite_output_dir" in err
 
 
-@pytest.mark.parametrize("name", ["optimizer.pt", "scheduler.pt", "rng_state.pth"])
-def test_tampered_pickle_in_checkpoint_is_not_executed(tiny_bert, tiny_corpus, checkpoint_run, tmp_path, name):
-    """HF reads optimizer.pt / scheduler.pt / rng_state.pth with torch.load(weights_only=True)."""
+@pytest.mark.parametrize("name", ["optimizer.pt", "scheduler.pt", "rng_state.pth", "scaler.pt"])
+def test_tampered_pickle_in_checkpoint_is_not_executed(tiny_bert, tiny_corpus, checkpoint_run, tmp_path, capsys, name):
+    """optimizer.pt / scheduler.pt / scaler.pt / rng_state.pth are read weights-only; a file that is not is refused
+    before HF reads it, naming the file and the reason (torch's own error suggested weights_only=False)."""
     out, ckpt = resume_copy(checkpoint_run, tmp_path)
     marker = tmp_path / "pwned"
     torch.save({"state": RunsCode(marker)}, ckpt / name)
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        train_main(base(tiny_bert, tiny_corpus, out, "--max_steps", 4, "--resume_from_checkpoint", ckpt))
-    assert not marker.exists()
+    err = exit_message(base(tiny_bert, tiny_corpus, out, "--max_steps", 4, "--resume_from_checkpoint", ckpt), capsys)
+    assert f"error: {ckpt / name} was refused for safety" in err and "weights_only=False" not in err
+    assert not marker.exists() and not (out / "checkpoint-4").exists()
+
+
+def test_fp16_checkpoint_resumed_without_a_grad_scaler(tiny_bert, tiny_corpus, checkpoint_run, tmp_path, capsys):
+    """A scaler.pt (an --fp16 run's grad scaler) resumed on the CPU: a clear line instead of HF's AttributeError."""
+    out, ckpt = resume_copy(checkpoint_run, tmp_path)
+    torch.save({"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000, "_growth_tracker": 0},
+               ckpt / "scaler.pt")
+    err = exit_message(base(tiny_bert, tiny_corpus, out, "--max_steps", 4, "--resume_from_checkpoint", ckpt), capsys)
+    assert "was trained with --fp16 (it holds scaler.pt" in err and "resume with the precision flags" in err
 
 
 def test_pickle_only_backbone_is_refused_and_never_unpickled(tiny_bert, tiny_corpus, tmp_path, capsys):

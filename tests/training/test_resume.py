@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, WORDS
+from conftest import REPO
 from clusterns.training.checkpoints import latest_checkpoint, resolve_resume_checkpoint
 from clusterns.cli.train import train_main
 from clusterns.training.trainer import ContrastiveTrainer
@@ -33,18 +33,6 @@ def kill_after_checkpoint(monkeypatch, step: int) -> None:
             raise Killed(f"killed after checkpoint-{self.state.global_step}")
 
     monkeypatch.setattr(ContrastiveTrainer, "_save_checkpoint", save_then_die)
-
-
-@pytest.fixture(scope="module")
-def small_corpus(tmp_path_factory) -> Path:
-    """24 sentences: 3 batches of 8 per epoch, so 8 steps span 3 epochs and step 4 is mid-epoch."""
-    import random
-
-    rng = random.Random(3)
-    lines = [" ".join(rng.choice(WORDS[:-1]) for _ in range(rng.randint(3, 10))) + " ." for _ in range(24)]
-    path = tmp_path_factory.mktemp("resume-corpus") / "corpus.txt"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def common_argv(model, corpus, *extra) -> list[str]:

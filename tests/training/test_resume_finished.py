@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from clusterns.cli.train import train_main
 from clusterns.training.trainer import ContrastiveTrainer
-from test_resume import Killed, assert_same_tensors, common_argv, small_corpus  # noqa: F401  (small_corpus: a fixture)
+from test_resume import Killed, assert_same_tensors, common_argv
 
 CASES = {
     "infonce": ["--objective", "infonce"],
