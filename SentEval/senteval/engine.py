@@ -86,9 +86,9 @@ class SE:
             "SST5": lambda: transfer.SSTEval(j("SST", "fine"), nclasses=5, seed=seed),
             "TREC": lambda: transfer.TRECEval(j("TREC"), seed=seed),
             "MRPC": lambda: transfer.MRPCEval(j("MRPC"), seed=seed),
-            "SICKRelatedness": lambda: sts.SICKRelatednessEval(j("SICK"), seed=seed),
+            "SICKRelatedness": lambda: sts.SICKRelatednessEval(j("SICK"), seed=seed, splits=p.get("eval_splits")),
             "SICKRelatedness-finetune": lambda: sts.SICKEval(j("SICK"), seed=seed),
-            "STSBenchmark": lambda: sts.STSBenchmarkEval(j("STS", "STSBenchmark"), seed=seed),
+            "STSBenchmark": lambda: sts.STSBenchmarkEval(j("STS", "STSBenchmark"), seed=seed, splits=p.get("eval_splits")),
             "STSBenchmark-fix": lambda: sts.STSBenchmarkEval(j("STS", "STSBenchmark-fix"), seed=seed),
             "STSBenchmark-finetune": lambda: sts.STSBenchmarkFinetune(j("STS", "STSBenchmark"), seed=seed),
         }

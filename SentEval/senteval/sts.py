@@ -226,11 +226,14 @@ class _SplitSTSEval(STSEval):
     splits_selectable = True
     files: dict[str, str] = {}
 
-    def __init__(self, task_path, seed=1111):
+    def __init__(self, task_path, seed=1111, splits=None):
+        """splits: the splits to load (default all; evaluation reads only the reported one, so a folder holding just
+        sts-dev.csv / SICK_trial.txt serves a dev evaluation)."""
         self.seed = seed
-        require_files(self.task_name, task_path, list(self.files.values()))
+        files = {s: f for s, f in self.files.items() if splits is None or s in splits}
+        require_files(self.task_name, task_path, list(files.values()))
         self.samples, self.data = [], {}
-        for split, fname in self.files.items():
+        for split, fname in files.items():
             X_A, X_B, y = self.load(os.path.join(task_path, fname))
             self.data[split] = (X_A, X_B, y)
             self.samples += X_A + X_B

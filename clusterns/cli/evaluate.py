@@ -243,37 +243,38 @@ def print_table(task_names, scores):
 
 
 def _avg(scores: list[str]) -> str:
-    # SimCSE averages the already-rounded cell strings (missing tasks count as 0.00).
+    # SimCSE averages the already-rounded cell strings.
     return "%.2f" % (sum(float(s) for s in scores) / len(scores))
 
 
 def build_tables(results: dict, mode: str, korsts_per_batch: bool = False) -> list[tuple[str, list, list]]:
-    """[(title, headers, cells)] exactly as SimCSE prints them (+ KorSTS tables)."""
+    """[(title, headers, cells)] as SimCSE prints them (+ KorSTS tables), with the tasks that ran only: SimCSE
+    printed every column, 0.00 for a task not run, and averaged those zeros in. With every task of a table run
+    (--task_set sts / transfer / full) the tables are SimCSE's exactly."""
     tables = []
     if mode == "dev":
-        names, scores = [], []
-        for task in ["STSBenchmark", "SICKRelatedness"]:
-            names.append(task)
-            scores.append("%.2f" % (results[task]["dev"]["spearman"][0] * 100) if task in results else "0.00")
-        tables.append(("sts", names, scores))
+        names = [task for task in ["STSBenchmark", "SICKRelatedness"] if task in results]
+        scores = ["%.2f" % (results[task]["dev"]["spearman"][0] * 100) for task in names]
+        if names:
+            tables.append(("sts", names, scores))
         key = "devacc"
     else:
         names, scores = [], []
         for task in STS_TASKS:
-            names.append(task)
             if task not in results:
-                scores.append("0.00")
-            elif task.startswith("STS1"):
+                continue
+            names.append(task)
+            if task.startswith("STS1"):
                 scores.append("%.2f" % (results[task]["all"]["spearman"]["all"] * 100))
             else:
                 scores.append("%.2f" % (results[task]["test"]["spearman"].correlation * 100))
-        tables.append(("sts", names + ["Avg."], scores + [_avg(scores)]))
+        if names:
+            tables.append(("sts", names + ["Avg."], scores + [_avg(scores)]))
         key = "acc"
-    names, scores = [], []
-    for task in TRANSFER_TABLE:
-        names.append(task)
-        scores.append("%.2f" % results[task][key] if task in results else "0.00")
-    tables.append(("transfer", names + ["Avg."], scores + [_avg(scores)]))
+    names = [task for task in TRANSFER_TABLE if task in results]
+    scores = ["%.2f" % results[task][key] for task in names]
+    if names:
+        tables.append(("transfer", names + ["Avg."], scores + [_avg(scores)]))
     if "KorSTS" in results:
         split = "dev" if mode == "dev" else "test"
         res = results["KorSTS"][split]

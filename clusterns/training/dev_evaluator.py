@@ -88,8 +88,9 @@ class SentEvalDevEvaluator:
         self.pairs = {}
         down = resolve_downstream(data_dir) if english else None
         if english:
-            stsb = _sts.STSBenchmarkEval(os.path.join(down, "STS", "STSBenchmark")).data["dev"]
-            sick = _sts.SICKRelatednessEval(os.path.join(down, "SICK")).data["dev"]
+            # the dev splits only: a folder holding just sts-dev.csv and SICK_trial.txt serves
+            stsb = _sts.STSBenchmarkEval(os.path.join(down, "STS", "STSBenchmark"), splits=["dev"]).data["dev"]
+            sick = _sts.SICKRelatednessEval(os.path.join(down, "SICK"), splits=["dev"]).data["dev"]
             self.pairs["stsb"] = (_joined(stsb[0]), _joined(stsb[1]), list(stsb[2]))
             self.pairs["sickr"] = (_joined(sick[0]), _joined(sick[1]), list(sick[2]))
         if korsts_dir:
