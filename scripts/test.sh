@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 bash scripts/install.sh
 mirror="${CLUSTERNS_DATA_MIRROR:-../shared/data}"
 if [ -d "$mirror/senteval" ]; then
-  export CLUSTERNS_DATA_MIRROR="$mirror"
+  export CLUSTERNS_DATA_MIRROR="$(cd "$mirror" && pwd)"  # absolute: some tests run in other folders
   bash SentEval/data/downstream/download_dataset.sh --from "$mirror/senteval" --link
 fi
 python -m pytest -q -m "not slow" -p no:cacheprovider "$@"

@@ -40,13 +40,26 @@ def register_objective(objective: type[Objective] | str, name: str | None = None
         raise
 
 
+# Method names a user may type for a registered objective.
+OBJECTIVE_HINTS = {"simcse": "infonce", "unsup-simcse": "infonce", "sup-simcse": "infonce", "kodiffcse": "diffcse",
+                   "promptbert": "infonce or clusterns with --mask_embedding_sentence"}
+
+
+def unknown_objective_message(name: str) -> str:
+    hint = OBJECTIVE_HINTS.get(str(name).lower())
+    known = ", ".join(objective_names())
+    if hint:
+        return f"--objective {name!r} is not a registered name: {name} is --objective {hint} here (the objectives: {known})"
+    return f"--objective {name!r} is not known; choose one of: {known}"
+
+
 def objective_names() -> list[str]:
     return sorted(OBJECTIVES)
 
 
 def get_objective_class(name: str) -> type[Objective]:
     if name not in OBJECTIVES:
-        raise ValueError(f"--objective {name!r} is not known; choose one of: {', '.join(objective_names())}")
+        raise ValueError(unknown_objective_message(name))
     entry = OBJECTIVES[name]
     if isinstance(entry, str):
         module_name, class_name = entry.split(":")

@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
 from datasets import Dataset
 from transformers import EarlyStoppingCallback, HfArgumentParser, TrainerCallback, set_seed
 
@@ -29,7 +30,14 @@ from clusterns.modeling.encoder import EncoderConfig, SentenceEncoder
 from clusterns.modeling.packing import enable_packed_linear
 from clusterns.modeling.projectors import resolve_projector
 from clusterns.modeling.prompt import PromptArguments, attach_prompt, enable_prompt
-from clusterns.objectives import Objective, check_flag_collisions, get_objective_class, objective_argument_classes, objective_names
+from clusterns.objectives import (
+    Objective,
+    check_flag_collisions,
+    get_objective_class,
+    objective_argument_classes,
+    objective_names,
+    unknown_objective_message,
+)
 from clusterns.objectives.masked_lm import MaskedLMArguments, MLMBatchMasking, build_masked_lm
 from clusterns.precision import auto_mixed_precision_flag, configure_tf32
 from clusterns.training.arguments import (
@@ -76,6 +84,12 @@ def parse_args(argv: list[str] | None = None):
         if flag:  # parse again: TrainingArguments sets up its mixed precision while it is built
             logger.info("mixed precision on by default on this GPU: %s (--auto_mixed_precision false for fp32)", flag)
             model_args, data_args, *extra_args, training_args = parser.parse_args_into_dataclasses(args=[*argv, flag])
+    if training_args.fp16 and (training_args.use_cpu or not torch.cuda.is_available()):
+        # SimCSE's command lines pass --fp16; without a GPU there is no fp16 autocast (HF would stop): say so, go on in fp32.
+        logger.warning("--fp16 needs a CUDA GPU and this run has none: training runs in fp32 on the CPU (--bf16 is "
+                       "the CPU's mixed precision)")
+        argv = without_flag(argv, "fp16")
+        model_args, data_args, *extra_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     given = given_flags(argv)
     choose_objective(model_args, given)
     # Switches whose default depends on other flags: None when the command line does not set them.
@@ -107,6 +121,22 @@ def objective_flags() -> dict[str, str]:
             for flag in flags:
                 owners[flag] = name
     return owners
+
+
+def without_flag(argv: list[str], name: str) -> list[str]:
+    """argv without the boolean flag --name (also --name=value and `--name true|false`)."""
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        flag = arg.split("=", 1)[0]
+        if flag == f"--{name}":
+            nxt = argv[i + 1] if i + 1 < len(argv) and "=" not in arg else ""
+            skip = nxt.lower() in ("true", "false", "1", "0", "yes", "no")
+            continue
+        out.append(arg)
+    return out
 
 
 def given_flags(argv: list[str]) -> list[str]:
@@ -321,7 +351,7 @@ def build_run(argv: list[str] | None = None, *, parsed: tuple | None = None, sen
     (train.py's one-run-per-folder lock; the caller releases it)."""
     model_args, data_args, by_class, training_args = parsed if parsed is not None else parse_args(argv)
     if model_args.objective not in objective_names():
-        raise UsageError(f"--objective {model_args.objective!r} is not known; choose one of: {', '.join(objective_names())}")
+        raise UsageError(unknown_objective_message(model_args.objective))
     objective_cls = get_objective_class(model_args.objective)
     objective_args = by_class.get(objective_cls.arguments_class) if objective_cls.arguments_class else None
     if output_lock is not None:
