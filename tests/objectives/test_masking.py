@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer
 
 from clusterns.training.data import ContrastiveCollator
-from clusterns.objectives.diffcse.masking import MLMMasking, bert_mask_tokens, kodiffcse_mask_tokens, row_keys, special_token_mask
+from clusterns.objectives.diffcse.masking import MLMMasking, kodiffcse_mask_tokens, row_keys, special_token_mask
 
 SENTENCES = [
     "a man is playing a guitar .",
