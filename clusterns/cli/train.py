@@ -15,7 +15,7 @@ from clusterns.io import atomic_write_text
 from clusterns.training.checkpoints import CheckpointWriteError, describe_write_error
 from clusterns.training.data import CorpusError
 from clusterns.training.nan_guard import NonFiniteLossError, NonFiniteWeightsError
-from clusterns.training.run import RUN_MARKER, build_run, parse_args, run_marker
+from clusterns.training.run import RUN_MARKER, build_run, fp16_without_gpu, parse_args, run_marker, without_flag
 from clusterns.training.run_lock import OutputDirLock, OutputDirLockedError
 
 logger = logging.getLogger("clusterns")
@@ -35,7 +35,15 @@ def train_main(argv: list[str] | None = None) -> dict:
 
 
 def _train(argv: list[str] | None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parsed = parse_args(argv)
+    if fp16_without_gpu(parsed[-1]):
+        # SimCSE's command lines pass --fp16; without a GPU there is no fp16 autocast (HF would stop): say so, go on
+        # in fp32 (TrainingArguments sets its mixed precision up while it is built, hence the second parse).
+        logger.warning("--fp16 needs a CUDA GPU and this run has none: training runs in fp32 on the CPU (--bf16 is "
+                       "the CPU's mixed precision)")
+        argv = without_flag(argv, "fp16")
+        parsed = parse_args(argv)
     training_args = parsed[-1]
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
                         level=logging.INFO if training_args.should_log else logging.WARN)

@@ -84,12 +84,6 @@ def parse_args(argv: list[str] | None = None):
         if flag:  # parse again: TrainingArguments sets up its mixed precision while it is built
             logger.info("mixed precision on by default on this GPU: %s (--auto_mixed_precision false for fp32)", flag)
             model_args, data_args, *extra_args, training_args = parser.parse_args_into_dataclasses(args=[*argv, flag])
-    if training_args.fp16 and (training_args.use_cpu or not torch.cuda.is_available()):
-        # SimCSE's command lines pass --fp16; without a GPU there is no fp16 autocast (HF would stop): say so, go on in fp32.
-        logger.warning("--fp16 needs a CUDA GPU and this run has none: training runs in fp32 on the CPU (--bf16 is "
-                       "the CPU's mixed precision)")
-        argv = without_flag(argv, "fp16")
-        model_args, data_args, *extra_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     given = given_flags(argv)
     choose_objective(model_args, given)
     # Switches whose default depends on other flags: None when the command line does not set them.
@@ -121,6 +115,10 @@ def objective_flags() -> dict[str, str]:
             for flag in flags:
                 owners[flag] = name
     return owners
+
+
+def fp16_without_gpu(training_args) -> bool:
+    return bool(training_args.fp16) and (training_args.use_cpu or not torch.cuda.is_available())
 
 
 def without_flag(argv: list[str], name: str) -> list[str]:

@@ -162,11 +162,11 @@ def test_objective_simcse_names_infonce(tiny_bert, tiny_corpus, tmp_path, capsys
 
 def test_fp16_without_a_gpu_warns_and_trains_in_fp32(tiny_bert, tiny_corpus, tmp_path, caplog):
     """SimCSE's own command lines pass --fp16: on a machine without a GPU it is a warning, and the run is fp32."""
-    from clusterns.training.run import parse_args, without_flag
+    from clusterns.training.run import without_flag
 
     assert without_flag(["--a", "--fp16", "true", "--b", "--fp16=1", "--fp16"], "fp16") == ["--a", "--b"]
-    _, _, _, training_args = parse_args(base_args(tiny_bert, tiny_corpus, tmp_path / "p", "--fp16"))
-    assert not training_args.fp16
-    assert "--fp16 needs a CUDA GPU and this run has none: training runs in fp32" in caplog.text
-    results = train_main(base_args(tiny_bert, tiny_corpus, tmp_path / "run", "--fp16", "--max_steps", "1"))
+    out = tmp_path / "run"
+    results = train_main(base_args(tiny_bert, tiny_corpus, out, "--fp16", "--max_steps", "1"))
     assert results["train_loss"] > 0
+    assert "--fp16 needs a CUDA GPU and this run has none: training runs in fp32" in caplog.text
+    assert json.loads((out / "training_args.json").read_text())["training"]["fp16"] is False
