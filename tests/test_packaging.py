@@ -102,3 +102,46 @@ def test_editable_install_in_a_venv(tmp_path):
     # the top-level scripts keep working beside the install
     done = subprocess.run([str(python), str(REPO / "train.py"), "--help"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0 and "--objective" in done.stdout
+
+
+def test_wheel_install_and_every_console_script_in_a_fresh_venv(tiny_bert, tiny_corpus, tiny_sts_dir, tmp_path):
+    """`pip install .` (a wheel, not editable) into a fresh venv on top of the installed dependencies, offline; from
+    another folder every console script answers --help, and each does one real job on a tiny model: train,
+    evaluate, export to sentence-transformers, write the model card, collect the results table."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    bin_dir = venv / "bin"
+    python = bin_dir / "python"
+    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1", PIP_NO_INDEX="1", PYTHONPATH="",
+               VIRTUAL_ENV=str(venv), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", HF_HUB_OFFLINE="1")
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(REPO)],
+                             capture_output=True, text=True, env=env, timeout=600)
+    assert install.returncode == 0, install.stdout + install.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = subprocess.run([str(python), "-c", "import clusterns, senteval; print(clusterns.__file__); print(senteval.__file__)"],
+                           capture_output=True, text=True, cwd=elsewhere, env=env)
+    assert where.returncode == 0 and str(venv) in where.stdout and str(REPO) not in where.stdout, where  # the wheel's copy
+
+    def script(name, *args):
+        done = subprocess.run([str(bin_dir / name), *map(str, args)], capture_output=True, text=True, cwd=elsewhere, env=env, timeout=600)
+        assert done.returncode == 0, (name, args, done.stdout[-2000:], done.stderr[-2000:])
+        return done
+
+    for name in SCRIPTS:
+        assert "usage" in script(name, "--help").stdout.lower(), name
+    out = elsewhere / "run"
+    script("clusterns-train", "--model_name_or_path", tiny_bert, "--train_file", tiny_corpus, "--output_dir", out,
+           "--per_device_train_batch_size", 8, "--max_steps", 2, "--use_cpu", "--report_to", "none", "--pooler_type", "avg")
+    assert (out / "model.safetensors").exists()
+    result = elsewhere / "eval.json"
+    printed = script("clusterns-evaluate", "--model_name_or_path", out, "--mode", "dev", "--task_set", "na", "--tasks", "STSBenchmark",
+                     "--data_dir", tiny_sts_dir, "--device", "cpu", "--output_json", result).stdout
+    assert "STSBenchmark" in printed and result.exists()
+    (out / "modules.json").unlink()
+    script("clusterns-export-st", out)
+    assert (out / "modules.json").exists()
+    script("clusterns-model-card", out, "--eval_json", result)
+    assert "STS" in (out / "README.md").read_text()
+    table = script("clusterns-results-table", result).stdout
+    assert "STS-B" in table or "STSBenchmark" in table, table
