@@ -215,13 +215,29 @@ def plot_run(run_dir: str, output_dir: str | None = None, window: int = 1, title
     history = state.get("log_history", [])
     train, evals = split_history(history)
     if not train and not evals:
-        raise ValueError(f"{state_file} has no logged steps (was --logging_steps larger than the run?)")
+        raise ValueError(f"{state_file} has no logged steps: the run trained {state.get('global_step', 0)} step(s) and logs "
+                         f"every {state.get('logging_steps')} (--logging_steps larger than the run); train longer or log more often")
     out = Path(output_dir) if output_dir else (Path(run_dir) if Path(run_dir).is_dir() else state_file.parent) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     title = title or Path(run_dir).resolve().name
     paths = [plot_loss(plt, train, out, window, title), plot_dev(plt, evals, out, title, best_step_of(state)),
              plot_objective(plt, train, out, window, title)]
+    for name, path in zip(("loss.png", "dev.png", "objective.png"), paths):
+        if path is None:
+            print(f"no {name}: {why_missing(name, state, train, evals)}")
     return [p for p in paths if p is not None]
+
+
+def why_missing(name: str, state: dict, train: list[dict], evals: list[dict]) -> str:
+    """Why a plot could not be drawn, in terms of the flags the run was trained with."""
+    steps, every = state.get("global_step", 0), state.get("logging_steps")
+    if name in ("loss.png", "objective.png") and not train:
+        return (f"no training step was logged: the run trained {steps} step(s) and logs every {every} "
+                "(--logging_steps); train longer or log more often")
+    if name == "objective.png":
+        return "the objective logged no metrics of its own besides the loss"
+    return ("no dev evaluation was logged: train with --eval_strategy steps --eval_steps N "
+            f"(the run trained {steps} step(s))") if not evals else "the evaluations logged no Spearman or alignment"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,6 +83,23 @@ def test_plot_training_reads_the_latest_checkpoint_and_reports_errors(tmp_path, 
     assert "no trainer_state.json" in capsys.readouterr().err
 
 
+def test_plot_training_says_why_a_plot_is_missing(tmp_path, capsys):
+    plot = load_script("plot_training")
+    # a run shorter than its logging interval: nothing to plot, and the message names the flag
+    short = {"log_history": [{"train_runtime": 1.0, "train_loss": 0.1, "epoch": 0.1, "step": 6}], "global_step": 6, "logging_steps": 500}
+    (tmp_path / "trainer_state.json").write_text(json.dumps(short))
+    assert plot.main([str(tmp_path)]) == 2
+    assert "the run trained 6 step(s) and logs every 500 (--logging_steps" in capsys.readouterr().err
+    # training logged, no evaluation: loss and objective plots, and a line for the missing dev plot
+    state = synthetic_state(eval_every=1000)
+    state["logging_steps"] = 4
+    (tmp_path / "trainer_state.json").write_text(json.dumps(state))
+    assert plot.main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "no dev.png: no dev evaluation was logged: train with --eval_strategy steps --eval_steps N" in printed
+    assert "wrote" in printed and (tmp_path / "plots" / "loss.png").exists()
+
+
 # ---- plot_embeddings ------------------------------------------------------------------------------
 def test_plot_embeddings_clusters_by_the_stored_centroids(tiny_bert, tiny_sts_dir, tmp_path, capsys):
     plot = load_script("plot_embeddings")
