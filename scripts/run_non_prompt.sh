@@ -33,6 +33,9 @@ TEMP=0.05
 KMEANS=128
 KMEANS_OPTIM=momentum
 EARLY_STOP=3
+# The original logged every 500 steps (HF's default): 3 points for a 1,954-step run, too few for plot_training.py.
+# Logging does not change training.
+LOGGING_STEPS=25
 TRAIN_POOLER=cls
 TEST_POOLER=cls_before_pooler
 FP16=1
@@ -77,6 +80,7 @@ ARGS=(
     --per_device_train_batch_size "$PER_DEVICE_BATCH"
     --learning_rate "$LR"
     --max_seq_length "$MAX_LEN"
+    --logging_steps "$LOGGING_STEPS"
     --eval_strategy steps
     --eval_steps "$EVAL_STEPS"
     --save_steps "$EVAL_STEPS"

@@ -51,6 +51,9 @@ MAX_LEN=32
 EVAL_STEPS=125
 TEMP=0.05
 EARLY_STOP=3
+# The original logged every 500 steps (HF's default): 3 points for a 1,954-step run, too few for plot_training.py.
+# Logging does not change training.
+LOGGING_STEPS=25
 FP16=1
 case "$CONFIG" in
     prompt-bert-base)
@@ -103,6 +106,7 @@ ARGS=(
     --gradient_accumulation_steps 1
     --learning_rate "$LR"
     --max_seq_length "$MAX_LEN"
+    --logging_steps "$LOGGING_STEPS"
     --eval_strategy steps
     --eval_steps "$EVAL_STEPS"
     --metric_for_best_model stsb_spearman

@@ -23,7 +23,7 @@ PUBLISHED = {
 SHARED = {
     "train_file": "data/wiki1m_for_simcse.txt", "objective": "clusterns", "kmeans_optim": "momentum",
     "enable_hardneg": True, "num_train_epochs": "1", "max_seq_length": "32", "eval_strategy": "steps",
-    "eval_steps": "125", "save_steps": "125", "save_total_limit": "1", "metric_for_best_model": "stsb_spearman",
+    "logging_steps": "25", "eval_steps": "125", "save_steps": "125", "save_total_limit": "1", "metric_for_best_model": "stsb_spearman",
     "load_best_model_at_end": True, "early_stop": "3", "pooler_type": "cls", "mlp_only_train": True, "temp": "0.05",
     "seed": "42", "overwrite_output_dir": True, "do_train": True, "fp16": True,
 }
