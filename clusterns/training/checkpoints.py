@@ -48,6 +48,7 @@ from clusterns.io import (
     safetensors_files,
 )
 from clusterns.modeling.projectors import MLPProjector
+from clusterns.training.nan_guard import NonFiniteWeightsError, first_non_finite
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +110,9 @@ def check_trainer_files(folder: str, uses_grad_scaler: bool) -> None:
     for name in names:
         path = os.path.join(folder, name)
         try:
+            # mmap: the unpickling is checked without reading the tensors' data (the optimizer state is 2x the model)
             with numpy_safe_globals():  # the numpy types HF itself allows in rng_state.pth
-                torch.load(path, map_location="cpu", weights_only=True)
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except pickle.UnpicklingError:
             raise CheckpointLoadError(
                 f"{path} was refused for safety: it holds Python objects other than tensors and plain containers, so "
@@ -324,15 +326,26 @@ def describe_write_error(err: BaseException, what: str, run_dir: str) -> Checkpo
 # ---------------------------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------------------------
+def load_finite(path: str) -> dict[str, torch.Tensor]:
+    """A checkpoint's safetensors file, refused (naming the file and the tensor) when a tensor is NaN or infinite:
+    training on from it would only skip every step, or save the broken weights again."""
+    tensors = load_file(path)
+    name = first_non_finite(tensors)
+    if name is not None:
+        raise NonFiniteWeightsError(f"{path}: {name} is not finite; this checkpoint cannot be resumed (resume from an "
+                                    "earlier one, or start again)")
+    return tensors
+
+
 def load_contrastive_state(model: nn.Module, folder: str) -> None:
     """Restore a ContrastiveModel's encoder (backbone + projector) and objective state from a checkpoint folder
-    written by ContrastiveTrainer (safetensors only)."""
+    written by ContrastiveTrainer (safetensors only; every tensor must be finite)."""
     files = safetensors_files(folder)
     if not files or not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
         raise FileNotFoundError(f"{folder!r} is not a complete checkpoint (missing {WEIGHTS_NAME} or {CONFIG_NAME})")
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        state.update(load_file(file))
+        state.update(load_finite(file))
     encoder = model.encoder
     if isinstance(encoder.projector, MLPProjector):
         encoder.projector.dense.weight.data.copy_(state.pop(MLP_KEYS[0]))
@@ -345,14 +358,14 @@ def load_contrastive_state(model: nn.Module, folder: str) -> None:
         raise ValueError(f"checkpoint {folder!r} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     projector_file = os.path.join(folder, PROJECTOR_WEIGHTS_NAME)
     if os.path.isfile(projector_file):
-        encoder.projector.load_state_dict(load_file(projector_file))
+        encoder.projector.load_state_dict(load_finite(projector_file))
     objective_file = os.path.join(folder, OBJECTIVE_STATE_NAME)
     if os.path.isfile(objective_file):
-        model.objective.load_state_dict(load_file(objective_file))
+        model.objective.load_state_dict(load_finite(objective_file))
     elif model.objective.state_dict():
         raise FileNotFoundError(f"{folder!r} has no {OBJECTIVE_STATE_NAME}: the objective's state (e.g. centroids) cannot be restored")
     if getattr(model, "masked_lm", None) is not None:
         head_file = os.path.join(folder, MASKED_LM_STATE_NAME)
         if not os.path.isfile(head_file):
             raise FileNotFoundError(f"{folder!r} has no {MASKED_LM_STATE_NAME}: it was not trained with --do_mlm, so its LM head cannot be restored")
-        model.masked_lm.load_state_dict(load_file(head_file))
+        model.masked_lm.load_state_dict(load_finite(head_file))

@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
 from transformers import EarlyStoppingCallback, Trainer, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
@@ -35,7 +34,6 @@ from clusterns.training.nan_guard import (  # noqa: F401  (the errors: part of t
     NonFiniteLossError,
     NonFiniteWeightsError,
     check_finite,
-    first_non_finite,
 )
 
 logger = logging.getLogger(__name__)
@@ -58,18 +56,6 @@ HF_PRIVATE_OVERRIDES: dict[str, tuple[tuple[str, ...], bool]] = {
     "_get_grad_norm": (("self", "model", "grad_norm"), False),  # 5.x: the norm HF computed (4.x: our own norm)
     "_rotate_checkpoints": (("self", "use_mtime", "output_dir"), False),  # 4.x only (5.x: trainer_utils.rotate_checkpoints)
 }
-
-
-def check_checkpoint_finite(folder: str) -> None:
-    """Refuse to resume from a checkpoint whose weights (encoder, projector, objective state) are not finite."""
-    for file in sorted(os.listdir(folder)):
-        if file.endswith(".safetensors"):
-            name = first_non_finite(load_file(os.path.join(folder, file)))
-            if name is not None:
-                raise NonFiniteWeightsError(
-                    f"{os.path.join(folder, file)}: {name} is not finite; this checkpoint cannot be resumed (resume from an "
-                    "earlier one, or start again)"
-                )
 
 
 def logged_training_loss(log_history: list[dict]) -> float:
@@ -321,7 +307,7 @@ class ContrastiveTrainer(Trainer):
         if resume_from_checkpoint:
             done = ckpt.checkpoint_global_step(resume_from_checkpoint)
             planned = self.planned_steps()
-            check_checkpoint_finite(resume_from_checkpoint)
+            # (non-finite weights are refused when they are loaded: checkpoints.load_contrastive_state)
             ckpt.check_trainer_files(resume_from_checkpoint, getattr(self.accelerator, "scaler", None) is not None)
             if done >= planned:
                 # HF would train one more step (its stop test runs only after a step): finish instead.
