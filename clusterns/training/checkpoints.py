@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 WEIGHTS_NAMES = (WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
 STAGING_PREFIX = "tmp-"  # tmp-checkpoint-<step> (a save in progress), tmp-replaced-..., tmp-save-...
 RESUME_AUTO = "auto"
+OPTIMIZER_NAME, SCHEDULER_NAME = "optimizer.pt", "scheduler.pt"  # HF Trainer's names
 BEST_METRIC_NAME = "best_metric.json"
 
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
@@ -92,7 +93,7 @@ class CheckpointLoadError(ValueError):
 
 
 # The Trainer's own files in a checkpoint, read by HF with torch.load(weights_only=True).
-TRAINER_PICKLES = ("optimizer.pt", "scheduler.pt", "scaler.pt")
+TRAINER_PICKLES = (OPTIMIZER_NAME, SCHEDULER_NAME, "scaler.pt")
 
 
 def numpy_safe_globals():
@@ -152,15 +153,39 @@ def latest_checkpoint(output_dir: str) -> str | None:
     return None
 
 
+def has_optimizer_state(folder: str) -> bool:
+    """Whether folder holds what continuing the training needs besides the weights (HF's optimizer.pt and
+    scheduler.pt): a final model folder or a --save_only_model checkpoint does not."""
+    return all(os.path.isfile(os.path.join(folder, name)) for name in (OPTIMIZER_NAME, SCHEDULER_NAME))
+
+
+def finished_run(output_dir: str) -> str | None:
+    """output_dir itself when it holds the final model and trainer state of a run that got past its last
+    checkpoint (with --save_strategy best, i.e. --load_best_model_at_end, or --save_strategy no the last step
+    has no checkpoint), else None. Its trainer_state.json is written after the final model (cli/train.py)."""
+    if not is_complete_checkpoint(output_dir):
+        return None
+    latest = latest_checkpoint(output_dir)
+    try:
+        final = checkpoint_global_step(output_dir)
+    except (OSError, ValueError):
+        return None
+    return output_dir if latest is None or final > checkpoint_global_step(latest) else None
+
+
 def resolve_resume_checkpoint(value: str | None, output_dir: str) -> str | None:
-    """--resume_from_checkpoint: `auto` = the latest complete checkpoint of output_dir (None: start fresh);
+    """--resume_from_checkpoint: `auto` = the latest complete state of output_dir: its final model when the run
+    got past its last checkpoint (finished_run), else its latest complete checkpoint (None: start fresh);
     a path must be a complete checkpoint folder. Raises FileNotFoundError naming what is missing."""
     if value is None or value == "":
         return None
     if value == RESUME_AUTO:
-        found = latest_checkpoint(output_dir)
+        found = finished_run(output_dir) or latest_checkpoint(output_dir)
         if found is None:
             logger.info("--resume_from_checkpoint auto: no complete checkpoint in %s, starting from scratch", output_dir)
+        elif found == output_dir:
+            logger.info("--resume_from_checkpoint auto: resuming from the final state of the run in %s (step %d)",
+                        output_dir, checkpoint_global_step(output_dir))
         else:
             logger.info("--resume_from_checkpoint auto: resuming from %s", found)
         return found

@@ -308,6 +308,8 @@ class ContrastiveTrainer(Trainer):
             done = ckpt.checkpoint_global_step(resume_from_checkpoint)
             planned = self.planned_steps()
             # (non-finite weights are refused when they are loaded: checkpoints.load_contrastive_state)
+            if done < planned:
+                resume_from_checkpoint = self._checkpoint_to_continue(resume_from_checkpoint, done, planned)
             ckpt.check_trainer_files(resume_from_checkpoint, getattr(self.accelerator, "scaler", None) is not None)
             if done >= planned:
                 # HF would train one more step (its stop test runs only after a step): finish instead.
@@ -322,6 +324,24 @@ class ContrastiveTrainer(Trainer):
         if self.skipped_steps:
             output.metrics["skipped_steps"] = len(self.skipped_steps)
         return output
+
+    def _checkpoint_to_continue(self, folder: str, done: int, planned: int) -> str:
+        """Training on from folder needs its optimizer and scheduler state (HF would silently restart Adam and the
+        learning-rate schedule without them). A final model folder (a finished run given more steps) falls back to
+        the run's latest checkpoint; anything else without them is refused."""
+        if ckpt.has_optimizer_state(folder):
+            return folder
+        latest = ckpt.latest_checkpoint(self.args.output_dir)
+        if os.path.realpath(folder) == os.path.realpath(self.args.output_dir) and latest and ckpt.has_optimizer_state(latest):
+            logger.warning("the final model in %s (step %d of this run's %d) holds no optimizer state: continuing from "
+                           "%s, the run's latest checkpoint", folder, done, planned, latest)
+            return latest
+        raise ckpt.CheckpointLoadError(
+            f"{folder} is at step {done} of this run's {planned} but holds no optimizer/scheduler state ({ckpt.OPTIMIZER_NAME}, "
+            f"{ckpt.SCHEDULER_NAME}: a final model folder or a --save_only_model checkpoint), so the training cannot "
+            f"continue from it exactly; resume from a checkpoint-<step> folder, or start a new run from its weights with "
+            f"--model_name_or_path {folder}"
+        )
 
     def planned_steps(self) -> int:
         """The optimizer steps this run trains in all: --max_steps, else HF's count from the epochs
