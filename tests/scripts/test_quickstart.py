@@ -125,7 +125,8 @@ def test_fresh_clone_resume_and_recipe_dry_runs(tmp_path):
 
     finished = run([*command, "--resume"], cwd=clone, env=env)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
-    assert f"resuming from {out / 'checkpoint-40'}" in finished.stdout + finished.stderr
+    log = finished.stdout + finished.stderr
+    assert f"resuming from the final state of the run in {out} (step 40)" in log and "nothing left to train" in log
     assert FIGURES.search(finished.stdout).groups() == FIGURES.search(resumed.stdout).groups()
     assert (out / "model.safetensors").read_bytes() == weights  # nothing trained again
     assert not list(out.glob("checkpoint-4[1-9]"))
