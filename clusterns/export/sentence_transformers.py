@@ -34,7 +34,7 @@ import torch
 import transformers
 
 from clusterns.io import MLP_KEYS, ST_MODULE_CONFIG_NAME, has_tensors, safetensors_files, save_tensors, write_json
-from clusterns.modeling.backbones import max_positions
+from clusterns.modeling.backbones import max_positions, takes_pooling_layer
 from clusterns.modeling.encoder import SentenceEncoder
 from clusterns.modeling.pooling import ST_LAYOUTS
 from clusterns.modeling.projectors import BNProjectionMLP, MLPProjector
@@ -76,10 +76,13 @@ def max_seq_length_of(encoder: SentenceEncoder) -> int:
     return int(min(encoder.config.max_seq_length or limit, limit))
 
 
-def _pooler_weights_saved(folder: Path) -> bool | None:
-    """Whether the folder's safetensors weights hold pooler.dense.* (None: no safetensors to look at)."""
+def _pooler_weights_saved(folder: Path, encoder) -> bool | None:
+    """Whether the folder's safetensors weights hold the HF pooler's weights (None: no safetensors to look at, or an
+    architecture without an HF pooler)."""
     files = safetensors_files(folder)
-    return has_tensors(files, MLP_KEYS) if files else None
+    if not files or not takes_pooling_layer(encoder.backbone.config):
+        return None
+    return has_tensors(files, encoder.mlp_keys or MLP_KEYS)
 
 
 def write_sentence_transformers_files(output_dir: str | os.PathLike, encoder, prompt_convention: str | None = None) -> list[str]:
@@ -114,7 +117,7 @@ def write_sentence_transformers_files(output_dir: str | os.PathLike, encoder, pr
     st_config: dict[str, Any] = {"max_seq_length": max_seq_length_of(encoder), "do_lower_case": False}
     if layout == "weighted_layers":
         st_config["config_args"] = {"output_hidden_states": True}
-    elif _pooler_weights_saved(out) is False:
+    elif _pooler_weights_saved(out, encoder) is False:
         # The saved weights hold no pooler.dense.*: do not build (and randomly initialise) HF's pooler.
         # Not for the hidden-states layouts: sentence-transformers 3.x only passes all_layer_embeddings on when
         # the model also returns a pooler_output (its random weights are unused; transformers reports them).

@@ -1,26 +1,119 @@
-"""What differs between Hugging Face backbones, declared in one place (no `model_type` tests elsewhere)."""
+"""What differs between Hugging Face backbones, declared in one place (no `model_type` tests elsewhere).
+
+Every trait is read from the architecture itself (its AutoModel class, its modules, its tokenizer), so a
+new encoder architecture works without an entry here unless it differs in a way not listed below."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
+import json
 
+import torch
+from torch import nn
+from transformers import MODEL_MAPPING
 from transformers.utils import logging as hf_logging
 
 # RoBERTa-style position tables reserve padding_idx + 1 positions, and its tokenizers put a space
 # before a word (PromptBERT strips its template prefix for them).
 ROBERTA_TYPES = frozenset({"roberta", "xlm-roberta", "camembert"})
+# Where an architecture maps its embedding size to the hidden size before the first layer (ELECTRA, ALBERT):
+# the first hidden-size representation of the input, which DiffCSE's conditioning replaces at position 0.
+EMBEDDING_TO_HIDDEN = ("embeddings_project", "encoder.embedding_hidden_mapping_in")
 
 
 def is_roberta(config) -> bool:
     return getattr(config, "model_type", "") in ROBERTA_TYPES
 
 
+WORD_START_MARKERS = ("Ġ", "▁")  # byte-level BPE, SentencePiece
+
+
+def marks_word_starts(tokenizer) -> bool:
+    """Whether the tokenizer writes a word's leading space into its first token (byte-level BPE `Ġ`, SentencePiece
+    `▁`), so spaces around a template's sentence slot change the tokens (WordPiece ignores them)."""
+    return any(token.startswith(WORD_START_MARKERS) for token in tokenizer.tokenize("x y"))
+
+
+def space_marking_prompts(config, tokenizer) -> bool:
+    """PromptBERT's RoBERTa handling (its templates put a space on both sides of the sentence slot, and the prefix's
+    outer spaces are stripped) for RoBERTa and every tokenizer that marks word starts (XLM-R, DeBERTa-v2/v3, ALBERT,
+    ModernBERT): with them the prompt's pieces tokenise as the joined template does; BERT's templates glue the
+    sentence to its quotes, which only a WordPiece tokenizer (BERT, ELECTRA, DistilBERT, MPNet) splits the same."""
+    return is_roberta(config) or marks_word_starts(tokenizer)
+
+
 def max_positions(config, tokenizer) -> int:
     """Longest input the backbone accepts (RoBERTa reserves padding_idx + 1 positions)."""
-    limit = getattr(config, "max_position_embeddings", 512)
+    limit = getattr(config, "max_position_embeddings", None) or 512
     if is_roberta(config):
         limit -= config.pad_token_id + 1
     tok_limit = getattr(tokenizer, "model_max_length", limit) or limit
     return int(min(limit, tok_limit))
+
+
+def model_class(config) -> type[nn.Module]:
+    """The class AutoModel builds for config."""
+    try:
+        return MODEL_MAPPING[type(config)]
+    except KeyError:
+        raise ValueError(f"{type(config).__name__} ({getattr(config, 'model_type', '?')}) has no AutoModel class: "
+                         "it cannot be a sentence-encoder backbone") from None
+
+
+def takes_pooling_layer(config) -> bool:
+    """Whether the architecture's AutoModel class has the optional HF pooler (add_pooling_layer)."""
+    return "add_pooling_layer" in inspect.signature(model_class(config).__init__).parameters
+
+
+def pooling_layer_kwargs(config, pooling_layer: bool) -> dict:
+    """from_pretrained / constructor keywords: build the HF pooler only when asked and only where there is one."""
+    return {"add_pooling_layer": pooling_layer} if takes_pooling_layer(config) else {}
+
+
+@functools.lru_cache(maxsize=64)
+def _pooler_slot(config_json: str, config_cls: type) -> tuple[str, str] | None:
+    config = config_cls.from_dict(json.loads(config_json))
+    with torch.device("meta"):
+        model = model_class(config)(config, add_pooling_layer=True)
+    for name in ("pooler.dense", "pooler"):
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            continue
+        if isinstance(module, nn.Linear) and module.in_features == module.out_features == config.hidden_size:
+            return f"{name}.weight", f"{name}.bias"
+    return None
+
+
+def pooler_slot(config) -> tuple[str, str] | None:
+    """The state-dict keys of the architecture's HF pooler (tanh(W h_[CLS] + b): BERT, RoBERTa, XLM-R, MPNet,
+    ALBERT), where SimCSE's MLP projector is stored so that plain AutoModel's `pooler_output` is the MLP output;
+    None for an architecture without one (DeBERTa, ModernBERT, ELECTRA, DistilBERT: the MLP is stored beside the
+    weights in projector.safetensors)."""
+    if not takes_pooling_layer(config):
+        return None
+    return _pooler_slot(config.to_json_string(use_diff=False), type(config))
+
+
+def takes_token_type_ids(backbone: nn.Module) -> bool:
+    """Whether the backbone's forward takes token_type_ids (DistilBERT, ModernBERT, MPNet do not)."""
+    return "token_type_ids" in inspect.signature(type(backbone).forward).parameters
+
+
+def conditioning_module(backbone: nn.Module) -> nn.Module:
+    """The module whose output is the first hidden-size representation of the input (the transformer layers'
+    input): `embeddings`, or the embedding-to-hidden projection that follows it (ELECTRA, ALBERT)."""
+    for name in EMBEDDING_TO_HIDDEN:
+        try:
+            return backbone.get_submodule(name)
+        except AttributeError:
+            continue
+    embeddings = getattr(backbone, "embeddings", None)
+    if not isinstance(embeddings, nn.Module):
+        raise ValueError(f"{type(backbone).__name__} has no `embeddings` module: DiffCSE's conditioning (the sentence "
+                         "vector at position 0 of the embedding output) cannot be applied to it")
+    return embeddings
 
 
 @contextlib.contextmanager

@@ -2,8 +2,10 @@
 
 A saved encoder folder loads with plain `transformers.AutoModel.from_pretrained(dir)`: the
 backbone weights are stored with the HF key names, and SimCSE's MLP projector is stored as
-the HF pooler (`pooler.dense.*`), so `pooler_output` is the MLP output exactly as after
-SimCSE's conversion script. `clusterns_config.json` records how to pool.
+the HF pooler where the architecture has one (`pooler.dense.*`; ALBERT `pooler.*`), so
+`pooler_output` is the MLP output exactly as after SimCSE's conversion script; architectures
+without a pooler (DeBERTa, ModernBERT, ELECTRA, DistilBERT) keep it in projector.safetensors
+beside the weights. `clusterns_config.json` records how to pool.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from clusterns.io import (
     save_tensors,
     write_json,
 )
-from clusterns.modeling.backbones import quiet_transformers
+from clusterns.modeling.backbones import pooler_slot, pooling_layer_kwargs, quiet_transformers, takes_token_type_ids
 from clusterns.modeling.poolers import get_pooler
 from clusterns.modeling.projectors import BNProjectionMLP, MLPProjector, build_projector
 
@@ -93,7 +95,11 @@ class SentenceEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.config = config
         self.hidden_size = backbone.config.hidden_size
-        self.projector = build_projector(config.projector, self.hidden_size, backbone.config.initializer_range)
+        self.projector = build_projector(config.projector, self.hidden_size, getattr(backbone.config, "initializer_range", 0.02))
+        # Where SimCSE's MLP is stored: the HF pooler's keys (None: projector.safetensors). backbones.py
+        self.mlp_keys = pooler_slot(backbone.config)
+        if not takes_token_type_ids(backbone):  # DistilBERT, ModernBERT, MPNet: the tokenizer must not make them
+            tokenizer.model_input_names = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
         # The pooler for this encoder (modeling/poolers.py): pooling, encode() inputs, training inputs.
         self.pooling = get_pooler(config.pooler_type).bind(config)
 
@@ -139,30 +145,34 @@ class SentenceEncoder(nn.Module):
             hf_config.hidden_dropout_prob = dropout_prob
             hf_config.attention_probs_dropout_prob = dropout_prob
         pretrained_pooler = config.projector == "hf_pooler"  # the projector starts from the checkpoint's pooler
+        slot = pooler_slot(hf_config)
+        if pretrained_pooler and slot is None:
+            raise ValueError(f"--projector hf_pooler needs the checkpoint's pretrained pooler, but {hf_config.model_type} models "
+                             "have none; use --projector simcse_mlp (a fresh MLP)")
         with quiet_transformers():
             backbone, info = AutoModel.from_pretrained(
-                model_name_or_path, config=hf_config, add_pooling_layer=pretrained_pooler,
+                model_name_or_path, config=hf_config, **pooling_layer_kwargs(hf_config, pretrained_pooler),
                 use_safetensors=None if trust_pickle else True, cache_dir=cache_dir, revision=revision, output_loading_info=True,
             )
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_name or model_name_or_path, cache_dir=cache_dir, revision=revision,
                                                   use_fast=use_fast_tokenizer)
         config.base_model = config.base_model or str(model_name_or_path)
-        pooler = getattr(backbone, "pooler", None) if pretrained_pooler else None
+        pooler_weights = None
         if pretrained_pooler:
-            dense = getattr(pooler, "dense", None)
-            missing = [k for k in info.get("missing_keys", []) if "pooler" in k]
-            if not isinstance(dense, nn.Linear) or missing:
+            missing = [k for k in info.get("missing_keys", []) if k in slot]
+            if missing:
                 raise ValueError(
-                    f"--projector hf_pooler needs the checkpoint's pretrained pooler (pooler.dense), but "
-                    f"{model_name_or_path!r} {'has none' if dense is None else 'does not hold its weights'}; "
-                    "use --projector simcse_mlp (a fresh MLP)"
+                    f"--projector hf_pooler needs the checkpoint's pretrained pooler ({slot[0].rsplit('.', 1)[0]}), but "
+                    f"{model_name_or_path!r} does not hold its weights; use --projector simcse_mlp (a fresh MLP)"
                 )
+            state = backbone.state_dict()
+            pooler_weights = [state[k].detach().clone() for k in slot]
             backbone.pooler = None  # the encoder pools itself; the weights move to the projector
         encoder = cls(backbone, tokenizer, config)
-        if pooler is not None:
+        if pooler_weights is not None:
             with torch.no_grad():
-                encoder.projector.dense.weight.copy_(pooler.dense.weight)
-                encoder.projector.dense.bias.copy_(pooler.dense.bias)
+                encoder.projector.dense.weight.copy_(pooler_weights[0])
+                encoder.projector.dense.bias.copy_(pooler_weights[1])
         return encoder
 
     @classmethod
@@ -210,7 +220,8 @@ class SentenceEncoder(nn.Module):
                 "(unpickling can run arbitrary code)"
             )
         with quiet_transformers():
-            backbone = AutoModel.from_pretrained(path, add_pooling_layer=False, use_safetensors=None if trust_pickle else True)
+            backbone = AutoModel.from_pretrained(path, **pooling_layer_kwargs(AutoConfig.from_pretrained(path), False),
+                                                 use_safetensors=None if trust_pickle else True)
         tokenizer = AutoTokenizer.from_pretrained(path)
         encoder = cls(backbone, tokenizer, config)
         encoder._load_projector(path, weights)
@@ -222,18 +233,35 @@ class SentenceEncoder(nn.Module):
         encoder.eval()
         return encoder
 
+    def take_projector_tensors(self, state: dict[str, Tensor]) -> bool:
+        """Load SimCSE's MLP from a backbone state dict holding it under the HF pooler's keys, removing them (any
+        pooler tensors are removed: the backbone is built without its pooler). False: the MLP is not there."""
+        keys = self.mlp_keys or MLP_KEYS
+        found = [state.pop(k, None) for k in keys]
+        for k in MLP_KEYS:
+            state.pop(k, None)
+        if not isinstance(self.projector, MLPProjector) or any(t is None for t in found):
+            return False
+        self.projector.dense.weight.data.copy_(found[0])
+        self.projector.dense.bias.data.copy_(found[1])
+        return True
+
     def _load_projector(self, path: str, weights: list[str]) -> None:
+        file = os.path.join(path, PROJECTOR_WEIGHTS_NAME)
         if isinstance(self.projector, MLPProjector):
-            tensors = read_tensors(weights, MLP_KEYS)
-            if len(tensors) != 2:
+            keys = self.mlp_keys or MLP_KEYS
+            tensors = read_tensors(weights, keys)
+            if len(tensors) == 2:
+                self.projector.dense.weight.data.copy_(tensors[keys[0]])
+                self.projector.dense.bias.data.copy_(tensors[keys[1]])
+            elif os.path.isfile(file):  # an architecture without an HF pooler: the MLP beside the weights
+                self.projector.load_state_dict(load_file(file))
+            else:
                 raise ValueError(
-                    f"{path!r} has no pooler weights (pooler.dense.*), so --pooler cls cannot be applied; "
-                    "use --pooler cls_before_pooler"
+                    f"{path!r} has no pooler weights ({keys[0].rsplit('.', 1)[0]}.* or {PROJECTOR_WEIGHTS_NAME}), so "
+                    "--pooler cls cannot be applied; use --pooler cls_before_pooler"
                 )
-            self.projector.dense.weight.data.copy_(tensors[MLP_KEYS[0]])
-            self.projector.dense.bias.data.copy_(tensors[MLP_KEYS[1]])
         elif isinstance(self.projector, BNProjectionMLP):
-            file = os.path.join(path, PROJECTOR_WEIGHTS_NAME)
             if not os.path.isfile(file):
                 raise FileNotFoundError(f"{file!r} is missing: this checkpoint's projector cannot be restored")
             self.projector.load_state_dict(load_file(file))
@@ -245,10 +273,10 @@ class SentenceEncoder(nn.Module):
         output_dir = str(output_dir)
         os.makedirs(output_dir, exist_ok=True)
         state = dict(self.backbone.state_dict())
-        if isinstance(self.projector, MLPProjector):
-            state[MLP_KEYS[0]] = self.projector.dense.weight
-            state[MLP_KEYS[1]] = self.projector.dense.bias
-        elif isinstance(self.projector, BNProjectionMLP):
+        if isinstance(self.projector, MLPProjector) and self.mlp_keys is not None:
+            state[self.mlp_keys[0]] = self.projector.dense.weight
+            state[self.mlp_keys[1]] = self.projector.dense.bias
+        elif isinstance(self.projector, (MLPProjector, BNProjectionMLP)):
             save_tensors(self.projector.state_dict(), os.path.join(output_dir, PROJECTOR_WEIGHTS_NAME))
         hf_config = self.backbone.config
         hf_config.architectures = [type(self.backbone).__name__]

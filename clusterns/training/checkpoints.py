@@ -38,7 +38,6 @@ from clusterns.io import (
     CONFIG_NAME,
     HF_CONFIG_NAME,
     MASKED_LM_STATE_NAME,
-    MLP_KEYS,
     OBJECTIVE_STATE_NAME,
     PICKLE_WEIGHTS_NAMES,
     PROJECTOR_WEIGHTS_NAME,
@@ -372,12 +371,9 @@ def load_contrastive_state(model: nn.Module, folder: str) -> None:
     for file in files:
         state.update(load_finite(file))
     encoder = model.encoder
-    if isinstance(encoder.projector, MLPProjector):
-        encoder.projector.dense.weight.data.copy_(state.pop(MLP_KEYS[0]))
-        encoder.projector.dense.bias.data.copy_(state.pop(MLP_KEYS[1]))
-    else:
-        for key in MLP_KEYS:
-            state.pop(key, None)
+    in_weights = encoder.take_projector_tensors(state)  # else in projector.safetensors (below)
+    if isinstance(encoder.projector, MLPProjector) and not in_weights and not os.path.isfile(os.path.join(folder, PROJECTOR_WEIGHTS_NAME)):
+        raise FileNotFoundError(f"{folder!r} holds no MLP projector weights: this checkpoint's projector cannot be restored")
     missing, unexpected = encoder.backbone.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {folder!r} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")

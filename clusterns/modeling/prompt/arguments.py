@@ -5,7 +5,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from clusterns.modeling.backbones import is_roberta
+from clusterns.modeling.backbones import space_marking_prompts
 from clusterns.modeling.prompt.settings import DELTA_PREFIX_SOURCES, check_choice, prompt_config
 from clusterns.modeling.prompt.templates import (
     BERT_TEMPLATES,
@@ -58,7 +58,9 @@ class PromptArguments:
         default="original",
         metadata={"help": "Defaults of the two template flags: original (train_prompt.py: the RoBERTa 'The sentence : "
                           "'...'' template for both views, whatever the backbone; a template left unset stays on it) or "
-                          "per_backbone (corrected: the BERT pair for BERT, the RoBERTa pair for RoBERTa; when only "
+                          "per_backbone (corrected: the BERT pair for WordPiece tokenizers: BERT, ELECTRA, DistilBERT, MPNet; the "
+                          "RoBERTa pair, a space on both sides of the sentence slot, for RoBERTa and the Ġ/▁ tokenizers: "
+                          "XLM-R, DeBERTa-v2/v3, ALBERT, ModernBERT; when only "
                           "--mask_embedding_sentence_template is given, view 2 uses it too)."},
     )
     delta_prefix_source: str = field(
@@ -133,7 +135,7 @@ def enable_prompt(model_args, prompt_args: PromptArguments | None) -> PromptArgu
 def attach_prompt(encoder, prompt_args: PromptArguments, max_seq_length: int) -> None:
     """Record the resolved prompt settings in the encoder's config (the run builder then checks the template
     tokens plus --max_seq_length against the model through encoder.pooling.check)."""
-    encoder.configure(prompt=prompt_args.to_config(is_roberta(encoder.backbone.config), max_seq_length))
+    encoder.configure(prompt=prompt_args.to_config(space_marking_prompts(encoder.backbone.config, encoder.tokenizer), max_seq_length))
     spec = encoder.pooling.spec(encoder)
     logger.info("prompt: template 1 %r -> %s, template 2 %r", spec.t1.text, list(spec.t1.empty_ids),
                 spec.t2.text if spec.t2 else None)

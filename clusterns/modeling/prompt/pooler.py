@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from clusterns.modeling.backbones import is_roberta, max_positions
+from clusterns.modeling.backbones import max_positions, space_marking_prompts
 from clusterns.modeling.pooling import Pooler
 from clusterns.modeling.prompt.settings import (
     DELTA_COPIES_EVAL,
@@ -41,7 +41,7 @@ class PromptSpec:
 
     def __init__(self, settings: PromptSettings, tokenizer, backbone_config):
         self.settings = settings
-        self.is_roberta = is_roberta(backbone_config)
+        self.is_roberta = space_marking_prompts(backbone_config, tokenizer)
         self.t1 = build_template(settings.template, tokenizer, self.is_roberta, "--mask_embedding_sentence_template")
         t2 = settings.template2
         self.t2 = build_template(t2, tokenizer, self.is_roberta, "--mask_embedding_sentence_different_template", strict=False) if t2 else None

@@ -14,6 +14,8 @@ import contextlib
 import torch
 from torch import Tensor, nn
 
+from clusterns.modeling.backbones import conditioning_module, pooling_layer_kwargs
+
 
 def splice_cls_input(embedding_output: Tensor, cls_input: Tensor) -> Tensor:
     """Replace row 0 along the sequence axis: [N, L, H], [N, H] -> [N, L, H]. Differentiable in both."""
@@ -26,23 +28,19 @@ def splice_cls_input(embedding_output: Tensor, cls_input: Tensor) -> Tensor:
 
 
 class ConditionalDiscriminator(nn.Module):
-    """A separate BertModel/RobertaModel whose position-0 embedding output is the given sentence vector.
+    """A separate copy of the encoder's backbone whose position-0 embedding output is the given sentence vector.
 
-    ``backbone`` is any HF encoder with an ``embeddings`` submodule whose output feeds the transformer
-    layers (BERT, RoBERTa and their relatives). Its state_dict keys are the backbone's own (``backbone.*``)."""
+    ``backbone`` is any HF encoder with an ``embeddings`` submodule (backbones.conditioning_module: the
+    output that feeds the transformer layers, after ELECTRA's / ALBERT's projection to the hidden size).
+    Its state_dict keys are the backbone's own (``backbone.*``)."""
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
-        embeddings = getattr(backbone, "embeddings", None)
-        if not isinstance(embeddings, nn.Module):
-            raise ValueError(
-                f"{type(backbone).__name__} has no `embeddings` module: the DiffCSE discriminator splice supports "
-                "BERT/RoBERTa-style encoders"
-            )
+        splice_at = conditioning_module(backbone)  # `embeddings`, or ELECTRA's / ALBERT's projection to the hidden size
         self.backbone = backbone
         self.hidden_size = int(backbone.config.hidden_size)
         self._cls_input: Tensor | None = None
-        embeddings.register_forward_hook(self._splice_hook)
+        splice_at.register_forward_hook(self._splice_hook)
 
     @classmethod
     def from_encoder_backbone(cls, encoder_backbone: nn.Module) -> "ConditionalDiscriminator":
@@ -51,10 +49,7 @@ class ConditionalDiscriminator(nn.Module):
         Called at construction, before training, so the copy is the encoder's pretrained initialisation
         (DiffCSE's train.py loads the same checkpoint into ``aux_bert``). No pooler (add_pooling_layer=False)."""
         config = encoder_backbone.config
-        try:
-            backbone = type(encoder_backbone)(config, add_pooling_layer=False)
-        except TypeError:  # a backbone class without the argument
-            backbone = type(encoder_backbone)(config)
+        backbone = type(encoder_backbone)(config, **pooling_layer_kwargs(config, False))
         missing, unexpected = backbone.load_state_dict(encoder_backbone.state_dict(), strict=False)
         unexpected = [k for k in unexpected if not k.startswith("pooler.")]
         if unexpected or missing:
