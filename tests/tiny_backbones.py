@@ -50,7 +50,7 @@ def _byte_bpe(specials: list[str], cls: str, sep: str) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, min_frequency=1, special_tokens=specials,
+    trainer = trainers.BpeTrainer(vocab_size=1000, min_frequency=1, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator([" ".join(VOCAB_WORDS)] * 3 + VOCAB_WORDS + [" : \" ' \""], trainer)
     tok.post_processor = processors.TemplateProcessing(
@@ -97,7 +97,7 @@ ARCHITECTURES: dict[str, tuple[str, str, dict, dict]] = {
 }
 
 
-def tiny_config(name: str, tokenizer, dropout: float = 0.1):
+def tiny_config(name: str, tokenizer, dropout: float = 0.1, **overrides):
     model_type, _, _, extra = ARCHITECTURES[name]
     sizes = dict(SIZES)
     if model_type == "distilbert":
@@ -111,15 +111,16 @@ def tiny_config(name: str, tokenizer, dropout: float = 0.1):
     if model_type == "modernbert":  # its defaults are the real vocabulary's ids
         ids.update(bos_token_id=ids["cls_token_id"], eos_token_id=ids["sep_token_id"])
     positions = 130 if model_type in ("roberta", "xlm-roberta", "mpnet") else 128
-    return AutoConfig.for_model(model_type, vocab_size=len(tokenizer), max_position_embeddings=positions, **ids, **sizes, **extra)
+    return AutoConfig.for_model(model_type, vocab_size=len(tokenizer), max_position_embeddings=positions,
+                                **{**ids, **sizes, **extra, **overrides})
 
 
-def build_tiny(name: str, path: Path, seed: int = 0, dropout: float = 0.1) -> Path:
-    """A random `name` checkpoint (safetensors, config, tokenizer) in path."""
+def build_tiny(name: str, path: Path, seed: int = 0, dropout: float = 0.1, **overrides) -> Path:
+    """A random `name` checkpoint (safetensors, config, tokenizer) in path; overrides: config fields."""
     _, kind, specials, _ = ARCHITECTURES[name]
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = _tokenizer(kind, specials)
     tokenizer.save_pretrained(path)
     torch.manual_seed(seed)
-    AutoModel.from_config(tiny_config(name, tokenizer, dropout)).save_pretrained(path)
+    AutoModel.from_config(tiny_config(name, tokenizer, dropout, **overrides)).save_pretrained(path)
     return path

@@ -52,6 +52,24 @@ def max_positions(config, tokenizer) -> int:
     return int(min(limit, tok_limit))
 
 
+# Every dropout probability of an encoder config, by the names the architectures use (BERT family: the first two;
+# DistilBERT: dropout, attention_dropout; ModernBERT: embedding_dropout, mlp_dropout, attention_dropout).
+DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
+                  "embedding_dropout", "mlp_dropout")
+
+
+def set_dropout(config, probability: float) -> list[str]:
+    """--dropout_prob: set every dropout of the backbone (SimCSE's noise) to probability; returns the fields set.
+    Raises ValueError for a config with none of them, instead of ignoring the flag."""
+    found = [name for name in DROPOUT_FIELDS if isinstance(getattr(config, name, None), (int, float))]
+    if not found:
+        raise ValueError(f"--dropout_prob: the {getattr(config, 'model_type', '?')} config has none of the dropout fields "
+                         f"{', '.join(DROPOUT_FIELDS)}; drop the flag or set the model's own dropout in its config.json")
+    for name in found:
+        setattr(config, name, probability)
+    return found
+
+
 def model_class(config) -> type[nn.Module]:
     """The class AutoModel builds for config."""
     try:

@@ -34,7 +34,7 @@ from clusterns.io import (
     save_tensors,
     write_json,
 )
-from clusterns.modeling.backbones import pooler_slot, pooling_layer_kwargs, quiet_transformers, takes_token_type_ids
+from clusterns.modeling.backbones import pooler_slot, pooling_layer_kwargs, quiet_transformers, set_dropout, takes_token_type_ids
 from clusterns.modeling.poolers import get_pooler
 from clusterns.modeling.projectors import BNProjectionMLP, MLPProjector, build_projector
 
@@ -141,9 +141,8 @@ class SentenceEncoder(nn.Module):
         except OSError as err:  # not a folder, not reachable on the hub: one line naming the flag
             flag = "--config_name" if config_name else "--model_name_or_path"
             raise FileNotFoundError(f"{flag} {source!r} cannot be loaded: {str(err).splitlines()[0]}") from None
-        if dropout_prob is not None:
-            hf_config.hidden_dropout_prob = dropout_prob
-            hf_config.attention_probs_dropout_prob = dropout_prob
+        if dropout_prob is not None:  # every dropout of the architecture, whatever its config calls them
+            set_dropout(hf_config, dropout_prob)
         pretrained_pooler = config.projector == "hf_pooler"  # the projector starts from the checkpoint's pooler
         slot = pooler_slot(hf_config)
         if pretrained_pooler and slot is None:

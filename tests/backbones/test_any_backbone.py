@@ -197,3 +197,19 @@ def test_bf16_mixed_precision_trains(arch, tiny_models, tiny_corpus, tmp_path):
     losses = [h["loss"] for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h]
     assert len(losses) == 2 and np.isfinite(losses).all()
     assert all(t.dtype == torch.float32 for t in load_file(str(out / "model.safetensors")).values() if t.is_floating_point())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_dropout_prob_reaches_every_dropout_of_the_architecture(arch, tiny_models):
+    """--dropout_prob is SimCSE's noise: it must set the architecture's own dropout fields (DistilBERT `dropout`,
+    ModernBERT `embedding_dropout`/`mlp_dropout`/...), not only BERT's names, which those configs ignore."""
+    encoder = SentenceEncoder.from_backbone(str(tiny_models[arch]), EncoderConfig(pooler_type="avg"), dropout_prob=0.0)
+    encoder.train()
+    batch = hf_inputs(encoder)
+    a = encoder.pooled(batch["input_ids"], batch["attention_mask"])
+    b = encoder.pooled(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(a, b, rtol=0, atol=0)  # no dropout left: two training passes agree
+    noisy = SentenceEncoder.from_backbone(str(tiny_models[arch]), EncoderConfig(pooler_type="avg"), dropout_prob=0.3)
+    noisy.train()
+    assert not torch.equal(noisy.pooled(batch["input_ids"], batch["attention_mask"]),
+                           noisy.pooled(batch["input_ids"], batch["attention_mask"]))
