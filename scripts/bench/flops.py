@@ -6,9 +6,13 @@ import math
 import time
 
 
+# The feed-forward width by the names the architectures use (DistilBERT: hidden_dim).
+INTERMEDIATE_FIELDS = ("intermediate_size", "hidden_dim")
+
+
 def encoder_shapes(config) -> dict:
-    return {"hidden": int(config.hidden_size), "intermediate": int(config.intermediate_size),
-            "layers": int(config.num_hidden_layers)}
+    intermediate = next(getattr(config, name) for name in INTERMEDIATE_FIELDS if isinstance(getattr(config, name, None), int))
+    return {"hidden": int(config.hidden_size), "intermediate": int(intermediate), "layers": int(config.num_hidden_layers)}
 
 def encoder_flops(shapes: dict, linear_tokens: int, attention_seq: list[int]) -> float:
     """Forward matmul FLOPs of the encoder: the layers' linears over `linear_tokens` rows and the

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel
 
+from conftest import REPO
 from clusterns.cli import evaluate as evaluation
 from clusterns.cli.train import train_main
 from clusterns.export.folder import write_model_folder
@@ -213,3 +216,18 @@ def test_dropout_prob_reaches_every_dropout_of_the_architecture(arch, tiny_model
     noisy.train()
     assert not torch.equal(noisy.pooled(batch["input_ids"], batch["attention_mask"]),
                            noisy.pooled(batch["input_ids"], batch["attention_mask"]))
+
+
+@pytest.mark.parametrize("arch", ["distilbert", "electra"])  # (CI time: the others run the same code path)
+def test_bench_train_runs_on_the_architecture(arch, tiny_models, tmp_path):
+    """scripts/bench_train.py --model_name_or_path DIR on architectures of other shapes than BERT (DistilBERT names
+    its feed-forward width hidden_dim): it runs and reports the packed-vs-plain ratio and whether packing was used."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_train.py"), "--model_name_or_path", str(tiny_models[arch]),
+                           "--configs", "infonce,infonce-nopack", "--batch_size", "8", "--max_seq_length", "16", "--warmup", "1",
+                           "--steps", "1", "--repeat", "1", "--threads", "1", "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "infonce_nopack_vs_infonce:" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["summary"]["infonce"]["packed_linear"] == (arch == "electra") and "infonce_nopack_vs_infonce" in report["ratios"]

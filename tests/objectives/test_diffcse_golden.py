@@ -196,7 +196,7 @@ def test_total_loss_with_projector():
 
 def test_total_loss_given_z():
     c = golden_case("diffcse", "diffcse_total_loss_given_z")
-    i, e, p = c["inputs"], c["expected"], c["params"]
+    i, e = c["inputs"], c["expected"]
     obj, encoder = objective_with_stand_ins(c, "none")
     z = t(i["z_interleaved"]).requires_grad_(True)
     out = run_objective(obj, encoder, i, z, z)
