@@ -7,7 +7,8 @@ and the poolers read real tokens only. On the training corpus about a third of t
 batch of 64 (max_seq_length 32) are padding (BENCHMARKS.md), so that third of the encoder's
 matrix-multiply work is thrown away.
 
-With packing on (``--packed_linear``, :func:`enable_packed_linear`), each BERT/RoBERTa layer does
+With packing on (``--packed_linear``, :func:`enable_packed_linear`), each BERT/RoBERTa/XLM-R/ELECTRA layer (and
+DistilBERT's, the same computation under other module names: LAYER_SHAPES) does
 
     x   = h[non-pad]                       [T, H]   one gather (skipped when h came from the previous layer)
     qkv = x @ [Wq|Wk|Wv]^T + b             [T, 3H]  one matmul
@@ -164,30 +165,122 @@ def _post_hook(controller: PackingController, module: nn.Module, args: tuple, kw
 
 
 # ---- the packed layer forward ---------------------------------------------------------------------
-def _supported_layer(layer: nn.Module) -> str | None:
-    """None if `layer` has the BERT/RoBERTa layer shape the packed forward needs, else why not."""
-    try:
-        sa = layer.attention.self
-        parts = (sa.query, sa.key, sa.value, layer.attention.output.dense, layer.attention.output.LayerNorm,
-                 layer.intermediate.dense, layer.output.dense, layer.output.LayerNorm)
-    except AttributeError as err:
-        return f"not a BERT-style layer ({err})"
-    if not all(isinstance(p, nn.Module) for p in parts):
-        return "not a BERT-style layer"
-    if getattr(layer, "is_decoder", False) or getattr(layer, "add_cross_attention", False):
-        return "decoder / cross-attention layer"
-    if getattr(layer, "chunk_size_feed_forward", 0):
-        return "chunked feed-forward"
-    if getattr(sa, "position_embedding_type", "absolute") not in ("absolute", None):
-        return "relative position attention"
-    if not hasattr(sa, "num_attention_heads") or not hasattr(sa, "attention_head_size"):
-        return "unknown attention head layout"
-    return None
+class LayerShape:
+    """One encoder-layer layout the packed forward knows: where its layers are, its q/k/v projections, and what
+    follows the attention (output projection, residuals, LayerNorms, feed-forward), all per token."""
+
+    name = ""
+
+    def layers(self, backbone: nn.Module) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def unsupported(self, layer: nn.Module) -> str | None:
+        """None when `layer` has this shape, else why not."""
+        raise NotImplementedError
+
+    def attention(self, layer: nn.Module) -> nn.Module:
+        """The module holding query/key/value (attributes named by qkv_names) and the head layout."""
+        raise NotImplementedError
+
+    qkv_names: tuple[str, str, str] = ("query", "key", "value")
+
+    def heads(self, layer: nn.Module) -> tuple[int, int]:
+        sa = self.attention(layer)
+        return sa.num_attention_heads, sa.attention_head_size
+
+    def attention_dropout(self, layer: nn.Module) -> float:
+        return self.attention(layer).dropout.p
+
+    def after_attention(self, layer: nn.Module, attn: Tensor, x: Tensor) -> Tensor:
+        """[T, H] attention output (heads merged) and the layer input -> the layer output, [T, H]."""
+        raise NotImplementedError
 
 
-def _qkv(sa: nn.Module, x: Tensor) -> Tensor:
+class BertLayerShape(LayerShape):
+    """BERT, RoBERTa, XLM-R, ELECTRA: encoder.layer[i].attention.self.{query,key,value}, attention.output,
+    intermediate, output."""
+
+    name = "bert"
+
+    def layers(self, backbone):
+        layers = getattr(getattr(backbone, "encoder", None), "layer", None)
+        return list(layers) if isinstance(layers, nn.ModuleList) else []
+
+    def unsupported(self, layer):
+        try:
+            sa = layer.attention.self
+            parts = (sa.query, sa.key, sa.value, layer.attention.output.dense, layer.attention.output.LayerNorm,
+                     layer.intermediate.dense, layer.output.dense, layer.output.LayerNorm)
+        except AttributeError as err:
+            return f"not a BERT-style layer ({err})"
+        if not all(isinstance(p, nn.Module) for p in parts):
+            return "not a BERT-style layer"
+        if getattr(layer, "is_decoder", False) or getattr(layer, "add_cross_attention", False):
+            return "decoder / cross-attention layer"
+        if getattr(layer, "chunk_size_feed_forward", 0):
+            return "chunked feed-forward"
+        if getattr(sa, "position_embedding_type", "absolute") not in ("absolute", None):
+            return "relative position attention"
+        if not hasattr(sa, "num_attention_heads") or not hasattr(sa, "attention_head_size"):
+            return "unknown attention head layout"
+        return None
+
+    def attention(self, layer):
+        return layer.attention.self
+
+    def after_attention(self, layer, attn, x):
+        y = layer.attention.output(attn, x)  # dense, dropout, LayerNorm(. + x)
+        return layer.output(layer.intermediate(y), y)
+
+
+class DistilBertLayerShape(LayerShape):
+    """DistilBERT: transformer.layer[i].attention.{q_lin,k_lin,v_lin,out_lin}, sa_layer_norm, ffn,
+    output_layer_norm (no dropout after out_lin, as its TransformerBlock)."""
+
+    name = "distilbert"
+    qkv_names = ("q_lin", "k_lin", "v_lin")
+
+    def layers(self, backbone):
+        layers = getattr(getattr(backbone, "transformer", None), "layer", None)
+        return list(layers) if isinstance(layers, nn.ModuleList) else []
+
+    def unsupported(self, layer):
+        try:
+            parts = (layer.attention.q_lin, layer.attention.k_lin, layer.attention.v_lin, layer.attention.out_lin,
+                     layer.sa_layer_norm, layer.ffn, layer.output_layer_norm)
+        except AttributeError as err:
+            return f"not a DistilBERT-style layer ({err})"
+        if not all(isinstance(p, nn.Module) for p in parts):
+            return "not a DistilBERT-style layer"
+        if getattr(layer.ffn, "chunk_size_feed_forward", 0):
+            return "chunked feed-forward"
+        return None
+
+    def attention(self, layer):
+        return layer.attention
+
+    def heads(self, layer):
+        sa = layer.attention
+        size = getattr(sa, "attention_head_size", None) or sa.dim // sa.n_heads
+        return sa.n_heads, size
+
+    def after_attention(self, layer, attn, x):
+        y = layer.sa_layer_norm(layer.attention.out_lin(attn) + x)
+        return layer.output_layer_norm(layer.ffn(y) + y)
+
+
+# The layer layouts tried in order (the first whose layer list is non-empty decides).
+LAYER_SHAPES: tuple[LayerShape, ...] = (BertLayerShape(), DistilBertLayerShape())
+
+
+def _supported_layer(layer: nn.Module, shape: LayerShape | None = None) -> str | None:
+    """None if `layer` has the BERT/RoBERTa layer shape (or `shape`) the packed forward needs, else why not."""
+    return (shape or LAYER_SHAPES[0]).unsupported(layer)
+
+
+def _qkv(sa: nn.Module, x: Tensor, names: tuple[str, str, str] = ("query", "key", "value")) -> Tensor:
     """[T, H] -> [T, 3 * all_head_size]: one matmul when query/key/value are plain nn.Linear."""
-    q, k, v = sa.query, sa.key, sa.value
+    q, k, v = (getattr(sa, name) for name in names)
     if type(q) is nn.Linear and type(k) is nn.Linear and type(v) is nn.Linear:
         weight = torch.cat([q.weight, k.weight, v.weight], dim=0)
         bias = torch.cat([q.bias, k.bias, v.bias]) if q.bias is not None and k.bias is not None and v.bias is not None else None
@@ -197,7 +290,8 @@ def _qkv(sa: nn.Module, x: Tensor) -> Tensor:
     return torch.cat([q(x), k(x), v(x)], dim=-1)
 
 
-def packed_layer(layer: nn.Module, hidden_states: Tensor, state: PackedBatch) -> Tensor:
+def packed_layer(layer: nn.Module, hidden_states: Tensor, state: PackedBatch, shape: LayerShape | None = None) -> Tensor:
+    shape = shape or LAYER_SHAPES[0]
     n, length, hidden = hidden_states.shape
     rows = n * length
     index = state.index
@@ -205,16 +299,15 @@ def packed_layer(layer: nn.Module, hidden_states: Tensor, state: PackedBatch) ->
         x = state.last_packed  # the previous layer's packed output: no gather
     else:
         x = pack_rows(hidden_states.reshape(rows, hidden), index)
-    sa = layer.attention.self
-    heads, head_dim = sa.num_attention_heads, sa.attention_head_size
-    qkv = unpack_rows(_qkv(sa, x), index, rows).view(n, length, 3, heads, head_dim)
+    sa = shape.attention(layer)
+    heads, head_dim = shape.heads(layer)
+    qkv = unpack_rows(_qkv(sa, x, shape.qkv_names), index, rows).view(n, length, 3, heads, head_dim)
     q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [N, heads, L, d]
-    dropout = sa.dropout.p if layer.training else 0.0
+    dropout = shape.attention_dropout(layer) if layer.training else 0.0
     scale = getattr(sa, "scaling", head_dim ** -0.5)  # transformers 4.x has no `scaling` attribute
     attn = F.scaled_dot_product_attention(q, k, v, attn_mask=state.key_mask, dropout_p=dropout, scale=scale)
     attn = pack_rows(attn.transpose(1, 2).reshape(rows, heads * head_dim), index)
-    y = layer.attention.output(attn, x)  # dense, dropout, LayerNorm(. + x) on [T, H]
-    y = layer.output(layer.intermediate(y), y)
+    y = shape.after_attention(layer, attn, x)
     out = unpack_rows(y, index, rows).view(n, length, y.shape[-1])
     state.last_out, state.last_packed = out, y
     return out
@@ -228,15 +321,17 @@ def _layer_forward(self, hidden_states: Tensor, attention_mask: Tensor | None = 
     ) or kwargs.get("output_attentions")
     if state is None or extra or hidden_states.dim() != 3 or hidden_states.shape[:2] != (state.batch, state.length):
         return self._clusterns_unpacked_forward(hidden_states, attention_mask, *args, **kwargs)
-    out = packed_layer(self, hidden_states, state)
+    out = packed_layer(self, hidden_states, state, self._clusterns_layer_shape)
     # transformers 4.x encoders read `layer(...)[0]`; 5.x layers return the tensor itself
     return (out,) if LAYERS_RETURN_TUPLES else out
 
 
-def _encoder_layers(backbone: nn.Module) -> list[nn.Module]:
-    encoder = getattr(backbone, "encoder", None)
-    layers = getattr(encoder, "layer", None)
-    return list(layers) if isinstance(layers, nn.ModuleList) else []
+def _encoder_layers(backbone: nn.Module) -> tuple[LayerShape | None, list[nn.Module]]:
+    for shape in LAYER_SHAPES:
+        layers = shape.layers(backbone)
+        if layers:
+            return shape, layers
+    return None, []
 
 
 def enable_packed_linear(backbone: nn.Module) -> bool:
@@ -247,17 +342,18 @@ def enable_packed_linear(backbone: nn.Module) -> bool:
     if isinstance(controller, PackingController):
         controller.enabled = True
         return True
-    layers = _encoder_layers(backbone)
-    reasons = [r for r in (_supported_layer(layer) for layer in layers) if r]
+    shape, layers = _encoder_layers(backbone)
+    reasons = [r for r in (shape.unsupported(layer) for layer in layers) if r] if shape else []
     if getattr(getattr(backbone, "config", None), "is_decoder", False):
         reasons.append("decoder model")
     if not layers or reasons:
-        why = reasons[0] if reasons else "no encoder.layer list"
+        why = reasons[0] if reasons else "no encoder.layer (BERT) or transformer.layer (DistilBERT) list"
         logger.info("packed linear layers not used for %s: %s", type(backbone).__name__, why)
         return False
     controller = PackingController()
     for layer in layers:
         layer._clusterns_unpacked_forward = layer.forward
+        layer._clusterns_layer_shape = shape
         setattr(layer, PACKING_ATTR, controller)
         layer.forward = types.MethodType(_layer_forward, layer)
     backbone.__dict__[PACKING_ATTR] = controller
@@ -275,10 +371,11 @@ def disable_packed_linear(backbone: nn.Module) -> None:
         return
     for handle in backbone.__dict__.pop("_clusterns_packing_hooks", ()):
         handle.remove()
-    for layer in _encoder_layers(backbone):
+    for layer in _encoder_layers(backbone)[1]:
         if "_clusterns_unpacked_forward" in layer.__dict__:
             del layer.__dict__["forward"]
             del layer.__dict__["_clusterns_unpacked_forward"]
+            layer.__dict__.pop("_clusterns_layer_shape", None)
             layer.__dict__.pop(PACKING_ATTR, None)
 
 

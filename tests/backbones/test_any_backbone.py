@@ -35,6 +35,7 @@ ARCHS = list(ARCHITECTURES)
 # SimCSE's MLP has an HF pooler slot (AutoModel's pooler_output is the MLP) in these; the others keep it in
 # projector.safetensors
 WITH_POOLER_SLOT = {"bert", "roberta", "xlm-roberta", "mpnet", "albert"}
+PACKED = {"bert", "roberta", "xlm-roberta", "electra", "distilbert"}  # --packed_linear applies (modeling/packing.py)
 SPACE_MARKING = {"roberta", "xlm-roberta", "deberta-v2", "modernbert", "albert"}  # Ġ / ▁ tokenizers
 # (objective flags, pooler): each objective once, with its usual pooler
 OBJECTIVES = {
@@ -129,7 +130,7 @@ def test_packed_linear_equals_the_plain_forward(arch, tiny_models, caplog):
     packed = SentenceEncoder.from_backbone(str(tiny_models[arch]), EncoderConfig(pooler_type="avg_first_last"))
     with caplog.at_level(logging.INFO, logger="clusterns.modeling.packing"):
         used = enable_packed_linear(packed.backbone)
-    assert used == is_packed(packed.backbone)
+    assert used == is_packed(packed.backbone) == (arch in PACKED)
     if not used:
         assert f"packed linear layers not used for {type(packed.backbone).__name__}" in caplog.text
     plain.eval(), packed.eval()
@@ -218,10 +219,11 @@ def test_dropout_prob_reaches_every_dropout_of_the_architecture(arch, tiny_model
                            noisy.pooled(batch["input_ids"], batch["attention_mask"]))
 
 
-@pytest.mark.parametrize("arch", ["distilbert", "electra"])  # (CI time: the others run the same code path)
+@pytest.mark.parametrize("arch", ["distilbert", "deberta-v2"])  # (CI time: the others run the same code path)
 def test_bench_train_runs_on_the_architecture(arch, tiny_models, tmp_path):
     """scripts/bench_train.py --model_name_or_path DIR on architectures of other shapes than BERT (DistilBERT names
-    its feed-forward width hidden_dim): it runs and reports the packed-vs-plain ratio and whether packing was used."""
+    its feed-forward width hidden_dim; DeBERTa is not packed): it runs and reports the packed-vs-plain ratio and
+    whether packing was used."""
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_train.py"), "--model_name_or_path", str(tiny_models[arch]),
                            "--configs", "infonce,infonce-nopack", "--batch_size", "8", "--max_seq_length", "16", "--warmup", "1",
@@ -230,4 +232,4 @@ def test_bench_train_runs_on_the_architecture(arch, tiny_models, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "infonce_nopack_vs_infonce:" in proc.stdout
     report = json.loads(out.read_text())
-    assert report["summary"]["infonce"]["packed_linear"] == (arch == "electra") and "infonce_nopack_vs_infonce" in report["ratios"]
+    assert report["summary"]["infonce"]["packed_linear"] == (arch in PACKED) and "infonce_nopack_vs_infonce" in report["ratios"]
