@@ -8,7 +8,7 @@ batch of 64 (max_seq_length 32) are padding (BENCHMARKS.md), so that third of th
 matrix-multiply work is thrown away.
 
 With packing on (``--packed_linear``, :func:`enable_packed_linear`), each BERT/RoBERTa/XLM-R/ELECTRA layer (and
-DistilBERT's, the same computation under other module names: LAYER_SHAPES) does
+DistilBERT's and MPNet's, the same computation under other module names: LAYER_SHAPES) does
 
     x   = h[non-pad]                       [T, H]   one gather (skipped when h came from the previous layer)
     qkv = x @ [Wq|Wk|Wv]^T + b             [T, 3H]  one matmul
@@ -195,6 +195,13 @@ class LayerShape:
         """[T, H] attention output (heads merged) and the layer input -> the layer output, [T, H]."""
         raise NotImplementedError
 
+    returns_tuple = False  # whether the encoder reads layer(...)[0] (transformers 4.x: every layout)
+
+    def split_extra(self, args: tuple, kwargs: dict) -> tuple[Tensor | None, tuple, dict]:
+        """The layer call's extra arguments -> (an additive attention bias [N, heads, L, L] or None, the arguments
+        left, which must all be None for the packed forward)."""
+        return None, args, kwargs
+
 
 class BertLayerShape(LayerShape):
     """BERT, RoBERTa, XLM-R, ELECTRA: encoder.layer[i].attention.self.{query,key,value}, attention.output,
@@ -269,8 +276,42 @@ class DistilBertLayerShape(LayerShape):
         return layer.output_layer_norm(layer.ffn(y) + y)
 
 
-# The layer layouts tried in order (the first whose layer list is non-empty decides).
-LAYER_SHAPES: tuple[LayerShape, ...] = (BertLayerShape(), DistilBertLayerShape())
+class MPNetLayerShape(BertLayerShape):
+    """MPNet: BERT's intermediate/output, attention.attn.{q,k,v,o} then attention.LayerNorm(dropout(o) + x), and a
+    relative position bias (computed once by its encoder, passed to every layer) added to the attention scores."""
+
+    name = "mpnet"
+    qkv_names = ("q", "k", "v")
+    returns_tuple = True
+
+    def unsupported(self, layer):
+        try:
+            attn = layer.attention.attn
+            parts = (attn.q, attn.k, attn.v, attn.o, layer.attention.LayerNorm, layer.attention.dropout,
+                     layer.intermediate.dense, layer.output.dense, layer.output.LayerNorm)
+        except AttributeError as err:
+            return f"not an MPNet-style layer ({err})"
+        if not all(isinstance(p, nn.Module) for p in parts):
+            return "not an MPNet-style layer"
+        return None
+
+    def attention(self, layer):
+        return layer.attention.attn
+
+    def after_attention(self, layer, attn, x):
+        y = layer.attention.LayerNorm(layer.attention.dropout(layer.attention.attn.o(attn)) + x)
+        return layer.output(layer.intermediate(y), y)
+
+    def split_extra(self, args, kwargs):
+        kwargs = dict(kwargs)
+        bias = kwargs.pop("position_bias", None)
+        if args:
+            bias, args = args[0], args[1:]
+        return bias, args, kwargs
+
+
+# The layer layouts tried in order: the first whose layers all fit is used.
+LAYER_SHAPES: tuple[LayerShape, ...] = (BertLayerShape(), MPNetLayerShape(), DistilBertLayerShape())
 
 
 def _supported_layer(layer: nn.Module, shape: LayerShape | None = None) -> str | None:
@@ -290,7 +331,8 @@ def _qkv(sa: nn.Module, x: Tensor, names: tuple[str, str, str] = ("query", "key"
     return torch.cat([q(x), k(x), v(x)], dim=-1)
 
 
-def packed_layer(layer: nn.Module, hidden_states: Tensor, state: PackedBatch, shape: LayerShape | None = None) -> Tensor:
+def packed_layer(layer: nn.Module, hidden_states: Tensor, state: PackedBatch, shape: LayerShape | None = None,
+                 attention_bias: Tensor | None = None) -> Tensor:
     shape = shape or LAYER_SHAPES[0]
     n, length, hidden = hidden_states.shape
     rows = n * length
@@ -305,7 +347,10 @@ def packed_layer(layer: nn.Module, hidden_states: Tensor, state: PackedBatch, sh
     q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [N, heads, L, d]
     dropout = shape.attention_dropout(layer) if layer.training else 0.0
     scale = getattr(sa, "scaling", head_dim ** -0.5)  # transformers 4.x has no `scaling` attribute
-    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=state.key_mask, dropout_p=dropout, scale=scale)
+    mask = state.key_mask
+    if attention_bias is not None:  # MPNet's relative position bias, pads as keys masked out
+        mask = attention_bias.to(q.dtype).masked_fill(~state.key_mask, float("-inf"))
+    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
     attn = pack_rows(attn.transpose(1, 2).reshape(rows, heads * head_dim), index)
     y = shape.after_attention(layer, attn, x)
     out = unpack_rows(y, index, rows).view(n, length, y.shape[-1])
@@ -315,23 +360,29 @@ def packed_layer(layer: nn.Module, hidden_states: Tensor, state: PackedBatch, sh
 
 def _layer_forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, *args: Any, **kwargs: Any):
     controller: PackingController = getattr(self, PACKING_ATTR)
+    shape: LayerShape = self._clusterns_layer_shape
     state = controller.current()
-    extra = any(a is not None for a in args) or any(
-        kwargs.get(k) is not None for k in ("encoder_hidden_states", "encoder_attention_mask", "past_key_values")
-    ) or kwargs.get("output_attentions")
+    bias, rest, rest_kwargs = shape.split_extra(args, kwargs)
+    extra = any(a is not None for a in rest) or any(
+        rest_kwargs.get(k) is not None for k in ("encoder_hidden_states", "encoder_attention_mask", "past_key_values")
+    ) or rest_kwargs.get("output_attentions")
     if state is None or extra or hidden_states.dim() != 3 or hidden_states.shape[:2] != (state.batch, state.length):
         return self._clusterns_unpacked_forward(hidden_states, attention_mask, *args, **kwargs)
-    out = packed_layer(self, hidden_states, state, self._clusterns_layer_shape)
-    # transformers 4.x encoders read `layer(...)[0]`; 5.x layers return the tensor itself
-    return (out,) if LAYERS_RETURN_TUPLES else out
+    out = packed_layer(self, hidden_states, state, shape, bias)
+    # transformers 4.x encoders (and MPNet's) read `layer(...)[0]`; 5.x layers return the tensor itself
+    return (out,) if LAYERS_RETURN_TUPLES or shape.returns_tuple else out
 
 
 def _encoder_layers(backbone: nn.Module) -> tuple[LayerShape | None, list[nn.Module]]:
+    """The first layout whose layers all fit, else the first with a layer list (its reasons are reported)."""
+    first = None
     for shape in LAYER_SHAPES:
         layers = shape.layers(backbone)
-        if layers:
+        if layers and not any(shape.unsupported(layer) for layer in layers):
             return shape, layers
-    return None, []
+        if layers and first is None:
+            first = (shape, layers)
+    return first or (None, [])
 
 
 def enable_packed_linear(backbone: nn.Module) -> bool:

@@ -23,6 +23,7 @@ from clusterns.export.folder import write_model_folder
 from clusterns.io import PROJECTOR_WEIGHTS_NAME
 from clusterns.modeling.backbones import marks_word_starts, pooler_slot
 from clusterns.modeling.encoder import EncoderConfig, SentenceEncoder
+from clusterns.modeling import packing
 from clusterns.modeling.packing import enable_packed_linear, is_packed
 from clusterns.modeling.prompt.arguments import PromptArguments, attach_prompt
 from clusterns.modeling.prompt.templates import BERT_TEMPLATES, ROBERTA_TEMPLATES
@@ -35,7 +36,7 @@ ARCHS = list(ARCHITECTURES)
 # SimCSE's MLP has an HF pooler slot (AutoModel's pooler_output is the MLP) in these; the others keep it in
 # projector.safetensors
 WITH_POOLER_SLOT = {"bert", "roberta", "xlm-roberta", "mpnet", "albert"}
-PACKED = {"bert", "roberta", "xlm-roberta", "electra", "distilbert"}  # --packed_linear applies (modeling/packing.py)
+PACKED = {"bert", "roberta", "xlm-roberta", "electra", "distilbert", "mpnet"}  # --packed_linear applies (modeling/packing.py)
 SPACE_MARKING = {"roberta", "xlm-roberta", "deberta-v2", "modernbert", "albert"}  # Ġ / ▁ tokenizers
 # (objective flags, pooler): each objective once, with its usual pooler
 OBJECTIVES = {
@@ -122,7 +123,7 @@ def test_every_pooler_exports(arch, pooler, tiny_models, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_packed_linear_equals_the_plain_forward(arch, tiny_models, caplog):
+def test_packed_linear_equals_the_plain_forward(arch, tiny_models, caplog, monkeypatch):
     """--packed_linear where the layer shape allows it, else the plain forward with one log line; either way the
     pooled outputs and the gradients equal the plain backbone's."""
     torch.manual_seed(0)
@@ -137,7 +138,11 @@ def test_packed_linear_equals_the_plain_forward(arch, tiny_models, caplog):
     batch = hf_inputs(plain)
     assert (batch["attention_mask"] == 0).any()  # padding present: packing has work to do
     a = plain.pooled(batch["input_ids"], batch["attention_mask"])
+    calls = []
+    original = packing.packed_layer
+    monkeypatch.setattr(packing, "packed_layer", lambda *a, **k: calls.append(1) or original(*a, **k))
     b = packed.pooled(batch["input_ids"], batch["attention_mask"])
+    assert len(calls) == (2 if used else 0)  # the packed forward really ran, in each of the 2 layers
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
     a.pow(2).sum().backward(), b.pow(2).sum().backward()
     for (name, p), (_, q) in zip(plain.backbone.named_parameters(), packed.backbone.named_parameters()):
