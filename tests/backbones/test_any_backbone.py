@@ -44,7 +44,7 @@ OBJECTIVES = {
     "clusterns": (["--objective", "clusterns", "--kmeans", "4", "--kmean_cosine", "0.4"], "avg"),
     "mixcse": (["--objective", "mixcse"], "cls"),
     "diffcse": (["--objective", "diffcse", "--generator_name", "{model}"], "cls"),
-    "prompt": (["--objective", "infonce", "--mask_embedding_sentence"], "mask"),
+    "prompt": (["--objective", "infonce", "--mask_embedding_sentence", "--mask_embedding_sentence_delta"], "mask"),  # with denoising
 }
 SENTENCES = ["a man is playing a guitar .", "the dog runs .", "two children are sitting on the table outside ."]
 
