@@ -35,6 +35,17 @@ def kill_after_checkpoint(monkeypatch, step: int) -> None:
     monkeypatch.setattr(ContrastiveTrainer, "_save_checkpoint", save_then_die)
 
 
+def scripted_dev_scores(monkeypatch, scores: dict[int, float]) -> None:
+    """The dev evaluation returns scores[global_step] as stsb_spearman (best-model and early-stopping decisions)."""
+    def scripted_evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        metrics = {"eval_stsb_spearman": scores[self.state.global_step], "epoch": self.state.epoch or 0.0}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    monkeypatch.setattr(ContrastiveTrainer, "evaluate", scripted_evaluate)
+
+
 def common_argv(model, corpus, *extra) -> list[str]:
     return [str(a) for a in (
         "--model_name_or_path", model, "--train_file", corpus, "--per_device_train_batch_size", 8, "--max_steps", 8,
@@ -153,15 +164,7 @@ def test_resume_path_must_be_a_complete_checkpoint(tmp_path):
 def test_early_stopping_patience_survives_resume(tiny_bert, small_corpus, tiny_sts_dir, tmp_path, monkeypatch):
     """Scripted dev scores: best at step 2, then worse. Patience 2 stops a straight run at step 6; resumed
     from checkpoint-4 (patience counter 1) it must stop at 6 too, not restart counting at 0 (-> 8)."""
-    scores = {2: 0.9, 4: 0.1, 6: 0.2, 8: 0.3, 10: 0.4, 12: 0.5}
-
-    def scripted_evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-        metrics = {"eval_stsb_spearman": scores[self.state.global_step], "epoch": self.state.epoch or 0.0}
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
-
-    monkeypatch.setattr(ContrastiveTrainer, "evaluate", scripted_evaluate)
+    scripted_dev_scores(monkeypatch, {2: 0.9, 4: 0.1, 6: 0.2, 8: 0.3, 10: 0.4, 12: 0.5})
     argv = common_argv(tiny_bert, small_corpus, "--eval_strategy", "steps", "--eval_steps", 2, "--metric_for_best_model",
                        "stsb_spearman", "--load_best_model_at_end", "--early_stop", 2, "--eval_data_dir", tiny_sts_dir)
     argv[argv.index("--max_steps") + 1] = "12"

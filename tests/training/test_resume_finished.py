@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from clusterns.cli.train import train_main
 from clusterns.training.trainer import ContrastiveTrainer
-from test_resume import Killed, assert_same_tensors, common_argv
+from test_resume import Killed, assert_same_tensors, common_argv, scripted_dev_scores
 
 CASES = {
     "infonce": ["--objective", "infonce"],
@@ -87,16 +87,6 @@ def test_planned_steps_is_hfs_count(tiny_bert, small_corpus, tmp_path):
         planned = run.trainer.planned_steps()
         run.trainer.train()
         assert run.trainer.state.global_step == run.trainer.state.max_steps == planned, extra
-
-
-def scripted_dev_scores(monkeypatch, scores: dict[int, float]) -> None:
-    def scripted_evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-        metrics = {"eval_stsb_spearman": scores[self.state.global_step], "epoch": self.state.epoch or 0.0}
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
-
-    monkeypatch.setattr(ContrastiveTrainer, "evaluate", scripted_evaluate)
 
 
 def best_model_argv(tiny_bert, small_corpus, tiny_sts_dir, out: Path) -> list[str]:
