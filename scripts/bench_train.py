@@ -24,6 +24,8 @@ cls pooler + MLP projector, with the given batch / length / lr):
                   generator forward and the discriminator forward+backward on their own
   prompt          PromptBERT representation (infonce, --mask_embedding_sentence, delta, BERT templates)
   infonce-compile infonce with --torch_compile (not in the default list: compilation takes minutes)
+  infonce-cached, diffcse-cached  the same with --mini_batch_size (bench_train.py --mini_batch_size, default 64):
+                  the gradient cache; not in the default list
   st              sentence-transformers: SentenceTransformer(model) with max_seq_length = --max_seq_length,
                   MultipleNegativesRankingLoss (scale 20 = 1/0.05) on (s, s) pairs, SentenceTransformerTrainer
 All configurations read the same sentences in the same order (sequential sampler, drop_last; on transformers
@@ -59,7 +61,8 @@ from bench.sentences import default_model  # noqa: E402
 from benchmarks_md import command_line, machine, publish, utc_now  # noqa: E402
 
 DEFAULT_CONFIGS = ("infonce", "infonce-nopack", "clusterns", "mixcse", "diffcse", "prompt", "st")
-KNOWN_CONFIGS = DEFAULT_CONFIGS + ("infonce-pack", "infonce-compile", "clusterns-nopack", "mixcse-nopack", "diffcse-nopack")
+KNOWN_CONFIGS = DEFAULT_CONFIGS + ("infonce-pack", "infonce-compile", "clusterns-nopack", "mixcse-nopack", "diffcse-nopack",
+                                   "infonce-cached", "diffcse-cached")
 
 
 def main(argv=None) -> int:
@@ -68,6 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train_file", default=None, help="one sentence a line (default: a built-in set of sentences)")
     ap.add_argument("--batch_size", type=int, default=64)
     ap.add_argument("--max_seq_length", type=int, default=32)
+    ap.add_argument("--mini_batch_size", type=int, default=64, help="--mini_batch_size of the *-cached configurations")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=2)
@@ -179,7 +183,8 @@ def main(argv=None) -> int:
         if "diffcse_vs_infonce" in ratios:
             report["diffcse_expected"]["measured_over_implied"] = ratios["diffcse_vs_infonce"] / report["diffcse_expected"]["implied_by_time"]
     if a.memory_budget_mb:
-        report["memory"] = {c: memory_search(a, c, a.memory_budget_mb) for c in ("infonce", "diffcse")}
+        searched = ("infonce", "diffcse") + tuple(c for c in ("infonce-cached", "diffcse-cached") if c in configs)
+        report["memory"] = {c: memory_search(a, c, a.memory_budget_mb) for c in searched}
 
     print(f"{'configuration':<16} {'packed':>6} {'s/step':>8} {'CPU s/step':>10} {'sent/s':>8} {'vs infonce':>10} {'peak RSS MB':>11}")
     base = summary.get("infonce", {}).get("wall_s_per_step")

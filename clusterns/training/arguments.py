@@ -121,6 +121,13 @@ class ContrastiveTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "Continue a run: a checkpoint-N folder, or 'auto' for the latest complete checkpoint in output_dir (fresh start if none)."},
     )
+    mini_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Gradient cache (GradCache; sentence-transformers' name): run the encoder in chunks of this "
+                          "many sentences, the loss on the whole batch, so a batch far larger than memory allows keeps all "
+                          "its in-batch negatives; the same loss and gradients as without it (dropout masks replayed). "
+                          "Default: the whole batch at once."},
+    )
     eval_transfer: bool = field(
         default=False, metadata={"help": "Also evaluate the transfer tasks' dev accuracy during training."}
     )

@@ -4,9 +4,11 @@ One encoder pass over the flattened views, the projector, the cross-rank gather,
 one precision boundary (the objective in fp32_region, clusterns/precision.py)."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from clusterns.training.distributed import gather_with_local_grad
+from clusterns.training.grad_cache import cached_forward
 from clusterns.modeling.encoder import SentenceEncoder
 from clusterns.precision import fp32_region
 from clusterns.objectives.base import EncodedViews, Objective
@@ -18,22 +20,37 @@ DDP_GRADIENTS = ("exact", "original")  # --ddp_gradient: scale_local_grad True /
 
 class ContrastiveModel(nn.Module):
     def __init__(self, encoder: SentenceEncoder, objective: Objective, scale_local_grad: bool = True,
-                 masked_lm: MaskedLMLoss | None = None):
+                 masked_lm: MaskedLMLoss | None = None, mini_batch_size: int | None = None):
         """scale_local_grad: --ddp_gradient exact (True) or original (False: SimCSE's unscaled local gradient).
-        masked_lm: SimCSE's auxiliary MLM (--do_mlm), added to the objective's loss with its weight."""
+        masked_lm: SimCSE's auxiliary MLM (--do_mlm), added to the objective's loss with its weight.
+        mini_batch_size: --mini_batch_size, the encoder run in chunks of that many sentences (training/grad_cache.py)."""
         super().__init__()
         self.encoder = encoder
         self.objective = objective
         self.scale_local_grad = scale_local_grad
         self.masked_lm = masked_lm
+        self.mini_batch_size = mini_batch_size
+
+    def _pooled(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None, rows: slice) -> Tensor:
+        """The encoder's pooled outputs of sentences `rows`, [b, V, H]. One pass over [b*V, L]: the two identical
+        copies of a sentence get different dropout masks."""
+        _, num_views, length = input_ids.shape
+        flat_type_ids = token_type_ids[rows].reshape(-1, length) if token_type_ids is not None else None
+        pooled = self.encoder.pooled(input_ids[rows].reshape(-1, length), attention_mask[rows].reshape(-1, length),
+                                     flat_type_ids, num_views=num_views)
+        return pooled.view(-1, num_views, pooled.shape[-1])
 
     def encode_views(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> EncodedViews:
         batch_size, num_views, length = input_ids.shape
-        flat_type_ids = token_type_ids.reshape(-1, length) if token_type_ids is not None else None
-        # One pass over [B*V, L]: the two identical copies get different dropout masks.
-        pooled = self.encoder.pooled(
-            input_ids.reshape(-1, length), attention_mask.reshape(-1, length), flat_type_ids, num_views=num_views
-        )
+        chunked = (self.mini_batch_size is not None and self.training and torch.is_grad_enabled()
+                   and batch_size > self.mini_batch_size)
+        if chunked:  # --mini_batch_size: chunks without a graph, replayed in the backward pass (grad_cache.py)
+            anchor = next(p for p in self.encoder.parameters() if p.requires_grad)
+            pooled = cached_forward(lambda rows: self._pooled(input_ids, attention_mask, token_type_ids, rows),
+                                    batch_size, self.mini_batch_size, anchor)
+        else:
+            pooled = self._pooled(input_ids, attention_mask, token_type_ids, slice(None))
+        pooled = pooled.reshape(batch_size * num_views, -1)
         projected = self.encoder.projector(pooled)  # training: the projector is always applied
         hidden = pooled.shape[-1]
         local = projected.view(batch_size, num_views, hidden)

@@ -209,6 +209,15 @@ def check_arguments(model_args, data_args, objective_cls: type[Objective], objec
         raise UsageError(f"--gradient_accumulation_steps must be >= 1, got {training_args.gradient_accumulation_steps}")
     if training_args.max_consecutive_skips < 0:
         raise UsageError(f"--max_consecutive_skips must be >= 0 (0: no limit), got {training_args.max_consecutive_skips}")
+    if training_args.mini_batch_size is not None:
+        if training_args.mini_batch_size < 1:
+            raise UsageError(f"--mini_batch_size must be >= 1 (sentences per encoder chunk), got {training_args.mini_batch_size}")
+        if training_args.world_size > 1:
+            raise UsageError("--mini_batch_size is not available under DDP yet (its replayed backward would need one "
+                             "all-reduce per step, not per chunk); on several GPUs raise --per_device_train_batch_size "
+                             "on fewer processes, or drop --mini_batch_size")
+        if getattr(training_args, "gradient_checkpointing", False):
+            raise UsageError("--mini_batch_size and --gradient_checkpointing both recompute the forward: use one of them")
     if training_args.ddp_gradient not in DDP_GRADIENTS:
         raise UsageError(f"--ddp_gradient must be exact or original, got {training_args.ddp_gradient!r}")
     if training_args.n_gpu > 1:  # several visible GPUs in one process: HF would use nn.DataParallel
@@ -375,7 +384,8 @@ def build_run(argv: list[str] | None = None, *, parsed: tuple | None = None, sen
             mlm_args.mlm_clone_inputs = objective_cls.mlm_clones_inputs
         masked_lm = build_masked_lm(mlm_args, model_args.model_name_or_path, len(encoder.tokenizer), cache_dir=model_args.cache_dir,
                                     revision=model_args.model_revision, use_safetensors=None if model_args.trust_pickle else True)
-    model = ContrastiveModel(encoder, objective, scale_local_grad=training_args.ddp_gradient == "exact", masked_lm=masked_lm)
+    model = ContrastiveModel(encoder, objective, scale_local_grad=training_args.ddp_gradient == "exact", masked_lm=masked_lm,
+                             mini_batch_size=training_args.mini_batch_size)
 
     views_function = encoder.pooling.training_tokenize_function(encoder, data_args.max_seq_length)
     train_dataset, num_views = None, 2

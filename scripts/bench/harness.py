@@ -98,7 +98,8 @@ def run_worker(a, config: str, batch_size: int | None = None, steps: int | None 
            "--model_name_or_path", a.model, "--batch_size", str(batch_size or a.batch_size),
            "--max_seq_length", str(a.max_seq_length), "--warmup", str(a.warmup if warmup is None else warmup),
            "--steps", str(steps or a.steps), "--learning_rate", str(a.learning_rate), *(["--optim", a.optim] if a.optim else []),
-           "--num_workers", str(a.num_workers), "--threads", str(a.threads)]
+           "--num_workers", str(a.num_workers), "--threads", str(a.threads),
+           "--mini_batch_size", str(getattr(a, "mini_batch_size", 64))]
     if a.train_file:
         cmd += ["--train_file", a.train_file]
     if not matmul:

@@ -91,6 +91,9 @@ OURS_FLAGS = {
     "prompt": ["--objective", "infonce", "--mask_embedding_sentence", "--mask_embedding_sentence_delta",
                "--prompt_templates", "per_backbone"],
 }
+# The gradient-cached variants (--mini_batch_size from bench_train.py's flag of that name)
+for _name in ("infonce", "diffcse"):
+    OURS_FLAGS[f"{_name}-cached"] = OURS_FLAGS[_name] + ["--mini_batch_size", "{mini_batch_size}"]
 
 def _fix_packing_flag(flags: list[str]) -> list[str]:
     """`--no_packed_linear` only parses while the default is on, `--packed_linear` always does."""
@@ -140,7 +143,8 @@ def run_ours(name: str, a, sentences: list[str], init_sentences: list[str]) -> d
 
     out_dir = tempfile.mkdtemp(prefix="bench_train_")
     argv = ["--model_name_or_path", a.model, "--max_seq_length", str(a.max_seq_length), "--pooler_type", "cls"]
-    argv += _fix_packing_flag(OURS_FLAGS[name]) + _common_training_flags(a, out_dir)
+    flags = [f.format(mini_batch_size=getattr(a, "mini_batch_size", 64)) for f in OURS_FLAGS[name]]
+    argv += _fix_packing_flag(flags) + _common_training_flags(a, out_dir)
     diffcse = "diffcse" in name
     recorders: list[_Recorder] = []
 

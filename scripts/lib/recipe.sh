@@ -1,7 +1,7 @@
 # Shared pieces of the recipe scripts (sourced, not run): device count -> per-device batch and
 # launcher, the common train.py flags, the dry-run printer and the run itself.
-# Inputs: NUM_GPU (env; 0 = CPU), GLOBAL_BATCH, FP16, DRY_RUN, ARGS, EVAL_ARGS, EXTRA, OUTPUT_DIR, EVAL_DATA_DIR and
-# TEST_DATA_DIR (env).
+# Inputs: NUM_GPU (env; 0 = CPU), GLOBAL_BATCH, FP16, DRY_RUN, ARGS, EVAL_ARGS, EXTRA, OUTPUT_DIR, EVAL_DATA_DIR,
+# TEST_DATA_DIR and MINI_BATCH_SIZE (env).
 
 # recipe_parse_args DEFAULT_CONFIG "$@": reads the script's command line against the CONFIGS array (the script's
 # configuration names). Sets CONFIG (the named configuration, else DEFAULT_CONFIG; empty = one must be named),
@@ -49,6 +49,14 @@ recipe_devices() {
 # --eval_data_dir (EVAL_DATA_DIR set), then the user's extra flags (EXTRA).
 recipe_common_args() {
     if (( FP16 )); then ARGS+=(--fp16); fi
+    # MINI_BATCH_SIZE=N: the published global batch on fewer/smaller devices, the encoder run in chunks of N
+    # sentences (train.py --mini_batch_size: the same loss and gradients, less memory)
+    if [ -n "${MINI_BATCH_SIZE:-}" ]; then
+        if ! [[ "$MINI_BATCH_SIZE" =~ ^[0-9]+$ ]] || (( MINI_BATCH_SIZE < 1 )); then
+            echo "error: MINI_BATCH_SIZE must be a positive integer, got '$MINI_BATCH_SIZE'" >&2; exit 2
+        fi
+        ARGS+=(--mini_batch_size "$MINI_BATCH_SIZE")
+    fi
     if (( NUM_GPU == 0 )); then ARGS+=(--use_cpu); fi
     if [ -n "${EVAL_DATA_DIR:-}" ]; then ARGS+=(--eval_data_dir "$EVAL_DATA_DIR"); fi
     ARGS+=("${EXTRA[@]+"${EXTRA[@]}"}")
@@ -66,6 +74,7 @@ recipe_print_config() {
     echo "num_train_epochs=$EPOCHS"
     echo "max_seq_length=$MAX_LEN"
     echo "temp=$TEMP"
+    echo "mini_batch_size=${MINI_BATCH_SIZE:-none}"
 }
 
 # Prints a command with one `--flag value` per line: recipe_print_command "python train.py" ARGS...

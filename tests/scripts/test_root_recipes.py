@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-ENV_KEYS = ("MODEL", "TRAIN_FILE", "OUTPUT_DIR", "NUM_GPU", "EVAL_DATA_DIR", "TEST_DATA_DIR", "TASK_SET", "SEED",
+ENV_KEYS = ("MODEL", "TRAIN_FILE", "OUTPUT_DIR", "NUM_GPU", "EVAL_DATA_DIR", "TEST_DATA_DIR", "TASK_SET", "SEED", "MINI_BATCH_SIZE",
             "PROMPT_TEMPLATES", "TEST_CONVENTION", "CUDA_VISIBLE_DEVICES")
 CASES = [
     ("run_non_prompt.sh", config, env)
@@ -49,3 +49,15 @@ def test_a_real_run_outside_the_repository_root_is_refused(tmp_path):
     proc = run(str(REPO / "run_non_prompt.sh"), "bert-base", cwd=tmp_path, NUM_GPU="0")
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: run the recipe from the repository root (cd {REPO}); train.py is not in {tmp_path}"
+
+
+def test_mini_batch_size_keeps_the_published_global_batch_on_one_device():
+    """NUM_GPU=1 MINI_BATCH_SIZE=64: ClusterNS BERT-large's global batch 512 (published on 4 GPUs) on one device,
+    the encoder run in chunks of 64 (train.py --mini_batch_size); a bad value is refused."""
+    proc = run("run_non_prompt.sh", "bert-large", "--dry_run", NUM_GPU="1", MINI_BATCH_SIZE="64")
+    assert proc.returncode == 0, proc.stderr
+    assert "global_batch_size=512" in proc.stdout and "mini_batch_size=64" in proc.stdout
+    assert "  --per_device_train_batch_size 512" in proc.stdout and "  --mini_batch_size 64" in proc.stdout
+    assert "--mini_batch_size" not in run("run_non_prompt.sh", "bert-large", "--dry_run", NUM_GPU="1").stdout
+    bad = run("run_non_prompt.sh", "bert-large", "--dry_run", MINI_BATCH_SIZE="0")
+    assert bad.returncode == 2 and "MINI_BATCH_SIZE must be a positive integer, got '0'" in bad.stderr

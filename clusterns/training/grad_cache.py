@@ -1,0 +1,85 @@
+"""--mini_batch_size: one optimizer step on the whole batch, the encoder run in chunks (GradCache: Gao et al., 2021,
+"Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup"; sentence-transformers'
+CachedMultipleNegativesRankingLoss with its RandContext).
+
+The encoder's pooled outputs of the whole batch are computed chunk by chunk without a graph, each chunk's random
+state recorded. The projector, the cross-rank gather and the objective then run on the whole batch as without
+caching (the BatchNorm projector's statistics are the whole batch's, the objective's state is updated once). When
+the backward pass reaches the pooled outputs, each chunk is forwarded again under its recorded random state (the
+same dropout masks, so the same vectors) and autocast state, and its slice of the cached gradient is
+backpropagated through it. Peak memory: one chunk's activations plus the batch's pooled vectors.
+
+The replay happens inside the autograd backward (as reentrant activation checkpointing does), so the Trainer's
+step (grad scaler, accumulation, clipping, the optimizer) is unchanged.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+
+class RandomState:
+    """The CPU and (on a GPU) the device's random state at one moment, to replay a forward's dropout masks."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    @contextlib.contextmanager
+    def replay(self):
+        devices = [self.device] if self.cuda is not None else []
+        with torch.random.fork_rng(devices=devices, enabled=True):
+            torch.set_rng_state(self.cpu)
+            if self.cuda is not None:
+                torch.cuda.set_rng_state(self.cuda, self.device)
+            yield
+
+
+def chunk_slices(batch_size: int, mini_batch_size: int) -> list[slice]:
+    """[0, batch_size) in chunks of mini_batch_size rows (the last one smaller when it does not divide)."""
+    if mini_batch_size < 1:
+        raise ValueError(f"--mini_batch_size must be >= 1, got {mini_batch_size}")
+    return [slice(start, min(start + mini_batch_size, batch_size)) for start in range(0, batch_size, mini_batch_size)]
+
+
+class _ReplayChunks(torch.autograd.Function):
+    """Identity on the cached pooled outputs; its backward replays each chunk with a graph and backpropagates the
+    chunk's slice of the incoming gradient into the encoder's parameters."""
+
+    @staticmethod
+    def forward(ctx, cached: Tensor, anchor: Tensor, run_chunk: Callable[[slice], Tensor], slices: list[slice],
+                states: list[RandomState], autocast: tuple[str, bool, torch.dtype]) -> Tensor:
+        ctx.run_chunk, ctx.slices, ctx.states, ctx.autocast = run_chunk, slices, states, autocast
+        return cached.view_as(cached)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        device_type, enabled, dtype = ctx.autocast
+        for piece, state in zip(ctx.slices, ctx.states):
+            with state.replay(), torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
+                out = ctx.run_chunk(piece)
+            torch.autograd.backward(out, grad[piece].to(out.dtype))
+        return None, None, None, None, None, None
+
+
+def autocast_state(device_type: str) -> tuple[str, bool, torch.dtype]:
+    return device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+
+
+def cached_forward(run_chunk: Callable[[slice], Tensor], batch_size: int, mini_batch_size: int,
+                   anchor: Tensor) -> Tensor:
+    """The rows run_chunk(slice) gives for the whole batch, concatenated, as a tensor whose gradient is
+    backpropagated chunk by chunk through a replayed forward. `anchor`: any tensor that requires grad (a parameter
+    of the chunked module), so that autograd calls the replay."""
+    slices = chunk_slices(batch_size, mini_batch_size)
+    states, pieces = [], []
+    with torch.no_grad():
+        for piece in slices:
+            states.append(RandomState(anchor.device))
+            pieces.append(run_chunk(piece))
+    cached = torch.cat(pieces).requires_grad_(False)
+    return _ReplayChunks.apply(cached, anchor, run_chunk, slices, states, autocast_state(anchor.device.type))
