@@ -109,3 +109,17 @@ def test_bench_train_subprocess_json(tiny_bert, tmp_path):
     report = json.loads(out.read_text())
     _check_report(report, list(bench_train.DEFAULT_CONFIGS))
     assert report["memory"]["infonce"]["largest_batch"] >= 16 and report["memory"]["diffcse"]["largest_batch"] >= 16
+
+
+def test_bench_train_cached_configurations(tiny_bert, tmp_path):
+    """infonce-cached / diffcse-cached: the same steps with --mini_batch_size (bench_train.py's flag)."""
+    out = tmp_path / "bench.json"
+    code = bench_train.main([
+        "--model_name_or_path", str(tiny_bert), "--batch_size", "8", "--max_seq_length", "16", "--warmup", "1",
+        "--steps", "1", "--repeat", "1", "--threads", "1", "--in_process", "--json", str(out),
+        "--configs", "infonce,infonce-cached,diffcse,diffcse-cached", "--mini_batch_size", "3",
+    ])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert {"infonce-cached", "diffcse-cached"} <= set(report["summary"])
+    assert "infonce_cached_vs_infonce" in report["ratios"]
