@@ -85,6 +85,27 @@ def gather_with_local_grad(x: Tensor, scale_local_grad: bool = False) -> Tensor:
 
 # ---- the DataParallel guard -------------------------------------------------------------------------
 
+def average_gradients(parameters) -> None:
+    """DDP's gradient average, done once by hand (for steps that bypass the DDP wrapper: the gradient cache's replayed
+    backward would trip DDP's one-reduction-per-parameter rule): every trainable parameter's gradient (zeros where a
+    rank has none, so that every rank joins the same collectives) summed over the ranks in one flat buffer and divided
+    by the world size."""
+    if not is_distributed():
+        return
+    params = [p for p in parameters if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p in params:
+        n = p.grad.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
+
+
 def torchrun_command(num_gpus: int, argv: list[str], script: str = "train.py") -> str:
     """`argv` launched with torchrun on `num_gpus` GPUs. The global batch is what DataParallel would have
     used (HF's DataParallel batch is --per_device_train_batch_size x num_gpus; under torchrun each process

@@ -212,10 +212,6 @@ def check_arguments(model_args, data_args, objective_cls: type[Objective], objec
     if training_args.mini_batch_size is not None:
         if training_args.mini_batch_size < 1:
             raise UsageError(f"--mini_batch_size must be >= 1 (sentences per encoder chunk), got {training_args.mini_batch_size}")
-        if training_args.world_size > 1:
-            raise UsageError("--mini_batch_size is not available under DDP yet (its replayed backward would need one "
-                             "all-reduce per step, not per chunk); on several GPUs raise --per_device_train_batch_size "
-                             "on fewer processes, or drop --mini_batch_size")
         if getattr(training_args, "gradient_checkpointing", False):
             raise UsageError("--mini_batch_size and --gradient_checkpointing both recompute the forward: use one of them")
     if training_args.ddp_gradient not in DDP_GRADIENTS:

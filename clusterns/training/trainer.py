@@ -27,7 +27,7 @@ except ImportError:  # transformers 4.x: Trainer._rotate_checkpoints
 from clusterns.export.folder import write_model_folder
 from clusterns.io import MASKED_LM_STATE_NAME, OBJECTIVE_STATE_NAME, TRAINING_ARGS_NAME, save_tensors, write_json
 from clusterns.training import checkpoints as ckpt
-from clusterns.training.distributed import check_no_data_parallel, is_distributed
+from clusterns.training.distributed import average_gradients, check_no_data_parallel, is_distributed
 from clusterns.training.model import ContrastiveModel
 from clusterns.training.nan_guard import (  # noqa: F401  (the errors: part of the API)
     NonFiniteGuard,
@@ -108,6 +108,10 @@ class ContrastiveTrainer(Trainer):
             self.nan_guard.before_forward(self.contrastive_model)
             # HF sets sync_gradients before each micro-batch: True on the last one of the accumulation window.
             self.contrastive_model.objective.set_accumulation_position(bool(self.accelerator.sync_gradients))
+        if model.training and self._bypasses_ddp:
+            # --mini_batch_size under DDP: the unwrapped model (its replayed backward accumulates each parameter's
+            # gradient once per chunk, which DDP's reducer refuses); training_step averages the gradients instead.
+            model = self.contrastive_model
         outputs = model(**inputs)
         loss = outputs["loss"]
         if model.training:
@@ -116,6 +120,17 @@ class ContrastiveTrainer(Trainer):
             # loss is the true loss and rank-local terms (DiffCSE's RTD) keep their single-process weight.
             self.nan_guard.record(loss, outputs["logs"])
         return (loss, outputs) if return_outputs else loss
+
+    @property
+    def _bypasses_ddp(self) -> bool:
+        return self.contrastive_model.mini_batch_size is not None and is_distributed()
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._bypasses_ddp and self.accelerator.sync_gradients:
+            # once per optimizer step, as DDP would after the last micro-batch (before clipping and the step)
+            average_gradients(self.contrastive_model.parameters())
+        return loss
 
     def _get_grad_norm(self, model, grad_norm=None):
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)

@@ -1,0 +1,65 @@
+"""--mini_batch_size under DDP: two gloo ranks (batch 4 each, chunks of 3: 3 + 1) equal one uncached process with
+batch 8, step for step (the loss) and in the parameter update (SGD, constant LR, dropout 0), for infonce, clusterns
+(clustering active from the second step) and mixcse; the ranks end with identical weights. The cached step bypasses
+DDP's reducer and averages the gradients once per optimizer step (trainer.training_step)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO
+from backbones.test_backbone_ddp import argv, one_token_corpus
+from tiny_backbones import build_tiny
+from training.test_ddp_equivalence import assert_same_update, float_items, run_recorded
+
+pytestmark = pytest.mark.multiprocess
+DRIVER = REPO / "tests" / "training" / "test_ddp_equivalence.py"
+OBJECTIVES = {
+    "infonce": [],
+    "clusterns": ["--objective", "clusterns", "--kmeans", "4", "--kmean_cosine", "1.0", "--kmeans_lr", "0.1",
+                  "--bml_weight", "0.1", "--max_steps", "3"],
+    "mixcse": ["--objective", "mixcse"],
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grad-cache-ddp")
+    model = build_tiny("bert", root / "model", dropout=0.0, initializer_range=0.2)
+    corpus = one_token_corpus(model, root / "corpus.txt")
+    spec = []
+    for name, flags in OBJECTIVES.items():
+        (root / name).mkdir()
+        spec.append({"argv": argv(model, corpus, root / name / "ddp", 4, True) + flags + ["--mini_batch_size", "3"],
+                     "out": str(root / name)})
+    (root / "spec.json").write_text(json.dumps(spec))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(DRIVER),
+                           str(root / "spec.json")], cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"torchrun failed ({time.time() - start:.0f} s):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return model, corpus, {name: [torch.load(root / name / f"rank{r}.pt", weights_only=False) for r in range(2)] for name in OBJECTIVES}
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_cached_two_ranks_equal_one_uncached_process(name, runs, tmp_path):
+    model, corpus, all_ranks = runs
+    ranks = all_ranks[name]
+    single = run_recorded(argv(model, corpus, tmp_path / "single", 8, False) + OBJECTIVES[name])
+    steps = len(single["loss"])
+    assert steps >= 2 and all(len(rec["loss"]) == steps for rec in ranks)
+    for step in range(steps):
+        torch.testing.assert_close(torch.cat([rec["ids"][step] for rec in ranks]), single["ids"][step], rtol=0, atol=0)
+        for rec in ranks:
+            assert rec["loss"][step] == pytest.approx(single["loss"][step], rel=1e-5), f"step {step + 1}"
+    if name == "clusterns":
+        assert [log["cluster/active"] for log in single["logs"]][-1] == 1.0
+    assert_same_update(ranks, single, name)
+    for key, value in float_items(ranks[0]["final"]).items():
+        torch.testing.assert_close(float_items(ranks[1]["final"])[key], value, rtol=0, atol=0)
