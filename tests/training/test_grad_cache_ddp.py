@@ -1,6 +1,7 @@
 """--mini_batch_size under DDP: two gloo ranks (batch 4 each, chunks of 3: 3 + 1) equal one uncached process with
 batch 8, step for step (the loss) and in the parameter update (SGD, constant LR, dropout 0), for infonce, clusterns
-(clustering active from the second step) and mixcse; the ranks end with identical weights. The cached step bypasses
+(clustering active from the second step), mixcse, diffcse (its rank-local RTD part included; the deterministic
+masking of test_ddp_equivalence.py) and the prompt encoder with denoising; the ranks end with identical weights. The cached step bypasses
 DDP's reducer and averages the gradients once per optimizer step (trainer.training_step)."""
 from __future__ import annotations
 
@@ -25,7 +26,15 @@ OBJECTIVES = {
     "clusterns": ["--objective", "clusterns", "--kmeans", "4", "--kmean_cosine", "1.0", "--kmeans_lr", "0.1",
                   "--bml_weight", "0.1", "--max_steps", "3"],
     "mixcse": ["--objective", "mixcse"],
+    # the RTD part is rank-local (not scaled by the gather): its gradient reaches the cached vectors too
+    "diffcse": ["--objective", "diffcse", "--generator_name", "{model}", "--masking_scheme", "kodiffcse", "--masking_ratio",
+                "0.3", "--no_generator_dropout", "--lambda_weight", "1.0", "--pooler_type", "cls"],
+    "prompt": ["--objective", "infonce", "--mask_embedding_sentence", "--mask_embedding_sentence_delta", "--pooler_type", "mask"],
 }
+
+
+def with_model(flags: list[str], model) -> list[str]:
+    return [f.format(model=model) for f in flags]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +45,7 @@ def runs(tmp_path_factory):
     spec = []
     for name, flags in OBJECTIVES.items():
         (root / name).mkdir()
-        spec.append({"argv": argv(model, corpus, root / name / "ddp", 4, True) + flags + ["--mini_batch_size", "3"],
+        spec.append({"argv": argv(model, corpus, root / name / "ddp", 4, True) + with_model(flags, model) + ["--mini_batch_size", "3"],
                      "out": str(root / name)})
     (root / "spec.json").write_text(json.dumps(spec))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
@@ -51,11 +60,14 @@ def runs(tmp_path_factory):
 def test_cached_two_ranks_equal_one_uncached_process(name, runs, tmp_path):
     model, corpus, all_ranks = runs
     ranks = all_ranks[name]
-    single = run_recorded(argv(model, corpus, tmp_path / "single", 8, False) + OBJECTIVES[name])
+    single = run_recorded(argv(model, corpus, tmp_path / "single", 8, False) + with_model(OBJECTIVES[name], model))
     steps = len(single["loss"])
     assert steps >= 2 and all(len(rec["loss"]) == steps for rec in ranks)
     for step in range(steps):
         torch.testing.assert_close(torch.cat([rec["ids"][step] for rec in ranks]), single["ids"][step], rtol=0, atol=0)
+        if name == "diffcse":  # contrastive part global; RTD a per-rank mean whose average is the global mean
+            assert sum(rec["loss"][step] for rec in ranks) / 2 == pytest.approx(single["loss"][step], rel=1e-5)
+            continue
         for rec in ranks:
             assert rec["loss"][step] == pytest.approx(single["loss"][step], rel=1e-5), f"step {step + 1}"
     if name == "clusterns":
