@@ -3,24 +3,17 @@ batch 8, step for step (the loss) and in the parameter update (SGD, constant LR,
 the real training path. The torchrun driver and the comparison are tests/training/test_ddp_equivalence.py's."""
 from __future__ import annotations
 
-import json
-import os
 import random
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoTokenizer
 
-from conftest import REPO
 from tiny_backbones import ARCHITECTURES, VOCAB_WORDS, build_tiny
-from training.test_ddp_equivalence import assert_same_update, float_items, run_recorded
+from training.test_ddp_equivalence import assert_same_update, float_items, rank_records, run_recorded, run_under_torchrun
 
 pytestmark = pytest.mark.multiprocess
-DRIVER = REPO / "tests" / "training" / "test_ddp_equivalence.py"
 ARCHS = list(ARCHITECTURES)
 
 
@@ -60,13 +53,8 @@ def runs(tmp_path_factory):
         corpus = one_token_corpus(model, root / name / "corpus.txt")
         assets[name] = (model, corpus)
         spec.append({"argv": argv(model, corpus, root / name / "ddp", 4, True), "out": str(root / name)})
-    (root / "spec.json").write_text(json.dumps(spec))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
-    start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(DRIVER),
-                           str(root / "spec.json")], cwd=root, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"torchrun failed ({time.time() - start:.0f} s):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return {name: (assets[name], [torch.load(root / name / f"rank{r}.pt", weights_only=False) for r in range(2)]) for name in ARCHS}
+    run_under_torchrun(spec, root)
+    return {name: (assets[name], rank_records(root / name)) for name in ARCHS}
 
 
 @pytest.mark.parametrize("arch", ARCHS)

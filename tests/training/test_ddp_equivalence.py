@@ -122,6 +122,24 @@ def run_recorded(argv: list[str]) -> dict:
     return record
 
 
+def run_under_torchrun(spec: list[dict], root: Path, timeout: int = 900) -> None:
+    """Writes spec (runs of {"argv", "out"}) to root/spec.json and runs it on WORLD gloo ranks (this file's driver)."""
+    spec_file = root / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
+               str(Path(__file__).resolve()), str(spec_file)]
+    start = time.time()
+    proc = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"torchrun failed ({time.time() - start:.0f} s):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+
+
+def rank_records(out: Path) -> list[dict]:
+    """What driver_main saved for each rank of one run."""
+    return [torch.load(Path(out) / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
 def driver_main(spec_file: str) -> None:
     """torchrun entry point: every run of the spec, on this rank; results in <out>/rank<r>.pt."""
     import torch.distributed as dist
@@ -249,15 +267,8 @@ if __name__ != "__main__":
             out.mkdir(exist_ok=True)
             spec.append({"argv": [str(a) for a in argv], "out": str(out)})
             outs[name] = out
-        spec_file = root / "spec.json"
-        spec_file.write_text(json.dumps(spec))
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
-                   str(Path(__file__).resolve()), str(spec_file)]
-        start = time.time()
-        proc = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, f"torchrun failed ({time.time() - start:.0f} s):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
-        return {name: [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)] for name, out in outs.items()}
+        run_under_torchrun(spec, root, timeout=600)
+        return {name: rank_records(out) for name, out in outs.items()}
 
     def float_items(state: dict) -> dict:
         return {k: v.double() for k, v in state.items() if v.is_floating_point()}

@@ -5,22 +5,15 @@ masking of test_ddp_equivalence.py) and the prompt encoder with denoising; the r
 DDP's reducer and averages the gradients once per optimizer step (trainer.training_step)."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
-from conftest import REPO
 from backbones.test_backbone_ddp import argv, one_token_corpus
 from tiny_backbones import build_tiny
-from training.test_ddp_equivalence import assert_same_update, float_items, run_recorded
+from training.test_ddp_equivalence import assert_same_update, float_items, rank_records, run_recorded, run_under_torchrun
 
 pytestmark = pytest.mark.multiprocess
-DRIVER = REPO / "tests" / "training" / "test_ddp_equivalence.py"
 OBJECTIVES = {
     "infonce": [],
     "clusterns": ["--objective", "clusterns", "--kmeans", "4", "--kmean_cosine", "1.0", "--kmeans_lr", "0.1",
@@ -47,13 +40,8 @@ def runs(tmp_path_factory):
         (root / name).mkdir()
         spec.append({"argv": argv(model, corpus, root / name / "ddp", 4, True) + with_model(flags, model) + ["--mini_batch_size", "3"],
                      "out": str(root / name)})
-    (root / "spec.json").write_text(json.dumps(spec))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
-    start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(DRIVER),
-                           str(root / "spec.json")], cwd=root, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"torchrun failed ({time.time() - start:.0f} s):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return model, corpus, {name: [torch.load(root / name / f"rank{r}.pt", weights_only=False) for r in range(2)] for name in OBJECTIVES}
+    run_under_torchrun(spec, root)
+    return model, corpus, {name: rank_records(root / name) for name in OBJECTIVES}
 
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))
