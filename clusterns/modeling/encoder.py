@@ -219,7 +219,8 @@ class SentenceEncoder(nn.Module):
                 "(unpickling can run arbitrary code)"
             )
         with quiet_transformers():
-            backbone = AutoModel.from_pretrained(path, **pooling_layer_kwargs(AutoConfig.from_pretrained(path), False),
+            hf_config = AutoConfig.from_pretrained(path)  # read once: the pooler keyword depends on the architecture
+            backbone = AutoModel.from_pretrained(path, config=hf_config, **pooling_layer_kwargs(hf_config, False),
                                                  use_safetensors=None if trust_pickle else True)
         tokenizer = AutoTokenizer.from_pretrained(path)
         encoder = cls(backbone, tokenizer, config)

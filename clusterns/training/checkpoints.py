@@ -158,13 +158,13 @@ def has_optimizer_state(folder: str) -> bool:
     return all(os.path.isfile(os.path.join(folder, name)) for name in (OPTIMIZER_NAME, SCHEDULER_NAME))
 
 
-def finished_run(output_dir: str) -> str | None:
+def finished_run(output_dir: str, latest: str | None) -> str | None:
     """output_dir itself when it holds the final model and trainer state of a run that got past its last
     checkpoint (with --save_strategy best, i.e. --load_best_model_at_end, or --save_strategy no the last step
-    has no checkpoint), else None. Its trainer_state.json is written after the final model (cli/train.py)."""
+    has no checkpoint), else None. latest: its latest complete checkpoint (latest_checkpoint). Its trainer_state.json
+    is written after the final model (cli/train.py)."""
     if not is_complete_checkpoint(output_dir):
         return None
-    latest = latest_checkpoint(output_dir)
     try:
         final = checkpoint_global_step(output_dir)
     except (OSError, ValueError):
@@ -179,7 +179,8 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str) -> str | None:
     if value is None or value == "":
         return None
     if value == RESUME_AUTO:
-        found = finished_run(output_dir) or latest_checkpoint(output_dir)
+        latest = latest_checkpoint(output_dir)
+        found = finished_run(output_dir, latest) or latest
         if found is None:
             logger.info("--resume_from_checkpoint auto: no complete checkpoint in %s, starting from scratch", output_dir)
         elif found == output_dir:

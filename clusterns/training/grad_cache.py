@@ -81,5 +81,5 @@ def cached_forward(run_chunk: Callable[[slice], Tensor], batch_size: int, mini_b
         for piece in slices:
             states.append(RandomState(anchor.device))
             pieces.append(run_chunk(piece))
-    cached = torch.cat(pieces).requires_grad_(False)
+    cached = torch.cat(pieces)  # no graph: computed under no_grad
     return _ReplayChunks.apply(cached, anchor, run_chunk, slices, states, autocast_state(anchor.device.type))

@@ -41,10 +41,10 @@ class PromptSpec:
 
     def __init__(self, settings: PromptSettings, tokenizer, backbone_config):
         self.settings = settings
-        self.is_roberta = space_marking_prompts(backbone_config, tokenizer)
-        self.t1 = build_template(settings.template, tokenizer, self.is_roberta, "--mask_embedding_sentence_template")
+        self.space_marking = space_marking_prompts(backbone_config, tokenizer)
+        self.t1 = build_template(settings.template, tokenizer, self.space_marking, "--mask_embedding_sentence_template")
         t2 = settings.template2
-        self.t2 = build_template(t2, tokenizer, self.is_roberta, "--mask_embedding_sentence_different_template", strict=False) if t2 else None
+        self.t2 = build_template(t2, tokenizer, self.space_marking, "--mask_embedding_sentence_different_template", strict=False) if t2 else None
         self.mask_id = self.t1.mask_id
         self.max_positions = int(getattr(backbone_config, "max_position_embeddings", 512))
         self.eval_cache: dict[tuple, Tensor] = {}
