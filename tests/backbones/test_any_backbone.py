@@ -238,3 +238,14 @@ def test_bench_train_runs_on_the_architecture(arch, tiny_models, tmp_path):
     assert "infonce_nopack_vs_infonce:" in proc.stdout
     report = json.loads(out.read_text())
     assert report["summary"]["infonce"]["packed_linear"] == (arch in PACKED) and "infonce_nopack_vs_infonce" in report["ratios"]
+
+
+@pytest.mark.parametrize("arch", sorted(set(ARCHS) - WITH_POOLER_SLOT))
+def test_hf_pooler_projector_is_refused_without_an_hf_pooler(arch, tiny_models, tiny_corpus, tmp_path, capsys):
+    """--projector hf_pooler (KoDiffCSE's pretrained pooler as the MLP) on an architecture that has none: one line,
+    exit code 2, instead of a fresh MLP standing in for the pretrained one."""
+    with pytest.raises(SystemExit) as exit_info:
+        train(tiny_models[arch], tiny_corpus, tmp_path / "run", "--projector", "hf_pooler")
+    assert exit_info.value.code == 2
+    assert "--projector hf_pooler needs the checkpoint's pretrained pooler" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "model.safetensors").exists()
