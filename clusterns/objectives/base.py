@@ -22,11 +22,15 @@ class EncodedViews:
     local:      [B_local, V, H] the training embeddings (after the projector), local rows.
     gathered:   [B_global, V, H] `local` all-gathered across ranks; this rank's rows keep their
                 gradient (the SimCSE trick). Equal to `local` on a single process.
+    mini_batch_size: the chunk size (sentences) the encoder ran in under --mini_batch_size, None when it ran
+                on the whole batch. An objective that runs its own sub-network on the batch's rows runs it in
+                chunks of this size (clusterns/grad_cache.py chunked_sum), so that it keeps the memory saving.
     """
 
     pooled: Tensor
     local: Tensor
     gathered: Tensor
+    mini_batch_size: int | None = None
 
 
 @dataclass

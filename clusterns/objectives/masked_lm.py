@@ -150,7 +150,9 @@ class MaskedLMLoss(nn.Module):
         self.weight = float(weight)
 
     def forward(self, backbone: nn.Module, mlm_input_ids: Tensor, attention_mask: Tensor, labels: Tensor,
-                token_type_ids: Tensor | None = None) -> Tensor:
+                token_type_ids: Tensor | None = None, reduction: str = "mean") -> Tensor:
+        """The mean cross-entropy over the selected tokens; reduction "sum": their sum (a chunk's term under
+        --mini_batch_size, divided by the whole batch's count of selected tokens, selected_tokens)."""
         length = mlm_input_ids.shape[-1]
         kwargs = {"token_type_ids": token_type_ids.reshape(-1, length)} if token_type_ids is not None else {}
         hidden = backbone(input_ids=mlm_input_ids.reshape(-1, length), attention_mask=attention_mask.reshape(-1, length),
@@ -161,7 +163,12 @@ class MaskedLMLoss(nn.Module):
         with fp32_region(hidden.device.type):
             if keep.numel() == 0:  # nothing selected in this batch (tiny batches): no MLM signal, a zero with grad
                 return scores.sum() * 0.0
-            return F.cross_entropy(at_least_fp32(scores), flat_labels.index_select(0, keep))
+            return F.cross_entropy(at_least_fp32(scores), flat_labels.index_select(0, keep), reduction=reduction)
+
+
+def selected_tokens(labels: Tensor) -> Tensor:
+    """How many tokens the MLM loss averages over (at least 1: a batch without any gives a zero loss)."""
+    return (labels != IGNORE_INDEX).sum().clamp_min(1).float()
 
 
 def build_masked_lm(args: MaskedLMArguments, model_name_or_path: str, vocab_size: int, **from_pretrained) -> MaskedLMLoss:
@@ -175,4 +182,4 @@ def build_masked_lm(args: MaskedLMArguments, model_name_or_path: str, vocab_size
 
 
 __all__ = ["MaskedLMArguments", "MLMBatchMasking", "MaskedLMLoss", "build_masked_lm", "mask_for_mlm",
-           "pretrained_mlm_head", "MLM_INPUT_IDS", "MLM_LABELS", "IGNORE_INDEX"]
+           "pretrained_mlm_head", "selected_tokens", "MLM_INPUT_IDS", "MLM_LABELS", "IGNORE_INDEX"]

@@ -8,11 +8,11 @@ import torch
 from torch import Tensor, nn
 
 from clusterns.training.distributed import gather_with_local_grad
-from clusterns.training.grad_cache import cached_forward
+from clusterns.grad_cache import cached_forward, chunk_slices, chunked_sum
 from clusterns.modeling.encoder import SentenceEncoder
 from clusterns.precision import fp32_region
 from clusterns.objectives.base import EncodedViews, Objective
-from clusterns.objectives.masked_lm import MLM_INPUT_IDS, MLM_LABELS, MaskedLMLoss
+from clusterns.objectives.masked_lm import MLM_INPUT_IDS, MLM_LABELS, MaskedLMLoss, selected_tokens
 
 
 DDP_GRADIENTS = ("exact", "original")  # --ddp_gradient: scale_local_grad True / False
@@ -23,7 +23,7 @@ class ContrastiveModel(nn.Module):
                  masked_lm: MaskedLMLoss | None = None, mini_batch_size: int | None = None):
         """scale_local_grad: --ddp_gradient exact (True) or original (False: SimCSE's unscaled local gradient).
         masked_lm: SimCSE's auxiliary MLM (--do_mlm), added to the objective's loss with its weight.
-        mini_batch_size: --mini_batch_size, the encoder run in chunks of that many sentences (training/grad_cache.py)."""
+        mini_batch_size: --mini_batch_size, the encoder run in chunks of that many sentences (clusterns/grad_cache.py)."""
         super().__init__()
         self.encoder = encoder
         self.objective = objective
@@ -58,7 +58,8 @@ class ContrastiveModel(nn.Module):
         # gradients is then the single-process gradient of the global batch (clusterns/training/distributed.py).
         # --ddp_gradient original leaves it unscaled, as SimCSE's gather did (1/W of that gradient).
         gathered = gather_with_local_grad(local, scale_local_grad=self.scale_local_grad)
-        return EncodedViews(pooled=pooled.view(batch_size, num_views, hidden), local=local, gathered=gathered)
+        return EncodedViews(pooled=pooled.view(batch_size, num_views, hidden), local=local, gathered=gathered,
+                            mini_batch_size=self.mini_batch_size if chunked else None)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None, **batch: Tensor) -> dict:
         mlm_input_ids, mlm_labels = batch.pop(MLM_INPUT_IDS, None), batch.pop(MLM_LABELS, None)
@@ -80,7 +81,24 @@ class ContrastiveModel(nn.Module):
             if mlm_input_ids is None:
                 raise ValueError(f"--do_mlm: the batch has no {MLM_INPUT_IDS} (the collator needs the MLMBatchMasking transform)")
             # A second backbone pass over the masked views (mixed precision as the first); the loss itself in fp32.
-            mlm = self.masked_lm(self.encoder.backbone, mlm_input_ids, attention_mask, mlm_labels, token_type_ids)
+            if views.mini_batch_size is None:
+                mlm = self.masked_lm(self.encoder.backbone, mlm_input_ids, attention_mask, mlm_labels, token_type_ids)
+            else:
+                mlm = self._chunked_masked_lm(views.mini_batch_size, mlm_input_ids, attention_mask, mlm_labels, token_type_ids)
             loss = loss + self.masked_lm.weight * mlm
             logs = {**logs, "mlm/loss": mlm.detach()}
         return {"loss": loss, "logs": logs}
+
+    def _chunked_masked_lm(self, mini_batch_size: int, mlm_input_ids: Tensor, attention_mask: Tensor, labels: Tensor,
+                           token_type_ids: Tensor | None) -> Tensor:
+        """--do_mlm under --mini_batch_size: the second pass in chunks of sentences, each without a graph and replayed
+        in the backward pass (grad_cache.chunked_sum); the chunks' summed cross-entropies over the whole batch's
+        count of selected tokens, the same number as the whole-batch mean."""
+        def chunk_term(rows: slice, _: None) -> tuple[Tensor, None]:
+            types = token_type_ids[rows] if token_type_ids is not None else None
+            return self.masked_lm(self.encoder.backbone, mlm_input_ids[rows], attention_mask[rows], labels[rows], types,
+                                  reduction="sum"), None
+
+        anchor = next(p for p in self.masked_lm.parameters() if p.requires_grad)
+        total, _ = chunked_sum(chunk_term, chunk_slices(mlm_input_ids.shape[0], mini_batch_size), None, anchor)
+        return total / selected_tokens(labels)

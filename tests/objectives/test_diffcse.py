@@ -23,7 +23,10 @@ from clusterns.objectives.diffcse.objective import (
     generator_replacement,
     rtd_inputs,
     rtd_loss,
+    rtd_loss_normaliser,
+    rtd_loss_sum,
     rtd_metrics,
+    rtd_prediction_metrics,
 )
 
 SENTENCES = [
@@ -251,6 +254,27 @@ def test_rtd_reductions_on_a_hand_case():
     assert m["rtd/acc"].item() == pytest.approx(2 / 3)
     assert m["rtd/replaced_recall"].item() == 1.0
     assert m["rtd/original_acc"].item() == 0.5
+
+
+@pytest.mark.parametrize("reduction", ["all_positions", "exclude_padding", "sum_over_views"])
+def test_rtd_loss_is_the_chunks_sums_over_the_batch_normaliser(reduction):
+    """--mini_batch_size computes the RTD loss as its chunks' rtd_loss_sum over the whole batch's normaliser: the
+    same number as rtd_loss on the whole batch (here 3 sentences x 2 views in chunks of 2 rows + 4 rows)."""
+    torch.manual_seed(0)
+    logits, labels = torch.randn(6, 5, 2, dtype=torch.float64), torch.randint(0, 2, (6, 5))
+    attn = torch.ones(6, 5, dtype=torch.long)
+    attn[1, 3:], attn[4, 2:] = 0, 0
+    whole = rtd_loss(logits, labels, attn, reduction, num_views=2)
+    chunks = sum(rtd_loss_sum(logits[rows], labels[rows], attn[rows], reduction) for rows in (slice(0, 2), slice(2, 6)))
+    torch.testing.assert_close(chunks / rtd_loss_normaliser(attn, reduction, num_views=2), whole, rtol=1e-12, atol=0)
+    hand = {"all_positions": 30.0, "exclude_padding": 30.0 - 2 - 3, "sum_over_views": 15.0}  # N*L, real tokens, N*L/V
+    assert rtd_loss_normaliser(attn, reduction, num_views=2).item() == hand[reduction]
+
+
+def test_rtd_metrics_of_predictions_equal_those_of_the_logits():
+    logits = torch.tensor([[[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]]])
+    labels, attn = torch.tensor([[1, 0, 0]]), torch.tensor([[1, 1, 1]])
+    assert rtd_prediction_metrics(torch.tensor([[1, 1, 0]]), labels, attn) == rtd_metrics(logits, labels, attn)
 
 
 def test_rtd_inputs_hand_case():

@@ -1,4 +1,4 @@
-"""--mini_batch_size (training/grad_cache.py): a step with the encoder run in chunks equals the whole-batch step.
+"""--mini_batch_size (clusterns/grad_cache.py): a step with the encoder run in chunks equals the whole-batch step.
 
 With dropout off the loss, every parameter's gradient, the logged statistics and the objective's state after the
 step equal the uncached step's on the same batch (1e-5 relative; computed in float64 so that the summation order of
@@ -15,10 +15,14 @@ import torch
 from safetensors.torch import load_file
 
 from clusterns.cli.train import train_main
-from clusterns.training import grad_cache
+from clusterns import grad_cache
 from clusterns.training.run import build_run
+from conftest import with_mlm_head
 from test_resume import assert_same_tensors, common_argv, history, run_straight_and_resumed
 
+# DiffCSE's generator keeps its dropout by default (--generator_dropout, as the original): run per chunk it draws other
+# masks than on the whole batch (another sample, as the encoder's dropout would), so the equivalence runs it without.
+FROZEN_GENERATOR = ["--no_generator_dropout"]
 OBJECTIVES = {
     "infonce": ["--objective", "infonce", "--pooler_type", "cls"],
     "infonce-sup": ["--objective", "infonce", "--pooler_type", "cls", "--hard_negative_weight", "0.5"],
@@ -28,8 +32,24 @@ OBJECTIVES = {
     "clusterns-prompt": ["--objective", "clusterns", "--kmeans", "4", "--kmean_cosine", "1.0", "--bml_weight", "0.1",
                          "--mask_embedding_sentence", "--mask_embedding_sentence_delta"],
     "mixcse": ["--objective", "mixcse", "--pooler_type", "cls"],
-    "diffcse-bn": ["--objective", "diffcse", "--generator_name", "{model}", "--batchnorm", "--pooler_type", "cls"],
+    "diffcse-bn": ["--objective", "diffcse", "--generator_name", "{model}", *FROZEN_GENERATOR, "--batchnorm", "--pooler_type", "cls"],
+    # the generator and the conditional discriminator in chunks: conditioned after / before the projector, each RTD
+    # reduction (its normaliser is the whole batch's), the packed discriminator and generator
+    "diffcse": ["--objective", "diffcse", "--generator_name", "{model}", *FROZEN_GENERATOR, "--pooler_type", "cls"],
+    "diffcse-pre-projector": ["--objective", "diffcse", "--generator_name", "{model}", *FROZEN_GENERATOR, "--before_mlp",
+                              "--rtd_reduction", "sum_over_views", "--masking_scheme", "kodiffcse"],
+    "diffcse-packed": ["--objective", "diffcse", "--generator_name", "{model}", *FROZEN_GENERATOR, "--rtd_reduction", "exclude_padding",
+                       "--packed_linear", "--pooler_type", "avg"],
+    # --do_mlm's second pass in chunks (alone and beside DiffCSE's RTD)
+    "infonce-mlm": ["--objective", "infonce", "--pooler_type", "cls", "--do_mlm"],
+    "diffcse-mlm": ["--objective", "diffcse", "--generator_name", "{model}", *FROZEN_GENERATOR, "--pooler_type", "cls", "--do_mlm"],
 }
+
+
+@pytest.fixture(scope="module")
+def mlm_bert(tiny_bert, tmp_path_factory):
+    """tiny_bert with a masked-LM head (--do_mlm starts from the checkpoint's head)."""
+    return with_mlm_head(tiny_bert, tmp_path_factory.mktemp("mlm") / "bert-mlm")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +61,9 @@ def nli_csv(tmp_path_factory, tiny_corpus):
     return path
 
 
-def one_step(model, corpus, flags, mini=None, dropout="0", autocast=None):
+def one_step(model, corpus, flags, mini=None, dropout="0", autocast=None, prepare=None):
+    """(loss, gradients, logs, objective state) of one training step on the first batch of 12; `prepare(model)`
+    is called before it (e.g. to add hooks)."""
     argv = ["--model_name_or_path", str(model), "--train_file", str(corpus), "--output_dir", "/tmp/unused-grad-cache",
             "--overwrite_output_dir", "--per_device_train_batch_size", "12", "--use_cpu", "--dropout_prob", dropout,
             "--max_steps", "1", "--report_to", "none", "--max_seq_length", "24", "--seed", "3",
@@ -55,6 +77,8 @@ def one_step(model, corpus, flags, mini=None, dropout="0", autocast=None):
     if precise:
         model_.double()
     model_.train()
+    if prepare is not None:
+        prepare(model_)
     batch = next(iter(run.trainer.get_train_dataloader()))
     previous = torch.get_default_dtype()
     if precise:
@@ -97,22 +121,106 @@ def test_chunk_slices():
         grad_cache.chunk_slices(3, 0)
 
 
+def test_chunked_sum_hand_case():
+    """sum over chunks of w * x_i^2: the value 2 * 55, d/dx = 2 w x, d/dw = 55, each scaled by the incoming gradient (3,
+    as a grad scaler or accumulation would); the extras come back per chunk; no chunk's graph is kept."""
+    x = torch.arange(1.0, 6.0).requires_grad_()
+    w = torch.tensor(2.0, requires_grad=True)
+    graphs = []
+
+    def term(rows, x_rows):
+        graphs.append(torch.is_grad_enabled())
+        return (w * x_rows ** 2).sum(), x_rows.detach().sum()
+
+    total, extras = grad_cache.chunked_sum(term, [slice(0, 2), slice(2, 5)], x * 1.0, anchor=w)
+    assert total.item() == 110.0 and [e.item() for e in extras] == [3.0, 12.0] and graphs == [False, False]
+    (3 * total).backward()
+    assert graphs == [False, False, True, True]  # replayed with a graph in the backward pass
+    torch.testing.assert_close(x.grad, 3 * 2 * 2.0 * torch.arange(1.0, 6.0))
+    assert w.grad.item() == 3 * 55.0
+    # a term of the batch alone (no inputs): the parameter's gradient only
+    w.grad = None
+    total, _ = grad_cache.chunked_sum(lambda rows, _: (((w * torch.arange(1.0, 6.0)[rows]) ** 2).sum(), None),
+                                      [slice(0, 4), slice(4, 5)], None, anchor=w)
+    total.backward()
+    assert total.item() == 4 * 55.0 and w.grad.item() == 2 * 2.0 * 55.0
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_rtd_replay_reproduces_the_discriminator_dropout(autocast, tiny_bert, tiny_corpus, monkeypatch):
+    """Dropout on: each chunk's RTD term replayed in the backward pass equals its first computation exactly (the
+    discriminator's dropout masks are replayed, and under bf16 autocast its precision); without the recorded random
+    state, or without the recorded autocast state, it would not."""
+    import clusterns.objectives.diffcse.objective as diffcse_module
+
+    terms: list[float] = []
+    original = diffcse_module.chunked_sum
+
+    def recording(run_chunk, slices, inputs, anchor):
+        def run_and_record(piece, rows):
+            term, extra = run_chunk(piece, rows)
+            terms.append(float(term))
+            return term, extra
+
+        return original(run_and_record, slices, inputs, anchor)
+
+    monkeypatch.setattr(diffcse_module, "chunked_sum", recording)
+    one_step(tiny_bert, tiny_corpus, OBJECTIVES["diffcse"], mini=5, dropout="0.1", autocast=autocast)
+    assert len(terms) == 6 and terms[3:] == terms[:3]
+    terms.clear()
+    if autocast:  # the replay in full precision
+        monkeypatch.setattr(grad_cache, "autocast_state", lambda device_type: (device_type, False, torch.float32))
+    else:
+        monkeypatch.setattr(grad_cache.RandomState, "replay", lambda self: contextlib.nullcontext())
+    one_step(tiny_bert, tiny_corpus, OBJECTIVES["diffcse"], mini=5, dropout="0.1", autocast=autocast)
+    assert terms[3:] != terms[:3]
+
+
 @pytest.mark.parametrize("name", list(OBJECTIVES))
-def test_cached_step_equals_the_whole_batch_step(name, tiny_bert, tiny_corpus, nli_csv):
+def test_cached_step_equals_the_whole_batch_step(name, tiny_bert, mlm_bert, tiny_corpus, nli_csv):
     corpus = nli_csv if name == "infonce-sup" else tiny_corpus
-    whole = one_step(tiny_bert, corpus, OBJECTIVES[name])
+    model = mlm_bert if name.endswith("-mlm") else tiny_bert
+    whole = one_step(model, corpus, OBJECTIVES[name])
     for mini in (4, 5):  # 12 = 3 x 4, and 5 + 5 + 2 (the last chunk smaller)
-        assert_same_step(whole, one_step(tiny_bert, corpus, OBJECTIVES[name], mini=mini),
+        assert_same_step(whole, one_step(model, corpus, OBJECTIVES[name], mini=mini),
                          rtol=1e-4 if name.startswith("clusterns") else 1e-5)
     if name.startswith("clusterns"):
         assert whole[2]["cluster/active"] == 1.0  # the clustering state really was updated in the compared step
 
 
-def test_autocast_is_replayed(tiny_bert, tiny_corpus):
-    """Under bf16 autocast the replayed chunks run in bf16 as the cached ones did (else the gradients would come
-    from an fp32 forward of other values)."""
-    whole = one_step(tiny_bert, tiny_corpus, OBJECTIVES["infonce"], autocast=True)
-    cached = one_step(tiny_bert, tiny_corpus, OBJECTIVES["infonce"], mini=4, autocast=True)
+def rows_seen(module, calls: list[int]):
+    """A forward pre-hook recording how many sequences each call of `module` gets."""
+    def hook(_, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        calls.append(int(ids.shape[0]))
+    return module.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+@pytest.mark.parametrize("name", ["diffcse", "diffcse-mlm"])
+def test_sub_networks_run_in_chunks(name, tiny_bert, mlm_bert, tiny_corpus):
+    """Under --mini_batch_size 4 (batch 12, 2 views) no transformer sees more than 4 x 2 sequences at once: the
+    encoder, DiffCSE's generator and discriminator, --do_mlm's second pass; and each chunk runs twice where it
+    builds a graph (once without, once replayed) but the generator once (it has no gradient)."""
+    calls: dict[str, list[int]] = {"encoder": [], "generator": [], "discriminator": []}
+
+    def record(model_):
+        rows_seen(model_.encoder.backbone, calls["encoder"])
+        rows_seen(model_.objective.generator.base_model, calls["generator"])  # (the packed generator: its base and head)
+        rows_seen(model_.objective.discriminator.backbone, calls["discriminator"])
+
+    one_step(mlm_bert if name.endswith("-mlm") else tiny_bert, tiny_corpus, OBJECTIVES[name], mini=4, prepare=record)
+    passes = 2 if name.endswith("-mlm") else 1  # the contrastive pass, and the MLM pass
+    assert calls["encoder"] == [8] * 3 * 2 * passes
+    assert calls["generator"] == [8] * 3
+    assert calls["discriminator"] == [8] * 3 * 2
+
+
+@pytest.mark.parametrize("name", ["infonce", "diffcse"])
+def test_autocast_is_replayed(name, tiny_bert, tiny_corpus):
+    """Under bf16 autocast the replayed chunks (the encoder's; DiffCSE's discriminator's) run in bf16 as the cached
+    ones did (else the gradients would come from an fp32 forward of other values)."""
+    whole = one_step(tiny_bert, tiny_corpus, OBJECTIVES[name], autocast=True)
+    cached = one_step(tiny_bert, tiny_corpus, OBJECTIVES[name], mini=4, autocast=True)
     assert_same_step(whole, cached, rtol=2e-2)
 
 

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
+from clusterns.grad_cache import chunk_slices, chunked_sum
 from clusterns.objectives.diffcse.discriminator import ConditionalDiscriminator, splice_cls_input
 from clusterns.objectives.diffcse.masking import SCHEMES, MLMMasking
 from clusterns.modeling.packing import enable_packed_linear, is_packed
@@ -57,7 +58,10 @@ __all__ = [
     "DiffCSEObjective",
     "rtd_inputs",
     "rtd_loss",
+    "rtd_loss_sum",
+    "rtd_loss_normaliser",
     "rtd_metrics",
+    "rtd_prediction_metrics",
     "generator_replacement",
     "splice_cls_input",
     "check_shared_vocabulary",
@@ -204,8 +208,37 @@ def rtd_loss(logits: Tensor, labels: Tensor, attention_mask: Tensor, reduction: 
     raise ValueError(f"unknown RTD reduction {reduction!r}")
 
 
+def rtd_loss_sum(logits: Tensor, labels: Tensor, attention_mask: Tensor, reduction: str = "all_positions") -> Tensor:
+    """The numerator of rtd_loss: its per-token cross-entropies summed (over real tokens only for exclude_padding).
+    rtd_loss = rtd_loss_sum / rtd_loss_normaliser, so a batch's loss is the sum of its chunks' sums over the whole
+    batch's normaliser (--mini_batch_size)."""
+    per_token = F.cross_entropy(at_least_fp32(logits).reshape(-1, logits.shape[-1]), labels.reshape(-1).long(), reduction="none")
+    if reduction == "exclude_padding":
+        return (per_token * attention_mask.reshape(-1).to(per_token.dtype)).sum()
+    if reduction in ("all_positions", "sum_over_views"):
+        return per_token.sum()
+    raise ValueError(f"unknown RTD reduction {reduction!r}")
+
+
+def rtd_loss_normaliser(attention_mask: Tensor, reduction: str = "all_positions", num_views: int = 2) -> Tensor:
+    """The denominator of rtd_loss for the whole batch's [N, L] mask: N*L positions (all_positions), the real
+    tokens (exclude_padding), N*L/V (sum_over_views: V per-view means over (N/V)*L positions each, summed)."""
+    if reduction == "all_positions":
+        return attention_mask.new_tensor(float(attention_mask.numel()), dtype=torch.float32)
+    if reduction == "exclude_padding":
+        return attention_mask.float().sum().clamp_min(1.0)
+    if reduction == "sum_over_views":
+        return attention_mask.new_tensor(attention_mask.numel() / num_views, dtype=torch.float32)
+    raise ValueError(f"unknown RTD reduction {reduction!r}")
+
+
 def rtd_metrics(logits: Tensor, labels: Tensor, attention_mask: Tensor) -> dict[str, Tensor]:
-    """DiffCSE's logged RTD diagnostics (detached):
+    """DiffCSE's logged RTD diagnostics (detached) of the RTD head's logits; see rtd_prediction_metrics."""
+    return rtd_prediction_metrics(logits.detach().argmax(dim=-1), labels, attention_mask)
+
+
+def rtd_prediction_metrics(pred: Tensor, labels: Tensor, attention_mask: Tensor) -> dict[str, Tensor]:
+    """DiffCSE's logged RTD diagnostics of the predicted labels pred [N, L] (1 = "replaced"):
 
     rtd/acc             accuracy over non-pad tokens (electra_acc)
     rtd/replaced_recall replaced tokens predicted "replaced" (electra_rep_acc; 0 instead of NaN if none)
@@ -213,7 +246,6 @@ def rtd_metrics(logits: Tensor, labels: Tensor, attention_mask: Tensor) -> dict[
     rtd/replaced_frac   fraction of non-pad tokens that differ from the input
     """
     with torch.no_grad():
-        pred = logits.detach().argmax(dim=-1)
         mask = attention_mask.bool()
         lab = labels.bool()
         rep = lab & mask
@@ -451,17 +483,46 @@ class DiffCSEObjective(Objective):
 
         # RTD part on this rank's rows: generator -> labels -> conditional discriminator -> head.
         cond = (views.pooled if self.args.conditions_before_projector else views.local).reshape(batch_size * num_views, -1)
-        g = self.corrupt(mlm_ids, attn)
-        disc_ids, replaced = rtd_inputs(g, ids, attn, self.cls_token_id)
-        hidden = self.discriminator(disc_ids, attn, cond, token_type_ids)
-        rtd_head_out = self.rtd_head(hidden)
-        with fp32_region(z.device.type):
-            rtd_logits = at_least_fp32(rtd_head_out)
-            rtd = rtd_loss(rtd_logits, replaced, attn, self.args.rtd_reduction, num_views)
+        if views.mini_batch_size is None:
+            g = self.corrupt(mlm_ids, attn)
+            disc_ids, replaced = rtd_inputs(g, ids, attn, self.cls_token_id)
+            rtd_logits = self._rtd_logits(disc_ids, attn, cond, token_type_ids)
+            with fp32_region(z.device.type):
+                rtd = rtd_loss(rtd_logits, replaced, attn, self.args.rtd_reduction, num_views)
+            pred = rtd_logits.detach().argmax(dim=-1)
+        else:
+            rtd, pred, replaced = self._chunked_rtd(views.mini_batch_size, num_views, ids, attn, mlm_ids, cond, token_type_ids)
         loss = contrastive + self.lambda_weight * rtd
 
         logs = similarity_logs(logits[:, : z.shape[0]] * self.temp)
         logs["contrastive/loss"] = contrastive.detach()
         logs["rtd/loss"] = rtd.detach()
-        logs.update(rtd_metrics(rtd_logits, replaced, attn))
+        logs.update(rtd_prediction_metrics(pred, replaced, attn))
         return ObjectiveOutput(loss=loss, logs=logs)
+
+    def _rtd_logits(self, disc_ids: Tensor, attn: Tensor, cond: Tensor, token_type_ids: Tensor | None) -> Tensor:
+        """The RTD head's logits [N, L, 2] (fp32) of the discriminator conditioned on the sentence vectors cond."""
+        hidden = self.discriminator(disc_ids, attn, cond, token_type_ids)
+        return at_least_fp32(self.rtd_head(hidden))
+
+    def _chunked_rtd(self, mini_batch_size: int, num_views: int, ids: Tensor, attn: Tensor, mlm_ids: Tensor, cond: Tensor,
+                     token_type_ids: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """(RTD loss, predictions, labels) with the generator and the discriminator run in chunks of
+        mini_batch_size sentences (--mini_batch_size; rows are (sentence, view)): the generator once per chunk (no gradient), the discriminator without a graph and
+        replayed in the backward pass (grad_cache.chunked_sum), its gradient with respect to the chunk's sentence
+        vectors flowing on into the projector and the encoder. The loss is the chunks' summed cross-entropies over
+        the whole batch's normaliser: the same number as the whole-batch loss."""
+        slices = chunk_slices(ids.shape[0], mini_batch_size * num_views)
+        g = torch.cat([self.corrupt(mlm_ids[piece], attn[piece]) for piece in slices])
+        disc_ids, replaced = rtd_inputs(g, ids, attn, self.cls_token_id)
+
+        def chunk_term(piece: slice, cond_rows: Tensor) -> tuple[Tensor, Tensor]:
+            types = token_type_ids[piece] if token_type_ids is not None else None
+            rtd_logits = self._rtd_logits(disc_ids[piece], attn[piece], cond_rows, types)
+            with fp32_region(rtd_logits.device.type):
+                term = rtd_loss_sum(rtd_logits, replaced[piece], attn[piece], self.args.rtd_reduction)
+            return term, rtd_logits.detach().argmax(dim=-1)
+
+        total, preds = chunked_sum(chunk_term, slices, cond, anchor=self.rtd_head.weight)
+        rtd = total / rtd_loss_normaliser(attn, self.args.rtd_reduction, num_views)
+        return rtd, torch.cat(preds), replaced

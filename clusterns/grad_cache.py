@@ -11,11 +11,15 @@ backpropagated through it. Peak memory: one chunk's activations plus the batch's
 
 The replay happens inside the autograd backward (as reentrant activation checkpointing does), so the Trainer's
 step (grad scaler, accumulation, clipping, the optimizer) is unchanged.
+
+Losses that are sums over rows of their own sub-network's output (DiffCSE's replaced-token detection, --do_mlm's
+second pass) run in the same chunks with `chunked_sum`: each chunk's term is computed without a graph in the forward
+pass and replayed with one in the backward pass, so their activations, too, are one chunk's at a time.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -83,3 +87,55 @@ def cached_forward(run_chunk: Callable[[slice], Tensor], batch_size: int, mini_b
             pieces.append(run_chunk(piece))
     cached = torch.cat(pieces)  # no graph: computed under no_grad
     return _ReplayChunks.apply(cached, anchor, run_chunk, slices, states, autocast_state(anchor.device.type))
+
+
+class _ReplayChunkTerms(torch.autograd.Function):
+    """Identity on the sum of the chunks' terms; its backward replays each chunk's term with a graph, backpropagates
+    the incoming gradient into the parameters it used and collects its gradient with respect to its rows of
+    `inputs`."""
+
+    @staticmethod
+    def forward(ctx, total: Tensor, inputs: Tensor | None, anchor: Tensor,
+                run_chunk: Callable[[slice, Tensor | None], tuple[Tensor, Any]], slices: list[slice],
+                states: list[RandomState], autocast: tuple[str, bool, torch.dtype]) -> Tensor:
+        ctx.inputs = inputs.detach() if inputs is not None else None
+        ctx.run_chunk, ctx.slices, ctx.states, ctx.autocast = run_chunk, slices, states, autocast
+        return total.view_as(total)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        device_type, enabled, dtype = ctx.autocast
+        inputs = ctx.inputs
+        wants_inputs = inputs is not None and ctx.needs_input_grad[1]
+        grad_inputs = torch.zeros_like(inputs) if wants_inputs else None
+        for piece, state in zip(ctx.slices, ctx.states):
+            with state.replay(), torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
+                rows = inputs[piece].detach().requires_grad_(wants_inputs) if inputs is not None else None
+                term, _ = ctx.run_chunk(piece, rows)
+            if term.requires_grad:
+                torch.autograd.backward(term, grad.to(term.dtype))
+            if wants_inputs and rows.grad is not None:
+                grad_inputs[piece] = rows.grad
+        ctx.inputs = None
+        return None, grad_inputs, None, None, None, None, None
+
+
+def chunked_sum(run_chunk: Callable[[slice, Tensor | None], tuple[Tensor, Any]], slices: list[slice],
+                inputs: Tensor | None, anchor: Tensor) -> tuple[Tensor, list[Any]]:
+    """(the sum over `slices` of run_chunk(piece, inputs[piece])[0], the chunks' second outputs).
+
+    run_chunk returns a scalar term (differentiable in its rows of `inputs` and in parameters) and anything else
+    (e.g. predictions for logging, computed without a graph). The sum is differentiable in `inputs` and in those
+    parameters, but no chunk's graph is kept: the backward pass replays each chunk under the random and autocast
+    state of its first run (the same dropout masks). `inputs` may be None (a term of the batch alone); `anchor`: a
+    parameter the terms use, so that autograd calls the replay."""
+    states, terms, extras = [], [], []
+    with torch.no_grad():
+        for piece in slices:
+            states.append(RandomState(anchor.device))
+            term, extra = run_chunk(piece, inputs[piece] if inputs is not None else None)
+            terms.append(term)
+            extras.append(extra)
+    total = torch.stack(terms).sum()
+    return _ReplayChunkTerms.apply(total, inputs, anchor, run_chunk, slices, states,
+                                   autocast_state(anchor.device.type)), extras
