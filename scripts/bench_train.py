@@ -55,7 +55,7 @@ sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 from bench.flops import encoder_flops, flops_report  # noqa: E402,F401  (encoder_flops: tests read it here)
 from bench.harness import run_worker, summarise, worker_main  # noqa: E402
-from bench.memory import memory_search  # noqa: E402
+from bench.memory import memory_search, parse_memory_max, rss_sweep  # noqa: E402
 from bench.report import markdown, targets  # noqa: E402,F401
 from bench.sentences import default_model  # noqa: E402
 from benchmarks_md import command_line, machine, publish, utc_now  # noqa: E402
@@ -84,8 +84,14 @@ def main(argv=None) -> int:
     ap.add_argument("--memory_budget_mb", type=float, default=None,
                     help="also find the largest batch of infonce and diffcse whose peak RSS fits this budget")
     ap.add_argument("--memory_start", type=int, default=64)
-    ap.add_argument("--memory_max", type=int, default=4096)
+    ap.add_argument("--memory_max", default="4096",
+                    help="the largest batch the memory search probes: 4096, or per configuration: 4096,diffcse-cached=1024")
     ap.add_argument("--memory_resolution", type=int, default=16)
+    ap.add_argument("--rss_batches", default=None, metavar="B1,B2,...",
+                    help="also measure the peak RSS of each *-cached configuration at these batches, and of its uncached "
+                         "configuration at the first one (e.g. 64,256,512,1024)")
+    ap.add_argument("--section", default="bench_train",
+                    help="the BENCHMARKS.md section --update_md writes (bench_train; bench_grad_cache for the gradient cache)")
     ap.add_argument("--max_foreign_cores", type=float, default=None,
                     help="before each run wait until other processes use at most this many cores (shared machines)")
     ap.add_argument("--wait_timeout", type=float, default=600.0, help="longest wait per run for --max_foreign_cores (s)")
@@ -103,7 +109,7 @@ def main(argv=None) -> int:
     if a.from_json:
         with open(a.from_json) as f:
             report = json.load(f)
-        publish(report, markdown(report), "bench_train", True, a.update_md)
+        publish(report, markdown(report), report.get("section", a.section), True, a.update_md)
         return 0
     a.model = a.model or default_model()
     if a.worker:
@@ -113,6 +119,20 @@ def main(argv=None) -> int:
     unknown = [c for c in configs if c not in KNOWN_CONFIGS]
     if unknown:
         ap.error(f"unknown configuration(s) {unknown}; choose from {', '.join(KNOWN_CONFIGS)}")
+    try:
+        rss_batches = [int(b) for b in a.rss_batches.split(",")] if a.rss_batches else []
+    except ValueError:
+        ap.error(f"--rss_batches must be comma-separated batch sizes, got {a.rss_batches!r}")
+    if any(b < 1 for b in rss_batches):
+        ap.error(f"--rss_batches must be batch sizes >= 1, got {a.rss_batches!r}")
+    if rss_batches and not any(c.endswith("-cached") for c in configs):
+        ap.error("--rss_batches measures the *-cached configurations: add infonce-cached or diffcse-cached to --configs")
+    try:
+        memory_max, memory_caps = parse_memory_max(a.memory_max)
+    except ValueError as err:
+        ap.error(str(err))
+    if a.mini_batch_size < 1:
+        ap.error(f"--mini_batch_size must be >= 1, got {a.mini_batch_size}")
     runs: dict[str, list[dict]] = {c: [] for c in configs}
     for rep in range(max(1, a.repeat)):
         order = configs if rep % 2 == 0 else configs[::-1]  # alternate the order: ABC CBA
@@ -184,7 +204,15 @@ def main(argv=None) -> int:
             report["diffcse_expected"]["measured_over_implied"] = ratios["diffcse_vs_infonce"] / report["diffcse_expected"]["implied_by_time"]
     if a.memory_budget_mb:
         searched = ("infonce", "diffcse") + tuple(c for c in ("infonce-cached", "diffcse-cached") if c in configs)
-        report["memory"] = {c: memory_search(a, c, a.memory_budget_mb) for c in searched}
+        report["memory"] = {c: memory_search(a, c, a.memory_budget_mb, memory_caps.get(c, memory_max)) for c in searched}
+    if rss_batches:  # the cached configuration at each batch, its uncached one at the first
+        report["mini_batch_size"] = a.mini_batch_size
+        report["rss_sweep"] = {}
+        for config in (c for c in configs if c.endswith("-cached")):
+            uncached = config.removesuffix("-cached")
+            report["rss_sweep"][config] = {"uncached": uncached, "uncached_batch": rss_batches[0],
+                                           "uncached_mb": rss_sweep(a, uncached, rss_batches[:1])[rss_batches[0]],
+                                           "cached_mb": rss_sweep(a, config, rss_batches)}
 
     print(f"{'configuration':<16} {'packed':>6} {'s/step':>8} {'CPU s/step':>10} {'sent/s':>8} {'vs infonce':>10} {'peak RSS MB':>11}")
     base = summary.get("infonce", {}).get("wall_s_per_step")
@@ -202,7 +230,8 @@ def main(argv=None) -> int:
     if "diffcse_expected" in report:
         d = report["diffcse_expected"]
         print(f"diffcse implied by its extra passes: {d['implied_by_time']:.2f}x (timings), {d['implied_by_flops']:.2f}x (FLOPs)")
-    publish(report, markdown(report), "bench_train", a.markdown, a.update_md, a.json)
+    report["section"] = a.section
+    publish(report, markdown(report), a.section, a.markdown, a.update_md, a.json)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The report: issue 9's targets table and the Markdown section of BENCHMARKS.md."""
+"""The report: the targets tables (issues 9 and 20) and the Markdown sections of BENCHMARKS.md."""
 from __future__ import annotations
 
 from benchmarks_md import short_model_name
@@ -34,11 +34,35 @@ def targets(report: dict) -> list[tuple[str, str, str, bool]]:
     if "matmul_utilisation" in report:
         out.append(("infonce matmul utilisation", ">= 50%", f"{100 * report['matmul_utilisation']:.1f}%",
                     report["matmul_utilisation"] >= 0.5))
+    return out + grad_cache_targets(report)
+
+
+def grad_cache_targets(report: dict) -> list[tuple[str, str, str, bool]]:
+    """Issue 20's targets of the gradient cache (--mini_batch_size), where the report measured them."""
+    r, out = report["ratios"], []
+    if "infonce_cached_vs_infonce" in r:
+        out.append((f"issue 20: infonce-cached time per sentence vs infonce (batch {report['batch_size']})", "<= 1.4x",
+                    f"{r['infonce_cached_vs_infonce']:.3f}x", r["infonce_cached_vs_infonce"] <= 1.4))
+    sweep = report.get("rss_sweep", {}).get("infonce-cached")
+    if sweep and "1024" in {str(b) for b in sweep["cached_mb"]}:
+        cached = {str(b): v for b, v in sweep["cached_mb"].items()}["1024"]
+        out.append((f"issue 20: infonce-cached peak RSS at batch 1024 vs infonce at batch {sweep['uncached_batch']}", "<= 1.25x",
+                    f"{cached:.0f} / {sweep['uncached_mb']:.0f} MB = {cached / sweep['uncached_mb']:.2f}x",
+                    cached <= 1.25 * sweep["uncached_mb"]))
+    for config, target in (("infonce-cached", 4096), ("diffcse-cached", 1024)):
+        mem = report.get("memory", {}).get(config)
+        if mem:
+            largest = f"{'>= ' if mem.get('capped_at_memory_max') else ''}{mem['largest_batch']}"
+            out.append((f"issue 20: largest {config} batch within {mem['budget_mb']:.0f} MB", f">= {target}", largest,
+                        mem["largest_batch"] >= target))
     return out
+
+
+TITLES = {"bench_train": "Training step (CPU)", "bench_grad_cache": "Big batches on little memory: --mini_batch_size (CPU)"}
 
 def markdown(report: dict) -> str:
     m, s, r = report["machine"], report["summary"], report["ratios"]
-    lines = ["## Training step (CPU)", ""]
+    lines = [f"## {TITLES.get(report.get('section', 'bench_train'), 'Training step (CPU)')}", ""]
     if "command" in report:
         lines += [f"`{report['command']}` ({report['measured_at']})", ""]
     lines += [
@@ -63,7 +87,7 @@ def markdown(report: dict) -> str:
                      f"{fmt(v['peak_rss_mb'], 0)} |")
     rows = targets(report)
     if rows:
-        lines += ["", "| target (CPU, issue 9) | threshold | measured | met |", "|---|---|---|---|"]
+        lines += ["", "| target (CPU) | threshold | measured | met |", "|---|---|---|---|"]
         lines += [f"| {t} | {th} | {v} | {'yes' if ok else '**no**'} |" for t, th, v, ok in rows]
     lines.append("")
     for key, value in r.items():
@@ -95,6 +119,11 @@ def markdown(report: dict) -> str:
     if report.get("memory"):
         for name, mem in report["memory"].items():
             probes = ", ".join(f"{b}: {fmt(v, 0)}" for b, v in mem["probes"].items())
-            lines.append(f"- largest batch within {fmt(mem['budget_mb'], 0)} MB peak RSS, {name}: **{mem['largest_batch']}** "
+            capped = " or more (the search stops at --memory_max)" if mem.get("capped_at_memory_max") else ""
+            lines.append(f"- largest batch within {fmt(mem['budget_mb'], 0)} MB peak RSS, {name}: **{mem['largest_batch']}**{capped} "
                          f"(probes, batch: MB = {probes})")
+    for name, sweep in report.get("rss_sweep", {}).items():
+        cached = ", ".join(f"{b}: {fmt(v, 0)}" for b, v in sweep["cached_mb"].items())
+        lines.append(f"- peak RSS (MB) of {name} (--mini_batch_size {report['mini_batch_size']}) by batch: {cached}; "
+                     f"{sweep['uncached']} without caching at batch {sweep['uncached_batch']}: {fmt(sweep['uncached_mb'], 0)}")
     return "\n".join(lines)

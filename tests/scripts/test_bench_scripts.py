@@ -43,7 +43,7 @@ def test_bench_train_smoke_in_process(tiny_bert, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| configuration | packed linear |" in printed and "GPU: not measured" in printed
     assert report["summary"]["infonce-nopack"]["packed_linear"] is False
-    assert "| target (CPU, issue 9) | threshold | measured | met |" in printed
+    assert "| target (CPU) | threshold | measured | met |" in printed
     # --from_json prints the same tables from the saved report, without measuring
     assert bench_train.main(["--from_json", str(out)]) == 0
     assert capsys.readouterr().out.strip() == bench_train.markdown(report).strip()
@@ -92,7 +92,33 @@ def test_memory_search_bisects(monkeypatch):
     a = type("A", (), {"memory_start": 64, "memory_max": 4096, "memory_resolution": 8})()
     found = memory.memory_search(a, "infonce", 3000)  # fits up to batch 200
     assert found["largest_batch"] <= 200 < found["largest_batch"] + 8
-    assert calls[:3] == [64, 128, 256]
+    assert calls[:3] == [64, 128, 256] and found["capped_at_memory_max"] is False
+    calls.clear()
+    found = memory.memory_search(a, "infonce-cached", 1e9)  # everything fits: the search stops at --memory_max
+    assert found == {"budget_mb": 1e9, "largest_batch": 4096, "capped_at_memory_max": True,
+                     "probes": {b: 1000 + 10 * b for b in (64, 128, 256, 512, 1024, 2048, 4096)}}
+    assert max(calls) == 4096
+    assert memory.memory_search(a, "diffcse-cached", 1e9, memory_max=256)["largest_batch"] == 256  # a per-configuration cap
+    assert memory.parse_memory_max("4096") == (4096, {})
+    assert memory.parse_memory_max("4096, diffcse-cached=1024") == (4096, {"diffcse-cached": 1024})
+    for bad in ("x", "diffcse-cached=1024", "4096,diffcse-cached=0"):
+        with pytest.raises(ValueError, match="--memory_max"):
+            memory.parse_memory_max(bad)
+
+
+def test_grad_cache_targets_table():
+    report = {"ratios": {"infonce_cached_vs_infonce": 1.2}, "summary": {}, "batch_size": 256,
+              "rss_sweep": {"infonce-cached": {"uncached": "infonce", "uncached_batch": 64, "uncached_mb": 1000.0,
+                                               "cached_mb": {"256": 1100.0, "1024": 1300.0}}},
+              "memory": {"infonce-cached": {"budget_mb": 4096, "largest_batch": 4096, "capped_at_memory_max": True},
+                         "diffcse-cached": {"budget_mb": 4096, "largest_batch": 512, "capped_at_memory_max": False}}}
+    rows = {t: (v, ok) for t, _, v, ok in bench_train.targets(report)}
+    assert rows == {
+        "issue 20: infonce-cached time per sentence vs infonce (batch 256)": ("1.200x", True),
+        "issue 20: infonce-cached peak RSS at batch 1024 vs infonce at batch 64": ("1300 / 1000 MB = 1.30x", False),
+        "issue 20: largest infonce-cached batch within 4096 MB": (">= 4096", True),
+        "issue 20: largest diffcse-cached batch within 4096 MB": ("512", False),
+    }
 
 
 @pytest.mark.slow
@@ -118,8 +144,30 @@ def test_bench_train_cached_configurations(tiny_bert, tmp_path):
         "--model_name_or_path", str(tiny_bert), "--batch_size", "8", "--max_seq_length", "16", "--warmup", "1",
         "--steps", "1", "--repeat", "1", "--threads", "1", "--in_process", "--json", str(out),
         "--configs", "infonce,infonce-cached,diffcse,diffcse-cached", "--mini_batch_size", "3",
+        "--rss_batches", "4,8", "--section", "bench_grad_cache", "--update_md", str(tmp_path / "BENCHMARKS.md"),
     ])
     assert code == 0
     report = json.loads(out.read_text())
     assert {"infonce-cached", "diffcse-cached"} <= set(report["summary"])
     assert "infonce_cached_vs_infonce" in report["ratios"]
+    for config in ("infonce-cached", "diffcse-cached"):
+        sweep = report["rss_sweep"][config]
+        assert sweep["uncached"] == config.removesuffix("-cached") and sweep["uncached_batch"] == 4 and sweep["uncached_mb"] > 0
+        assert set(sweep["cached_mb"]) == {"4", "8"} and all(v > 0 for v in sweep["cached_mb"].values())
+    written = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "<!-- bench_grad_cache:start -->" in written and "## Big batches on little memory: --mini_batch_size (CPU)" in written
+    assert "issue 20: infonce-cached time per sentence vs infonce (batch 8)" in written
+    assert "peak RSS (MB) of diffcse-cached (--mini_batch_size 3) by batch: 4: " in written
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--rss_batches", "64,x"], "--rss_batches must be comma-separated batch sizes"),
+    (["--rss_batches", "64,0", "--configs", "infonce-cached"], "--rss_batches must be batch sizes >= 1"),
+    (["--rss_batches", "64"], "--rss_batches measures the *-cached configurations"),
+    (["--mini_batch_size", "0"], "--mini_batch_size must be >= 1"),
+    (["--memory_max", "infonce=64"], "--memory_max 'infonce=64' has no default cap"),
+])
+def test_bad_flags_are_refused(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_train.main(["--configs", "infonce", *flags] if "--configs" not in flags else flags)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
