@@ -1,6 +1,6 @@
 """The package's import structure: layers import downwards only, no cycle, no import hidden in a function.
 
-Layers (README, Architecture): io, precision, harness <- modeling <- objectives <- export <- training <- cli.
+Layers (README, Architecture): io, precision, grad_cache, harness <- modeling <- objectives <- export <- training <- cli.
 `clusterns/__init__.py` is the public surface above them all."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "clusterns"
-LAYERS = {"io": 0, "precision": 0, "harness": 0, "modeling": 1, "objectives": 2, "export": 3, "st_modules": 3,
+LAYERS = {"io": 0, "precision": 0, "grad_cache": 0, "harness": 0, "modeling": 1, "objectives": 2, "export": 3, "st_modules": 3,
           "training": 4, "cli": 5}
 
 

@@ -81,9 +81,32 @@ class MPQAEval(BinaryClassifierEval):
     files = ("mpqa.pos", "mpqa.neg")
 
 
+TREC_COARSE = {"ABBR": 0, "DESC": 1, "ENTY": 2, "HUM": 3, "LOC": 4, "NUM": 5}
+
+
+def read_trec_file(fpath):
+    """{"X": token lists, "y": coarse label ids} of a TREC `COARSE:fine question` file (SentEval's reader)."""
+    data = {"X": [], "y": []}
+    with io.open(fpath, "r", encoding="latin-1") as f:
+        for i, line in enumerate(f, start=1):
+            try:
+                target, sample = line.strip().split(":", 1)
+                sample = sample.split(" ", 1)[1].split()
+            except ValueError:
+                raise DataFormatError(f"{fpath}:{i}: expected 'COARSE:fine question', "
+                                      f"got {line[:120]!r}") from None
+            except IndexError:
+                raise DataFormatError(f"{fpath}:{i}: no question text: {line[:120]!r}") from None
+            if target not in TREC_COARSE:
+                raise DataFormatError(f"{fpath}:{i}: unknown TREC class {target!r}")
+            data["X"].append(sample)
+            data["y"].append(TREC_COARSE[target])
+    return data
+
+
 class TRECEval:
     task_name = "TREC"
-    tgt2idx = {"ABBR": 0, "DESC": 1, "ENTY": 2, "HUM": 3, "LOC": 4, "NUM": 5}
+    tgt2idx = TREC_COARSE
 
     def __init__(self, task_path, seed=1111):
         self.seed = seed
@@ -95,22 +118,7 @@ class TRECEval:
         return prepare(params, self.train["X"] + self.test["X"])
 
     def loadFile(self, fpath):
-        data = {"X": [], "y": []}
-        with io.open(fpath, "r", encoding="latin-1") as f:
-            for i, line in enumerate(f, start=1):
-                try:
-                    target, sample = line.strip().split(":", 1)
-                    sample = sample.split(" ", 1)[1].split()
-                except ValueError:
-                    raise DataFormatError(f"{fpath}:{i}: expected 'COARSE:fine question', "
-                                          f"got {line[:120]!r}") from None
-                except IndexError:
-                    raise DataFormatError(f"{fpath}:{i}: no question text: {line[:120]!r}") from None
-                if target not in self.tgt2idx:
-                    raise DataFormatError(f"{fpath}:{i}: unknown TREC class {target!r}")
-                data["X"].append(sample)
-                data["y"].append(self.tgt2idx[target])
-        return data
+        return read_trec_file(fpath)
 
     def run(self, params, batcher):
         tr = sorted(zip(self.train["X"], self.train["y"]), key=lambda z: (len(z[0]), z[1]))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from prettytable import PrettyTable
 
-from clusterns.harness import SE, DataFormatError, MissingDataError, progress_bar_disabled, senteval
+from clusterns.harness import SE, DataFormatError, MissingDataError, clustering, progress_bar_disabled, resolve_downstream, senteval
 from clusterns.io import CONFIG_NAME
 from clusterns.modeling.encoder import EncoderConfig, SentenceEncoder
 from clusterns.modeling.poolers import pooler_names
@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "'cls' for plain HF checkpoints (SimCSE's default)")
     p.add_argument("--mode", type=str, choices=["dev", "test", "fasttest"], default="test",
                    help="dev: dev sets, fast classifier; test: full classifier; fasttest: fast classifier, test sets")
-    p.add_argument("--task_set", type=str, choices=["sts", "transfer", "full", "na"], default="sts",
-                   help="any value but 'na' overrides --tasks")
+    p.add_argument("--task_set", type=str, choices=["sts", "transfer", "full", "cluster", "na"], default="sts",
+                   help="any value but 'na' overrides --tasks; cluster: the clustering probe on the built-in TREC set "
+                        "(plus any --cluster_file)")
     p.add_argument("--tasks", type=str, nargs="+",
                    default=["STS12", "STS13", "STS14", "STS15", "STS16", "MR", "CR", "MPQA", "SUBJ",
                             "SST2", "TREC", "MRPC", "SICKRelatedness", "STSBenchmark"],
@@ -68,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--korsts_per_batch", action="store_true",
                    help="also report KoDiffCSE's per-batch KorSTS protocol (shuffled batches of 256, averaged)")
     p.add_argument("--seed", type=int, default=1111, help="SentEval seed for the classifiers")
+    # The clustering probe of ClusterNS (cluster_eval.py; SentEval/senteval/clustering.py).
+    p.add_argument("--cluster_file", type=str, action="append", default=[], metavar="NAME=PATH",
+                   help="a label<TAB>text file for the clustering probe (repeatable; with any --task_set)")
+    p.add_argument("--cluster_pooler", type=str, choices=pooler_names(), default="cls_before_pooler",
+                   help="the sentence vector of the clustering probe (default: the original's last-layer [CLS], no MLP, "
+                        "no prompt)")
+    p.add_argument("--cluster_seed", type=int, default=0,
+                   help="first k-means seed of the clustering probe (the original used none: its numbers changed per run)")
+    p.add_argument("--cluster_runs", type=int, default=5,
+                   help="k-means runs (seeds cluster_seed, cluster_seed+1, ...) whose mean, std, min and max are reported")
     p.add_argument("--trust_pickle", action="store_true",
                    help="allow .bin (pickle) weights, read with weights_only=True (as train.py); default: safetensors only")
     # PromptBERT checkpoints (clusterns/modeling/prompt/): the recorded template is applied automatically.
@@ -85,12 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def expand_tasks(args) -> list[str]:
+    """The SentEval tasks to run (the clustering tasks: cluster_files)."""
     if args.task_set == "sts":
         tasks = list(STS_TASKS)
     elif args.task_set == "transfer":
         tasks = list(TRANSFER_TASKS)
     elif args.task_set == "full":
         tasks = STS_TASKS + TRANSFER_TASKS
+    elif args.task_set == "cluster":
+        tasks = []
     else:
         tasks = list(args.tasks)
     if args.korsts and "KorSTS" not in tasks:
@@ -203,8 +217,53 @@ def load_encoder(args):
                                            **prompt_kwargs)
 
 
+BUILTIN_CLUSTER_TASK = "TREC-cluster"
+
+
+def cluster_files(args) -> dict[str, str]:
+    """{task name: path} of the clustering probe: the built-in TREC set under --task_set cluster, then each
+    --cluster_file NAME=PATH (the name as given)."""
+    files: dict[str, str] = {}
+    if args.task_set == "cluster":
+        files[BUILTIN_CLUSTER_TASK] = ""
+    for item in args.cluster_file:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"--cluster_file expects NAME=PATH (e.g. tweets=data/tweet.tsv), got {item!r}")
+        if name in files:
+            raise ValueError(f"--cluster_file: the name {name!r} is given twice (or is the built-in {BUILTIN_CLUSTER_TASK}); "
+                             "give each file its own name")
+        files[name.strip()] = path.strip()
+    return files
+
+
+def build_cluster_evaluations(files: dict[str, str], args) -> dict:
+    seeds = range(args.cluster_seed, args.cluster_seed + args.cluster_runs)
+    out = {}
+    for name, path in files.items():
+        if name == BUILTIN_CLUSTER_TASK and not path:
+            out[name] = clustering.ClusteringEval.trec(os.path.join(resolve_downstream(args.data_dir), "TREC"), seeds=seeds)
+        else:
+            out[name] = clustering.ClusteringEval.from_file(name, path, seeds=seeds)
+    return out
+
+
+def load_cluster_encoder(args, encoder=None):
+    """The clustering probe's encoder: --cluster_pooler (default the original's raw last-layer [CLS]: no MLP, and
+    no prompt, which only the mask pooler applies); the other tasks' encoder where it pools so."""
+    if encoder is not None and encoder.config.eval_pooler == args.cluster_pooler:
+        return encoder
+    if args.cluster_pooler == "mask" and args.mask_embedding_sentence:
+        return load_encoder(args)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return SentenceEncoder.from_pretrained(args.model_name_or_path, pooler=args.cluster_pooler, device=device,
+                                           trust_pickle=args.trust_pickle)
+
+
 def check_ranges(args) -> None:
     """Every numeric flag's range, before any data or model is read."""
+    if args.cluster_runs < 1:
+        raise ValueError(f"--cluster_runs must be >= 1 (k-means runs of the clustering probe), got {args.cluster_runs}")
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.max_seq_length is not None and args.max_seq_length < 2:
@@ -217,11 +276,16 @@ def build_evaluations(tasks: list[str], params: dict) -> dict:
     return {t: se.build(t) for t in tasks}
 
 
-def run_tasks(evaluations: dict, params: dict, batcher: CachedBatcher) -> dict:
-    """Evaluate pre-built tasks in order (SentEval's do_prepare + run)."""
+def run_tasks(evaluations: dict, params: dict, batcher: CachedBatcher, batchers: dict | None = None) -> dict:
+    """Evaluate pre-built tasks in order (SentEval's do_prepare + run); batchers: {task: its own batcher} (the
+    clustering probe's representation)."""
     se = SE(params, batcher)
     results = {}
     for task, evaluation in evaluations.items():
+        if batchers and task in batchers:
+            se.params.current_task = task
+            results[task] = evaluation.run(se.params, batchers[task])
+            continue
         # The cache only pays off for STS-style tasks; transfer sets are large.
         batcher.use_cache = task in STS_TASKS or task == "KorSTS"
         if not batcher.use_cache:
@@ -275,6 +339,12 @@ def build_tables(results: dict, mode: str, korsts_per_batch: bool = False) -> li
     scores = ["%.2f" % results[task][key] for task in names]
     if names:
         tables.append(("transfer", names + ["Avg."], scores + [_avg(scores)]))
+    clustered = {task: res for task, res in results.items() if isinstance(res, dict) and "nmi" in res}
+    if clustered:
+        cells = []
+        for res in clustered.values():
+            cells += ["%.2f" % (res["acc"]["mean"] * 100), "%.2f" % (res["nmi"]["mean"] * 100)]
+        tables.append(("cluster", [f"{task} {m}" for task in clustered for m in ("ACC", "NMI")], cells))
     if "KorSTS" in results:
         split = "dev" if mode == "dev" else "test"
         res = results["KorSTS"][split]
@@ -288,12 +358,31 @@ def build_tables(results: dict, mode: str, korsts_per_batch: bool = False) -> li
     return tables
 
 
-def print_tables(tables, mode: str) -> None:
+def print_tables(tables, mode: str, results: dict | None = None) -> None:
     print("------ %s ------" % mode)
     for title, names, cells in tables:
         if title.startswith("korsts"):
             print("------ KorSTS %s ------" % title[len("korsts_"):].replace("_", " "))
+        if title == "cluster":
+            print_cluster_table(results or {})
+            continue
         print_table(names, cells)
+
+
+def print_cluster_table(results: dict) -> None:
+    """One row per clustering task: K, sentences, ACC and NMI (x100) as mean ± std [min, max] over the k-means seeds."""
+    rows = [(task, res) for task, res in results.items() if isinstance(res, dict) and "nmi" in res]
+    seeds = rows[0][1]["seeds"]
+    print(f"------ clustering (k-means, K = the number of labels, {len(seeds)} seeds {seeds[0]}..{seeds[-1]}) ------")
+    tb = PrettyTable()
+    tb.field_names = ["task", "K", "sentences", "ACC", "NMI"]
+
+    def cell(s):
+        return f"{s['mean'] * 100:.2f} ± {s['std'] * 100:.2f} [{s['min'] * 100:.2f}, {s['max'] * 100:.2f}]"
+
+    for task, res in rows:
+        tb.add_row([task, res["k"], res["n"], cell(res["acc"]), cell(res["nmi"])])
+    print(tb)
 
 
 # ---- JSON --------------------------------------------------------------------------------
@@ -334,25 +423,31 @@ def main(argv=None) -> int:
     params = senteval_params(args)
     try:
         check_ranges(args)
+        clusters = cluster_files(args)
         evaluations = build_evaluations(tasks, params)
-        encoder = load_encoder(args)
+        evaluations.update(build_cluster_evaluations(clusters, args))
+        encoder = load_encoder(args) if tasks else None
+        cluster_encoder = load_cluster_encoder(args, encoder) if clusters else None
     except (MissingDataError, DataFormatError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     batcher = CachedBatcher(encoder, args.batch_size, args.max_seq_length)
+    cluster_batcher = CachedBatcher(cluster_encoder, args.batch_size, args.max_seq_length)
     start = time.perf_counter()
     try:
-        results = run_tasks(evaluations, params, batcher)
+        results = run_tasks(evaluations, params, batcher, {task: cluster_batcher for task in clusters})
     except (MissingDataError, DataFormatError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - start
     tables = build_tables(results, args.mode, args.korsts_per_batch)
-    print_tables(tables, args.mode)
+    print_tables(tables, args.mode, results)
     if args.output_json:
         payload = {
             "model_name_or_path": args.model_name_or_path, "pooler": args.pooler, "mode": args.mode,
-            "task_set": args.task_set, "tasks": tasks, "batch_size": args.batch_size,
+            "task_set": args.task_set, "tasks": tasks + list(clusters), "batch_size": args.batch_size,
+            **({"cluster_pooler": args.cluster_pooler, "cluster_files": {k: v or "built-in" for k, v in clusters.items()}}
+               if clusters else {}),
             "max_seq_length": args.max_seq_length, "senteval_version": getattr(senteval, "__version__", None),
             "seconds": elapsed,
             "tables": {title: dict(zip(names, [float(c) for c in cells])) for title, names, cells in tables},

@@ -138,7 +138,9 @@ def tiny_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS))
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    # from_pretrained on the folder: transformers 5.x ignores vocab_file= (every word would be [UNK])
+    tok = BertTokenizerFast.from_pretrained(str(path), do_lower_case=True)
+    assert tok.convert_tokens_to_ids("guitar") != tok.unk_token_id
     tok.save_pretrained(path)
     torch.manual_seed(0)
     BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
