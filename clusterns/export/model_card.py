@@ -255,7 +255,28 @@ def render_model_card(output_dir: str, run_config: dict | None = None, metrics: 
     body += ["", f"Every flag is recorded in `{TRAINING_ARGS_NAME}`.", "", "## Results", "", "### Dev (during training)", "",
              _dev_metrics(metrics or {}, state), "", "### Test (evaluation.py)", "", test_tables, "",
              "## Framework versions", "", _kv_table(_versions()), ""]
+    environment = run_config.get("environment")
+    if environment:
+        body += ["## Environment of the training run", "", _kv_table(_environment_rows(environment)), ""]
     return "\n".join(body)
+
+
+def _environment_rows(environment: dict) -> list[tuple[str, Any]]:
+    """The card's rows of training_args.json's "environment" (training/environment.py)."""
+    git = environment.get("framework_git")
+    framework = f"{git['commit']}{' (with uncommitted changes)' if git.get('dirty') else ''}" if git else "not a git checkout"
+    device = environment.get("device", {})
+    packages = environment.get("packages", {})
+    where = device.get("gpu") or device.get("cpu")
+    rows: list[tuple[str, Any]] = [
+        ("framework commit", framework),
+        ("command line", environment.get("command_line", "")),
+        ("device", f"{device.get('device', '?')} ({where})" if where else device.get("device", "?")),
+        ("processes", environment.get("processes")),
+        ("training file sha256", environment.get("train_file_sha256") or "-"),
+    ]
+    rows += [(name, value) for name, value in packages.items() if value is not None]
+    return rows + [("recorded", environment.get("recorded_at"))]
 
 def write_model_card(output_dir: str | os.PathLike, run_config: dict | None = None, metrics: dict | None = None,
                      eval_jsons: list[str] | None = None) -> str:

@@ -51,6 +51,7 @@ from clusterns.training.checkpoints import resolve_resume_checkpoint
 from clusterns.training.data import ContrastiveCollator, load_corpus, tokenize_corpus
 from clusterns.training.dev_evaluator import SentEvalDevEvaluator
 from clusterns.training.distributed import data_parallel_message
+from clusterns.training.environment import environment_record
 from clusterns.training.model import DDP_GRADIENTS, ContrastiveModel
 from clusterns.training.run_lock import LOCK_NAME, OutputDirLock
 from clusterns.training.trainer import ContrastiveTrainer
@@ -413,6 +414,9 @@ def build_run(argv: list[str] | None = None, *, parsed: tuple | None = None, sen
         "data": dataclasses.asdict(data_args),
         "objective_args": dataclasses.asdict(objective_args) if objective_args is not None else {},
         "masked_lm": dataclasses.asdict(mlm_args),
+        # what produced the run (versions, device, processes, commit, command line, training file hash)
+        "environment": environment_record(list(sys.argv[1:] if argv is None else argv), data_args.train_file,
+                                          training_args.device, training_args.world_size),
     }
     trainer_callbacks = [EarlyStoppingCallback(early_stopping_patience=training_args.early_stop)] if training_args.early_stop else []
     trainer = ContrastiveTrainer(
