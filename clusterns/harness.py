@@ -13,9 +13,9 @@ except ImportError:  # running from a checkout without installation
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "SentEval"))
     import senteval
 
-from senteval import clustering, korsts, sts
+from senteval import clustering, korsts, sts, sts_files
 from senteval.engine import SE, resolve_downstream
 from senteval.utils import DataFormatError, MissingDataError, progress_bar_disabled, to_numpy
 
 __all__ = ["DataFormatError", "MissingDataError", "SE", "clustering", "korsts", "progress_bar_disabled", "resolve_downstream", "senteval",
-           "sts", "to_numpy"]
+           "sts", "sts_files", "to_numpy"]

@@ -4,7 +4,6 @@ behind ``params['korsts_per_batch']``, KoDiffCSE's per-batch protocol: correlati
 per shuffled batch of 256, averaged over batches (diffcse.md section 16)."""
 from __future__ import annotations
 
-import io
 import logging
 import os
 
@@ -12,7 +11,8 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
 from senteval import utils
-from senteval.utils import DataFormatError, check_gold_varies, parse_float, require_files, split_fields
+from senteval.sts_files import load_sts_pairs
+from senteval.utils import require_files
 
 log = logging.getLogger(__name__)
 
@@ -67,20 +67,9 @@ def korsts_per_batch(emb1: np.ndarray, emb2: np.ndarray, labels, batch_size: int
 
 
 def load_korsts_file(fpath: str):
-    """sts-*.tsv: header, then genre filename year id score sentence1 sentence2 (TAB)."""
-    X_A, X_B, y = [], [], []
-    with io.open(fpath, "r", encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if i == 1:
-                continue
-            text = split_fields(line.rstrip("\r\n"), fpath, i, 7)
-            X_A.append(text[5].split())
-            X_B.append(text[6].split())
-            y.append(parse_float(text[4], fpath, i, "gold score"))
-    if not y:
-        raise DataFormatError(f"{fpath}: no sentence pairs (empty file, or a header only)")
-    check_gold_varies(y, fpath)
-    return X_A, X_B, y
+    """sts-*.tsv: header, then genre filename year id score sentence1 sentence2 (TAB): one STS file of the generic
+    reader (senteval.sts_files), its columns named by the header."""
+    return load_sts_pairs(fpath, ("sentence1", "sentence2", "score"))
 
 
 class KorSTSEval:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from prettytable import PrettyTable
 
-from clusterns.harness import SE, DataFormatError, MissingDataError, clustering, progress_bar_disabled, resolve_downstream, senteval
+from clusterns.harness import SE, DataFormatError, MissingDataError, clustering, progress_bar_disabled, resolve_downstream, senteval, sts_files
 from clusterns.io import CONFIG_NAME
 from clusterns.modeling.encoder import EncoderConfig, SentenceEncoder
 from clusterns.modeling.poolers import pooler_names
@@ -49,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "'cls' for plain HF checkpoints (SimCSE's default)")
     p.add_argument("--mode", type=str, choices=["dev", "test", "fasttest"], default="test",
                    help="dev: dev sets, fast classifier; test: full classifier; fasttest: fast classifier, test sets")
-    p.add_argument("--task_set", type=str, choices=["sts", "transfer", "full", "cluster", "na"], default="sts",
+    p.add_argument("--task_set", type=str, choices=["sts", "transfer", "full", "cluster", "files", "na"], default="sts",
                    help="any value but 'na' overrides --tasks; cluster: the clustering probe on the built-in TREC set "
-                        "(plus any --cluster_file)")
+                        "(plus any --cluster_file); files: only the --sts_file and --cluster_file sets")
     p.add_argument("--tasks", type=str, nargs="+",
                    default=["STS12", "STS13", "STS14", "STS15", "STS16", "MR", "CR", "MPQA", "SUBJ",
                             "SST2", "TREC", "MRPC", "SICKRelatedness", "STSBenchmark"],
@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--korsts_per_batch", action="store_true",
                    help="also report KoDiffCSE's per-batch KorSTS protocol (shuffled batches of 256, averaged)")
     p.add_argument("--seed", type=int, default=1111, help="SentEval seed for the classifiers")
+    p.add_argument("--sts_file", type=str, action="append", default=[], metavar="NAME=PATH",
+                   help="any STS set (repeatable; any language): a TSV/CSV file with two sentence columns and a score "
+                        "column (--sts_columns), or a local `datasets` folder (PATH[split]); cosine Spearman over the set")
+    p.add_argument("--sts_columns", type=str, default=None,
+                   help="the --sts_file columns: three names (header line) or 0-based indices: sentence 1, sentence 2, "
+                        "score (default: sentence1,sentence2,score)")
     # The clustering probe of ClusterNS (cluster_eval.py; SentEval/senteval/clustering.py).
     p.add_argument("--cluster_file", type=str, action="append", default=[], metavar="NAME=PATH",
                    help="a label<TAB>text file for the clustering probe (repeatable; with any --task_set)")
@@ -103,7 +109,7 @@ def expand_tasks(args) -> list[str]:
         tasks = list(TRANSFER_TASKS)
     elif args.task_set == "full":
         tasks = STS_TASKS + TRANSFER_TASKS
-    elif args.task_set == "cluster":
+    elif args.task_set in ("cluster", "files"):
         tasks = []
     else:
         tasks = list(args.tasks)
@@ -237,6 +243,26 @@ def cluster_files(args) -> dict[str, str]:
     return files
 
 
+def named_locations(items: list[str], flag: str, taken) -> dict[str, str]:
+    """NAME=PATH items of a repeatable flag -> {NAME: PATH}; malformed, repeated or taken names are refused."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        name, path = name.strip(), path.strip()
+        if not sep or not name or not path:
+            raise ValueError(f"{flag} expects NAME=PATH (e.g. mysts=data/my-sts.tsv), got {item!r}")
+        if name in out or name in taken:
+            raise ValueError(f"{flag}: the name {name!r} is given twice (or names another task); give each set its own name")
+        out[name] = path
+    return out
+
+
+def build_sts_file_evaluations(args, taken) -> dict:
+    columns = sts_files.parse_columns(args.sts_columns)
+    return {name: sts_files.STSFileEval(name, path, columns)
+            for name, path in named_locations(args.sts_file, "--sts_file", taken).items()}
+
+
 def build_cluster_evaluations(files: dict[str, str], args) -> dict:
     seeds = range(args.cluster_seed, args.cluster_seed + args.cluster_runs)
     out = {}
@@ -262,6 +288,10 @@ def load_cluster_encoder(args, encoder=None):
 
 def check_ranges(args) -> None:
     """Every numeric flag's range, before any data or model is read."""
+    if args.sts_columns is not None and not args.sts_file:
+        raise ValueError("--sts_columns describes the --sts_file sets, but none is given; add --sts_file NAME=PATH or drop it")
+    if args.task_set == "files" and not args.sts_file and not args.cluster_file:
+        raise ValueError("--task_set files evaluates only --sts_file / --cluster_file sets, and none is given; add one")
     if args.cluster_runs < 1:
         raise ValueError(f"--cluster_runs must be >= 1 (k-means runs of the clustering probe), got {args.cluster_runs}")
     if args.batch_size < 1:
@@ -339,6 +369,9 @@ def build_tables(results: dict, mode: str, korsts_per_batch: bool = False) -> li
     scores = ["%.2f" % results[task][key] for task in names]
     if names:
         tables.append(("transfer", names + ["Avg."], scores + [_avg(scores)]))
+    sts_sets = {task: res for task, res in results.items() if isinstance(res, dict) and set(res) == {"spearman", "pearson", "n"}}
+    if sts_sets:
+        tables.append(("sts_files", list(sts_sets), ["%.2f" % (res["spearman"] * 100) for res in sts_sets.values()]))
     clustered = {task: res for task, res in results.items() if isinstance(res, dict) and "nmi" in res}
     if clustered:
         cells = []
@@ -366,6 +399,8 @@ def print_tables(tables, mode: str, results: dict | None = None) -> None:
         if title == "cluster":
             print_cluster_table(results or {})
             continue
+        if title == "sts_files":
+            print("------ STS files (cosine Spearman x100) ------")
         print_table(names, cells)
 
 
@@ -425,6 +460,9 @@ def main(argv=None) -> int:
         check_ranges(args)
         clusters = cluster_files(args)
         evaluations = build_evaluations(tasks, params)
+        files = build_sts_file_evaluations(args, set(evaluations) | set(clusters))
+        tasks += list(files)
+        evaluations.update(files)
         evaluations.update(build_cluster_evaluations(clusters, args))
         encoder = load_encoder(args) if tasks else None
         cluster_encoder = load_cluster_encoder(args, encoder) if clusters else None

@@ -141,6 +141,19 @@ class ContrastiveTrainingArguments(TrainingArguments):
                           "--metric_for_best_model becomes korsts_spearman unless given; the English dev sets are then "
                           "not evaluated unless --eval_english_sts."},
     )
+    eval_sts: list[str] | None = field(
+        default=None,
+        metadata={"help": "Evaluate these STS sets during training, NAME=PATH each (repeatable; any language): a TSV/CSV "
+                          "file with two sentence columns and a score column (--eval_sts_columns), or a local `datasets` "
+                          "folder (PATH[split] for one split of a DatasetDict). Logged as eval_NAME_spearman (cosine "
+                          "Spearman over the set), selectable with --metric_for_best_model NAME_spearman."},
+    )
+    eval_sts_columns: str | None = field(
+        default=None,
+        metadata={"help": "The columns of the --eval_sts sets: three names (the first line is the header) or 0-based "
+                          "indices, sentence 1, sentence 2, score. Default: sentence1,sentence2,score (KorSTS, MTEB and "
+                          "HF STS sets)."},
+    )
     # True so that a bare --eval_english_sts parses; not given, parse_args sets None (resolved with --eval_korsts).
     eval_english_sts: bool | None = field(
         default=True,
@@ -193,6 +206,33 @@ def _is_ratio(value: str) -> bool:
         return 0.0 < float(value) < 1.0
     except ValueError:
         return False
+
+
+REPEATABLE_FLAGS = ("--eval_sts",)  # list flags that may be given several times (argparse would keep the last)
+
+
+def merge_repeated_flags(argv: list[str], flags=REPEATABLE_FLAGS) -> list[str]:
+    """`--eval_sts a=x --seed 1 --eval_sts b=y` -> `--seed 1 --eval_sts a=x b=y`: every value of a repeatable list
+    flag kept (argparse's nargs='+' keeps only the last occurrence's)."""
+    values: dict[str, list[str]] = {}
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        name, eq, value = argv[i].partition("=")
+        if name in flags:
+            collected = values.setdefault(name, [])
+            if eq:
+                collected.append(value)
+            i += 1
+            while not eq and i < len(argv) and not argv[i].startswith("--"):
+                collected.append(argv[i])
+                i += 1
+            continue
+        out.append(argv[i])
+        i += 1
+    for name, collected in values.items():
+        out += [name, *collected]
+    return out
 
 
 def normalise_argv(argv: list[str]) -> list[str]:

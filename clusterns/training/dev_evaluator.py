@@ -7,8 +7,9 @@ plus alignment / uniformity (Wang & Isola, 2020).
 Returns fractions (not x100): eval_stsb_spearman (STS-B dev, 1500 pairs), eval_sickr_spearman
 (SICK trial, 500 pairs), eval_avg_sts; with transfer=True eval_<TASK> dev accuracies (%) and
 eval_avg_transfer; with korsts_dir eval_korsts_spearman (KorSTS dev, cosine Spearman over the
-whole set); with align_uniform=True eval_alignment / eval_uniformity on STS-B dev. english=False evaluates
-KorSTS dev alone (no English data needed).
+whole set); with sts_sets {NAME: file} eval_NAME_spearman (any STS set, any language: cosine Spearman over
+the whole set, as STS-B's; harness sts_files.py); with align_uniform=True eval_alignment / eval_uniformity on
+STS-B dev. english=False evaluates KorSTS dev and the sts_sets alone (no English data needed).
 
 Only the dev splits are encoded (SimCSE encodes every split and reads dev: identical metrics
 at ~1/9 of the cost), each distinct sentence once; the files are read once, at construction.
@@ -25,6 +26,7 @@ from scipy.stats import spearmanr
 from clusterns.harness import SE, resolve_downstream, to_numpy
 from clusterns.harness import korsts as _korsts
 from clusterns.harness import sts as _sts
+from clusterns.harness import sts_files as _sts_files
 
 TRANSFER_TASKS = ["MR", "CR", "SUBJ", "MPQA", "SST2", "TREC", "MRPC"]
 # SimCSE evaluates in training with the fast classifier settings.
@@ -73,12 +75,15 @@ def _joined(tokens_list) -> list[str]:
 class SentEvalDevEvaluator:
     def __init__(self, data_dir: str | None, transfer: bool = False, korsts_dir: str | None = None,
                  align_uniform: bool = False, korsts_per_batch: bool = False,
-                 batch_size: int = 128, device: str | None = None, english: bool = True):
-        """english=False: KorSTS dev only (korsts_dir required); the English SentEval data is neither needed nor read."""
+                 batch_size: int = 128, device: str | None = None, english: bool = True,
+                 sts_sets: dict[str, str] | None = None, sts_columns: tuple = _sts_files.DEFAULT_COLUMNS):
+        """english=False: KorSTS dev and the sts_sets only; the English SentEval data is neither needed nor read.
+        sts_sets: {NAME: file or datasets folder (folder[split])}, read with sts_columns (names or indices)."""
+        sts_sets = dict(sts_sets or {})
         if not english and (transfer or align_uniform):
             raise ValueError("the transfer tasks and alignment/uniformity are evaluated on the English dev sets (english=True)")
-        if not english and not korsts_dir:
-            raise ValueError("a dev evaluation without the English sets needs korsts_dir (KorSTS dev)")
+        if not english and not korsts_dir and not sts_sets:
+            raise ValueError("a dev evaluation without the English sets needs korsts_dir (KorSTS dev) or an STS set (--eval_sts)")
         self.english = english
         self.transfer = transfer
         self.align_uniform = align_uniform
@@ -93,9 +98,16 @@ class SentEvalDevEvaluator:
             sick = _sts.SICKRelatednessEval(os.path.join(down, "SICK"), splits=["dev"]).data["dev"]
             self.pairs["stsb"] = (_joined(stsb[0]), _joined(stsb[1]), list(stsb[2]))
             self.pairs["sickr"] = (_joined(sick[0]), _joined(sick[1]), list(sick[2]))
-        if korsts_dir:
+        if korsts_dir:  # one STS file of the generic reader, with KorSTS's own metrics below
             kdev = _korsts.load_korsts_file(os.path.join(korsts_dir, "sts-dev.tsv"))
             self.pairs["korsts"] = (_joined(kdev[0]), _joined(kdev[1]), list(kdev[2]))
+        self.sts_sets = list(sts_sets)
+        for name, location in sts_sets.items():
+            if name in self.pairs:
+                raise ValueError(f"--eval_sts {name}: the name is taken by a built-in dev set; choose another")
+            path, split = _sts_files.split_location(location)
+            a, b, gold = _sts_files.load_sts_pairs(path, sts_columns, split)
+            self.pairs[name] = (_joined(a), _joined(b), list(gold))
         uniq = dict.fromkeys(s for a, b, _ in self.pairs.values() for s in a + b)
         # length-sorted once, so encode_fn batches with little padding
         self.sentences = sorted(uniq, key=len)
@@ -114,6 +126,7 @@ class SentEvalDevEvaluator:
         names = ["stsb_spearman", "sickr_spearman", "avg_sts"] if self.english else []
         if "korsts" in self.pairs:
             names += ["korsts_spearman"] + (["korsts_select"] if self.korsts_per_batch else [])
+        names += [f"{name}_spearman" for name in self.sts_sets]
         if self.align_uniform:
             names += ["alignment", "uniformity"]
         if self.transfer:
@@ -147,6 +160,9 @@ class SentEvalDevEvaluator:
             metrics["eval_korsts_spearman"] = _korsts.korsts_metrics(e1, e2, labels)["cosine_spearman"]
             if self.korsts_per_batch:
                 metrics["eval_korsts_select"] = _korsts.korsts_per_batch(e1, e2, labels)["select"]
+        for name in self.sts_sets:
+            e1, e2, gold = self._pair_embeddings(emb, name)
+            metrics[f"eval_{name}_spearman"] = float(spearmanr(_sts.pair_similarities(e1, e2), gold)[0])
         if self.align_uniform:
             e1, e2, gold = self._pair_embeddings(emb, "stsb")
             metrics["eval_alignment"], metrics["eval_uniformity"] = alignment_uniformity(e1, e2, gold)

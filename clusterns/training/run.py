@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -45,10 +46,12 @@ from clusterns.training.arguments import (
     DataTrainingArguments,
     ModelArguments,
     UsageError,
+    merge_repeated_flags,
     normalise_argv,
 )
 from clusterns.training.checkpoints import resolve_resume_checkpoint
 from clusterns.training.data import ContrastiveCollator, load_corpus, tokenize_corpus
+from clusterns.harness import sts_files
 from clusterns.training.dev_evaluator import SentEvalDevEvaluator
 from clusterns.training.distributed import data_parallel_message
 from clusterns.training.environment import environment_record
@@ -72,7 +75,7 @@ def argument_classes() -> list[type]:
 
 def parse_args(argv: list[str] | None = None):
     """(model_args, data_args, {dataclass: its parsed flags}, training_args)."""
-    argv = normalise_argv(list(sys.argv[1:] if argv is None else argv))
+    argv = merge_repeated_flags(normalise_argv(list(sys.argv[1:] if argv is None else argv)))
     # SimCSE (HF 4.2.1) saved at every evaluation when selecting the best model; `best` keeps that
     # meaning without writing a checkpoint that is not an improvement.
     if any(a.split("=")[0] == "--load_best_model_at_end" for a in argv) and not any(a.split("=")[0] == "--save_strategy" for a in argv):
@@ -291,25 +294,63 @@ def build_encoder(model_args, data_args, objective_args=None, prompt_args=None) 
     return encoder
 
 
+STS_SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def eval_sts_sets(items: list[str] | None) -> dict[str, str]:
+    """--eval_sts NAME=PATH ... -> {NAME: PATH}; a malformed, reserved or repeated name stops the run naming it."""
+    sets: dict[str, str] = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not path.strip():
+            raise UsageError(f"--eval_sts expects NAME=PATH (e.g. korsts=data/KorSTS/sts-dev.tsv), got {item!r}")
+        if not STS_SET_NAME.match(name):
+            raise UsageError(f"--eval_sts {item}: the name {name!r} must be letters, digits, '_' or '-' (it becomes eval_{name}_spearman)")
+        if name in RESERVED_DEV_NAMES:
+            raise UsageError(f"--eval_sts {item}: {name!r} is a built-in dev set's name; choose another")
+        if name in sets:
+            raise UsageError(f"--eval_sts: the name {name!r} is given twice; give each set its own name")
+        sets[name] = path.strip()
+    return sets
+
+
+RESERVED_DEV_NAMES = {"stsb", "sickr", "korsts", "avg", "avg_sts", "alignment", "uniformity", "avg_transfer"}
+
+
 def build_dev_evaluator(data_args, training_args) -> SentEvalDevEvaluator | None:
     needs_eval = training_args.eval_strategy != "no" or training_args.do_eval
     if not needs_eval:
+        idle = [flag for flag, given in (("--eval_sts", training_args.eval_sts), ("--eval_korsts", training_args.eval_korsts),
+                                         ("--eval_transfer", training_args.eval_transfer),
+                                         ("--eval_align_uniform", training_args.eval_align_uniform)) if given]
+        if idle:  # they would do nothing: no evaluation runs
+            raise UsageError(f"{', '.join(idle)} evaluate{'s' if len(idle) == 1 else ''} during training, but no evaluation "
+                             "runs: add --eval_strategy steps --eval_steps N (or --do_eval), or drop "
+                             f"{'it' if len(idle) == 1 else 'them'}")
         return None
     korsts_dir = data_args.korsts_dir if training_args.eval_korsts else None
     if training_args.eval_korsts and not korsts_dir:
         raise UsageError("--eval_korsts needs --korsts_dir (the folder with KorSTS sts-dev.tsv)")
+    sts_sets = eval_sts_sets(training_args.eval_sts)
+    try:
+        sts_columns = sts_files.parse_columns(training_args.eval_sts_columns)
+    except ValueError as err:
+        raise UsageError(f"--eval_sts_columns: {err}") from None
+    if training_args.eval_sts_columns is not None and not sts_sets:
+        raise UsageError("--eval_sts_columns describes the --eval_sts sets, but none is given; add --eval_sts NAME=PATH or drop it")
     english = training_args.eval_english_sts
     if english is None:
         english = not training_args.eval_korsts  # a Korean run selects on KorSTS dev alone
-    if not english and not training_args.eval_korsts:
-        raise UsageError("--no_eval_english_sts leaves nothing to evaluate: add --eval_korsts --korsts_dir DIR, or drop it")
+    if not english and not training_args.eval_korsts and not sts_sets:
+        raise UsageError("--no_eval_english_sts leaves nothing to evaluate: add --eval_korsts --korsts_dir DIR or "
+                         "--eval_sts NAME=PATH, or drop it")
     for flag, wanted in (("--eval_transfer", training_args.eval_transfer), ("--eval_align_uniform", training_args.eval_align_uniform)):
         if wanted and not english:
             raise UsageError(f"{flag} evaluates the English dev sets, which are off (--eval_korsts without --eval_english_sts); "
                              "add --eval_english_sts or drop the flag")
     evaluator = SentEvalDevEvaluator(
         data_dir=data_args.eval_data_dir if english else None, transfer=training_args.eval_transfer, korsts_dir=korsts_dir,
-        align_uniform=training_args.eval_align_uniform, english=english,
+        align_uniform=training_args.eval_align_uniform, english=english, sts_sets=sts_sets, sts_columns=sts_columns,
     )
     metric = training_args.metric_for_best_model
     if metric is not None:  # HF would raise only at the first evaluation that selects (KeyError), hours in
