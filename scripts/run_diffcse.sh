@@ -69,6 +69,15 @@ case "$CONFIG" in
     bert-base-corrected) REPLACE=sample; GEN_DROPOUT=0; RTD_REDUCTION=exclude_padding
         STATUS="corrected switches; not a published configuration" ;;
 esac
+# The published test figures (SEEDS= summaries put the seeds' mean beside them): the released checkpoints.
+PUBLISHED_SOURCE="DiffCSE (Chuang et al., NAACL 2022), Tables 1 and 2; the released voidism/diffcse-* checkpoints"
+case "$CONFIG" in
+    bert-base) PUBLISHED="STS12=72.28,STS13=84.43,STS14=76.47,STS15=83.90,STS16=80.54,STS-B=80.59,SICK-R=71.23,Avg.=78.49" ;;
+    roberta-base) PUBLISHED="STS12=70.05,STS13=83.43,STS14=75.49,STS15=82.81,STS16=82.12,STS-B=82.38,SICK-R=71.19,Avg.=78.21" ;;
+    bert-base-transfer) PUBLISHED="transfer:MR=82.69,transfer:CR=87.23,transfer:SUBJ=95.23,transfer:MPQA=89.28,transfer:SST2=86.60,transfer:TREC=90.40,transfer:MRPC=76.58,transfer:Avg.=86.86" ;;
+    roberta-base-transfer) PUBLISHED="transfer:MR=82.82,transfer:CR=88.61,transfer:SUBJ=94.32,transfer:MPQA=87.71,transfer:SST2=88.63,transfer:TREC=90.40,transfer:MRPC=76.81,transfer:Avg.=87.04" ;;
+    bert-base-corrected) PUBLISHED=""; PUBLISHED_SOURCE="" ;;
+esac
 
 MODEL=${MODEL:-$MODEL_DEFAULT}
 GENERATOR=${GENERATOR:-$GENERATOR_DEFAULT}

@@ -53,6 +53,13 @@ case "$CONFIG" in
     roberta-base) ;;
     bert-base) MODEL_DEFAULT=klue/bert-base; GENERATOR_DEFAULT=klue/bert-base; GLOBAL_BATCH=128; EVAL_STEPS=250 ;;
 esac
+# The published KorSTS test figures (KoDiffCSE's per-batch protocol; SEEDS= summaries put the seeds' mean beside them).
+# KoDiffCSE publishes no BERT row.
+PUBLISHED_SOURCE="KoDiffCSE README (BM-K/KoDiffCSE), KoDiffCSE-RoBERTa, per-batch protocol"
+case "$CONFIG" in
+    roberta-base) PUBLISHED="korsts_test_per_batch:Avg.=77.17,korsts_test_per_batch:Cos P=77.73,korsts_test_per_batch:Cos S=76.96,korsts_test_per_batch:Euc P=77.21,korsts_test_per_batch:Euc S=76.89,korsts_test_per_batch:Man P=77.11,korsts_test_per_batch:Man S=76.81,korsts_test_per_batch:Dot P=77.74,korsts_test_per_batch:Dot S=76.97" ;;
+    bert-base) PUBLISHED=""; PUBLISHED_SOURCE="" ;;
+esac
 
 MODEL=${MODEL:-$MODEL_DEFAULT}
 GENERATOR=${GENERATOR:-$GENERATOR_DEFAULT}

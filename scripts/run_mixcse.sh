@@ -52,6 +52,10 @@ case "$CONFIG" in
         TRAIN_FILE_DEFAULT=data/nli_for_simcse.csv; LAMBDAS=0.3; GLOBAL_BATCH=512; LR=5e-5; EPOCHS=3
         FP16=1; TEST_POOLER=cls ;;
 esac
+# No published figures: MixCSE's repository has no results table, and the paper's are not recorded here (SEEDS=
+# summaries then show the seeds' mean and spread only).
+PUBLISHED=""
+PUBLISHED_SOURCE=""
 
 MODEL=${MODEL:-$MODEL_DEFAULT}
 TRAIN_FILE=${TRAIN_FILE:-$TRAIN_FILE_DEFAULT}

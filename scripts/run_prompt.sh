@@ -73,6 +73,15 @@ case "$CONFIG" in
         KMEANS=128; KMEANS_LR=1e-3; KMEAN_COSINE=0.4; HARDNEG=1; BML_WEIGHT=1e-5; BML_ALPHA=0.1; BML_BETA=0.3
         TEMPLATES_DEFAULT=run_prompt_sh ;;
 esac
+# The published test figure (SEEDS= summaries put the seeds' mean beside it): the Avg. STS of the released checkpoint.
+# prompt-bert-base-script runs run_prompt.sh's own settings, which no published figure belongs to.
+PUBLISHED_SOURCE="ClusterNS README (djz233/ClusterNS), Avg. STS of the released checkpoints (per-task figures: the paper)"
+case "$CONFIG" in
+    prompt-bert-base) PUBLISHED="Avg.=78.72" ;;
+    prompt-bert-large) PUBLISHED="Avg.=80.30" ;;
+    prompt-roberta-base) PUBLISHED="Avg.=79.74" ;;
+    prompt-bert-base-script) PUBLISHED=""; PUBLISHED_SOURCE="" ;;
+esac
 
 MODEL=${MODEL:-$MODEL_DEFAULT}
 TRAIN_FILE=${TRAIN_FILE:-$TRAIN_FILE_DEFAULT}

@@ -40,6 +40,18 @@ case "$CONFIG" in
     sup-roberta-base)    MODEL_DEFAULT=roberta-base;       GLOBAL_BATCH=512; LR=5e-5 ;;
     sup-roberta-large)   MODEL_DEFAULT=roberta-large;      GLOBAL_BATCH=512; LR=1e-5 ;;
 esac
+# The published test figures of the configuration (SEEDS= summaries put the seeds' mean beside them).
+PUBLISHED_SOURCE="SimCSE (Gao et al., EMNLP 2021), Table 5 and appendix; README averages"
+case "$CONFIG" in
+    unsup-bert-base)     PUBLISHED="STS12=68.40,STS13=82.41,STS14=74.38,STS15=80.91,STS16=78.56,STS-B=76.85,SICK-R=72.23,Avg.=76.25" ;;
+    unsup-bert-large)    PUBLISHED="STS12=70.88,STS13=84.16,STS14=76.43,STS15=84.50,STS16=79.76,STS-B=79.26,SICK-R=73.88,Avg.=78.41" ;;
+    unsup-roberta-base)  PUBLISHED="STS12=70.16,STS13=81.77,STS14=73.24,STS15=81.36,STS16=80.65,STS-B=80.22,SICK-R=68.56,Avg.=76.57" ;;
+    unsup-roberta-large) PUBLISHED="STS12=72.86,STS13=83.99,STS14=75.62,STS15=84.77,STS16=81.80,STS-B=81.98,SICK-R=71.26,Avg.=78.90" ;;
+    sup-bert-base)       PUBLISHED="STS12=75.30,STS13=84.67,STS14=80.19,STS15=85.40,STS16=80.82,STS-B=84.25,SICK-R=80.39,Avg.=81.57" ;;
+    sup-bert-large)      PUBLISHED="STS12=75.78,STS13=86.33,STS14=80.44,STS15=86.06,STS16=80.86,STS-B=84.87,SICK-R=81.14,Avg.=82.21" ;;
+    sup-roberta-base)    PUBLISHED="STS12=76.53,STS13=85.21,STS14=80.95,STS15=86.03,STS16=82.57,STS-B=85.83,SICK-R=80.50,Avg.=82.52" ;;
+    sup-roberta-large)   PUBLISHED="STS12=77.46,STS13=87.27,STS14=82.36,STS15=86.66,STS16=83.93,STS-B=86.70,SICK-R=81.95,Avg.=83.76" ;;
+esac
 
 MODEL=${MODEL:-$MODEL_DEFAULT}
 TRAIN_FILE=${TRAIN_FILE:-$TRAIN_FILE_DEFAULT}

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
 from clusterns.export.model_card import write_model_card
-from clusterns.export.results import labelled_payloads, results_markdown
+from clusterns.export.results import aggregate_rows, labelled_payloads, results_markdown
+from clusterns.export.seeds import SUMMARY_JSON, parse_published, summarise_tables
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +40,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def split_summaries(paths: list[str]) -> tuple[list[tuple[str, dict]], list[str]]:
+    """(the multi-seed summaries among paths, as (label, summary tables), the other paths): a summary.json file, or a
+    folder holding one (a recipe's OUTPUT_DIR with SEEDS=)."""
+    summaries, others = [], []
+    for path in paths:
+        file = os.path.join(path, SUMMARY_JSON) if os.path.isdir(path) else path
+        if os.path.basename(file) == SUMMARY_JSON and os.path.isfile(file):
+            with open(file) as f:
+                summary = json.load(f)
+            if not isinstance(summary.get("tables"), dict):
+                raise ValueError(f"{file} is not a multi-seed summary (no tables)")
+            label = summary.get("config") or os.path.basename(os.path.dirname(os.path.abspath(file)))
+            summaries.append((label, summary["tables"]))
+        else:
+            others.append(path)
+    return summaries, others
+
+
 def results_table_main(argv: list[str] | None = None) -> int:
     """scripts/results_table.py (and `clusterns-results-table`)."""
     parser = argparse.ArgumentParser(
@@ -47,13 +67,29 @@ def results_table_main(argv: list[str] | None = None) -> int:
                         help="evaluation JSON files, or run folders holding them (*.json, eval/*.json, results/*.json)")
     parser.add_argument("--labels", nargs="+", default=None, help="row names, one per JSON file found (default: model folder name + pooler)")
     parser.add_argument("--output", default=None, help="also write the Markdown to this file")
+    parser.add_argument("--aggregate", default=None, metavar="LABEL",
+                        help="the given runs are seeds of one configuration: one row of mean ± std per cell, named LABEL")
+    parser.add_argument("--published", default=None,
+                        help='with --aggregate: the published figures, "STS12=68.40,...,Avg.=76.25" (a published row and '
+                             "the difference row)")
     args = parser.parse_args(argv)
     try:
-        entries = labelled_payloads(args.paths, args.labels)
+        summaries, runs = split_summaries(args.paths)
+        aggregates = [aggregate_rows(label, tables) for label, tables in summaries]
+        if args.published is not None and args.aggregate is None:
+            raise ValueError("--published goes with --aggregate (the figures the runs' mean is compared with)")
+        if args.aggregate is not None:
+            if not runs:
+                raise ValueError("--aggregate needs evaluation JSON files or run folders")
+            payloads = {f"run {i}": payload for i, (_, payload) in enumerate(labelled_payloads(runs))}
+            aggregates.append(aggregate_rows(args.aggregate, summarise_tables(payloads, parse_published(args.published))))
+            entries = []
+        else:
+            entries = labelled_payloads(runs, args.labels) if runs else []
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    text = results_markdown(entries)
+    text = results_markdown(entries, aggregates=aggregates)
     if not text:
         print("error: the JSON files hold no STS, transfer or KorSTS results", file=sys.stderr)
         return 2

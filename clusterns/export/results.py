@@ -109,6 +109,37 @@ def result_rows(entries: Iterable[tuple[str, dict]]) -> dict[str, list[list[str]
                 sections.setdefault(key, []).append([name, _avg(cells), *cells])
     return sections
 
+# evaluation.py's table names -> (section, the columns in the papers' order as (header, key)).
+AGGREGATE_SECTIONS = {
+    "sts": ("sts", [*STS_COLUMNS, ("Avg.", "Avg.")]),
+    "transfer": ("transfer", [*TRANSFER_COLUMNS, ("Avg.", "Avg.")]),
+    "korsts_test": ("korsts", [("Avg.", "Avg."), *[(c, c) for c in KORSTS_COLUMNS]]),
+    "korsts_test_per_batch": ("korsts_per_batch", [("Avg.", "Avg."), *[(c, c) for c in KORSTS_COLUMNS]]),
+}
+
+
+def aggregate_rows(label: str, tables: dict[str, dict[str, dict]]) -> dict[str, list[list[str]]]:
+    """{section: rows} for runs of one configuration summarised per cell (export/seeds.py summarise_tables): a
+    "mean ± std" row, and where published figures are known a "published" row and a "difference" row (mean minus
+    published)."""
+    sections: dict[str, list[list[str]]] = {}
+    for table, (section, columns) in AGGREGATE_SECTIONS.items():
+        cells = tables.get(table)
+        if not cells:
+            continue
+        n = max(c["n"] for c in cells.values())
+        row = [f"{label} (mean ± std, {n} runs)"]
+        row += [f"{cells[k]['mean']:.2f} ± {cells[k]['std']:.2f}" if k in cells else MISSING for _, k in columns]
+        rows = [row]
+        if any("published" in cells.get(k, {}) for _, k in columns):
+            rows.append([f"{label}: published", *[f"{cells[k]['published']:.2f}" if "published" in cells.get(k, {}) else MISSING
+                                                   for _, k in columns]])
+            rows.append([f"{label}: mean − published", *[f"{cells[k]['difference']:+.2f}" if "difference" in cells.get(k, {})
+                                                         else MISSING for _, k in columns]])
+        sections[section] = rows
+    return sections
+
+
 SECTION_TITLES = {
     "sts": ("STS (test, Spearman x100)", ["Model", *[c for c, _ in STS_COLUMNS], "Avg."]),
     "transfer": ("Transfer (test accuracy)", ["Model", *[c for c, _ in TRANSFER_COLUMNS], "Avg."]),
@@ -120,9 +151,13 @@ SECTION_TITLES = {
     "korsts_dev_per_batch": ("KorSTS (dev, per-batch protocol, x100)", ["Model", "Avg.", *KORSTS_COLUMNS]),
 }
 
-def results_markdown(entries: Iterable[tuple[str, dict]], heading: str = "###") -> str:
-    """Markdown tables (papers' layout) for [(row label, evaluation.py payload)]."""
+def results_markdown(entries: Iterable[tuple[str, dict]], heading: str = "###",
+                     aggregates: Iterable[dict[str, list[list[str]]]] = ()) -> str:
+    """Markdown tables (papers' layout) for [(row label, evaluation.py payload)], plus aggregate_rows' rows."""
     sections = result_rows(entries)
+    for extra in aggregates:
+        for key, rows in extra.items():
+            sections.setdefault(key, []).extend(rows)
     parts = []
     for key, (title, header) in SECTION_TITLES.items():
         if key in sections:

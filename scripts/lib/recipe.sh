@@ -1,7 +1,7 @@
 # Shared pieces of the recipe scripts (sourced, not run): device count -> per-device batch and
 # launcher, the common train.py flags, the dry-run printer and the run itself.
 # Inputs: NUM_GPU (env; 0 = CPU), GLOBAL_BATCH, FP16, DRY_RUN, ARGS, EVAL_ARGS, EXTRA, OUTPUT_DIR, EVAL_DATA_DIR,
-# TEST_DATA_DIR and MINI_BATCH_SIZE (env).
+# TEST_DATA_DIR, MINI_BATCH_SIZE and SEEDS (env), PUBLISHED and PUBLISHED_SOURCE (the recipe's published figures).
 
 # recipe_parse_args DEFAULT_CONFIG "$@": reads the script's command line against the CONFIGS array (the script's
 # configuration names). Sets CONFIG (the named configuration, else DEFAULT_CONFIG; empty = one must be named),
@@ -93,11 +93,64 @@ recipe_print_command() {
     return 0
 }
 
-# DRY_RUN=1: prints the training and test commands and exits. Otherwise trains (LAUNCH ARGS), tests
-# (evaluation.py EVAL_ARGS, reading TEST_DATA_DIR when set) and adds the test table to the model card in OUTPUT_DIR.
+# recipe_replace_value ARRAY FLAG VALUE: sets the value after every FLAG in the named array.
+recipe_replace_value() {
+    local -n array=$1
+    local i
+    for (( i = 0; i < ${#array[@]} - 1; i++ )); do
+        if [ "${array[$i]}" == "$2" ]; then array[$((i + 1))]=$3; fi
+    done
+}
+
+# SEEDS="42 1 2" (env): the seeds of a multi-seed run, each trained and tested in OUTPUT_DIR/seed-S/. Sets SEED_LIST.
+recipe_seeds() {
+    SEED_LIST=()
+    if [ -z "${SEEDS:-}" ]; then return 0; fi
+    local seed
+    for seed in ${SEEDS//,/ }; do
+        if ! [[ "$seed" =~ ^[0-9]+$ ]]; then echo "error: SEEDS must be non-negative integers, got '$seed' in SEEDS='$SEEDS'" >&2; exit 2; fi
+        SEED_LIST+=("$seed")
+    done
+    if (( ${#SEED_LIST[@]} == 0 )); then echo "error: SEEDS='$SEEDS' names no seed" >&2; exit 2; fi
+    if [ "$(printf '%s\n' "${SEED_LIST[@]}" | sort | uniq -d)" != "" ]; then echo "error: SEEDS='$SEEDS' repeats a seed" >&2; exit 2; fi
+    for arg in "${EXTRA[@]+"${EXTRA[@]}"}"; do
+        case "${arg%%=*}" in
+            --seed|--output_dir) echo "error: SEEDS sets each run's ${arg%%=*} (OUTPUT_DIR/seed-S); drop ${arg%%=*} from the flags" >&2; exit 2 ;;
+        esac
+    done
+}
+
+# One seed's training and test commands (SEED_ARGS, SEED_EVAL_ARGS) for OUTPUT_DIR/seed-$1.
+recipe_seed_commands() {
+    SEED_ARGS=("${ARGS[@]}")
+    SEED_EVAL_ARGS=("${EVAL_ARGS[@]}")
+    recipe_replace_value SEED_ARGS --output_dir "$OUTPUT_DIR/seed-$1"
+    recipe_replace_value SEED_ARGS --seed "$1"
+    recipe_replace_value SEED_EVAL_ARGS --model_name_or_path "$OUTPUT_DIR/seed-$1"
+    recipe_replace_value SEED_EVAL_ARGS --output_json "$OUTPUT_DIR/seed-$1/eval_test.json"
+}
+
+# DRY_RUN=1: prints the training and test commands (each seed's with SEEDS) and exits. Otherwise trains (LAUNCH
+# ARGS), tests (evaluation.py EVAL_ARGS, reading TEST_DATA_DIR when set) and adds the test table to the model card in
+# OUTPUT_DIR. With SEEDS: one run per seed in OUTPUT_DIR/seed-S/ (a failed seed is marked and the others go on), then
+# OUTPUT_DIR/summary.json and summary.md (mean, std, min, max over the seeds, the published figure PUBLISHED of
+# PUBLISHED_SOURCE and the difference); the exit code is 1 if a seed failed.
 recipe_run() {
     if [ -n "${TEST_DATA_DIR:-}" ]; then EVAL_ARGS+=(--data_dir "$TEST_DATA_DIR"); fi
+    recipe_seeds
     if (( DRY_RUN )); then
+        if (( ${#SEED_LIST[@]} )); then
+            echo "seeds=${SEED_LIST[*]}"
+            echo "published=${PUBLISHED:-none}"
+            for seed in "${SEED_LIST[@]}"; do
+                recipe_seed_commands "$seed"
+                echo "# seed $seed"
+                recipe_print_command "${LAUNCH[*]}" "${SEED_ARGS[@]}"
+                recipe_print_command "python evaluation.py" "${SEED_EVAL_ARGS[@]}"
+            done
+            recipe_print_command "python -m clusterns.cli.seed_summary" "$OUTPUT_DIR" --seeds "${SEED_LIST[*]}"
+            exit 0
+        fi
         recipe_print_command "${LAUNCH[*]}" "${ARGS[@]}"
         recipe_print_command "python evaluation.py" "${EVAL_ARGS[@]}"
         exit 0
@@ -106,7 +159,28 @@ recipe_run() {
     if [ ! -f train.py ] || [ ! -f evaluation.py ]; then
         echo "error: run the recipe from the repository root (cd $(cd "$(dirname "$0")/.." && pwd)); train.py is not in $(pwd)" >&2; exit 2
     fi
-    "${LAUNCH[@]}" "${ARGS[@]}"
-    python evaluation.py "${EVAL_ARGS[@]}"
-    python -m clusterns.cli.model_card "$OUTPUT_DIR"  # add the test table to the model card
+    if (( ${#SEED_LIST[@]} == 0 )); then
+        "${LAUNCH[@]}" "${ARGS[@]}"
+        python evaluation.py "${EVAL_ARGS[@]}"
+        python -m clusterns.cli.model_card "$OUTPUT_DIR"  # add the test table to the model card
+        return 0
+    fi
+    mkdir -p "$OUTPUT_DIR"
+    local seed code
+    for seed in "${SEED_LIST[@]}"; do
+        recipe_seed_commands "$seed"
+        rm -f "$OUTPUT_DIR/seed-$seed/FAILED"
+        echo "=== seed $seed: $OUTPUT_DIR/seed-$seed ===" >&2
+        code=0
+        "${LAUNCH[@]}" "${SEED_ARGS[@]}" || code=$?
+        if (( code == 0 )); then python evaluation.py "${SEED_EVAL_ARGS[@]}" || code=$?; fi
+        if (( code == 0 )); then python -m clusterns.cli.model_card "$OUTPUT_DIR/seed-$seed" || code=$?; fi
+        if (( code != 0 )); then
+            mkdir -p "$OUTPUT_DIR/seed-$seed"
+            echo "training or test exited with code $code" > "$OUTPUT_DIR/seed-$seed/FAILED"
+            echo "warning: seed $seed failed (exit code $code); the other seeds go on" >&2
+        fi
+    done
+    python -m clusterns.cli.seed_summary "$OUTPUT_DIR" --seeds "${SEED_LIST[*]}" --config "$CONFIG" \
+        ${PUBLISHED:+--published "$PUBLISHED"} ${PUBLISHED_SOURCE:+--source "$PUBLISHED_SOURCE"}
 }
