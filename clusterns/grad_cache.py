@@ -19,10 +19,34 @@ pass and replayed with one in the backward pass, so their activations, too, are 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import os
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
+
+
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    if os.name != "posix":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _libc_malloc_trim()
+
+
+def release_host_memory(device: torch.device) -> None:
+    """Give the freed heap pages of a CPU chunk back to the system (glibc malloc_trim). Without it glibc keeps each
+    chunk's freed activations, of another size per chunk, and the process's peak RSS grows with the number of chunks
+    (measured on MiniLM: batch 1024 in chunks of 64, 2487 MB instead of about 1600). A no-op on GPUs (PyTorch's
+    caching allocator reuses the blocks) and without glibc."""
+    if device.type == "cpu" and _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class RandomState:
@@ -67,6 +91,8 @@ class _ReplayChunks(torch.autograd.Function):
             with state.replay(), torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
                 out = ctx.run_chunk(piece)
             torch.autograd.backward(out, grad[piece].to(out.dtype))
+            del out
+            release_host_memory(grad.device)
         return None, None, None, None, None, None
 
 
@@ -85,6 +111,7 @@ def cached_forward(run_chunk: Callable[[slice], Tensor], batch_size: int, mini_b
         for piece in slices:
             states.append(RandomState(anchor.device))
             pieces.append(run_chunk(piece))
+            release_host_memory(anchor.device)
     cached = torch.cat(pieces)  # no graph: computed under no_grad
     return _ReplayChunks.apply(cached, anchor, run_chunk, slices, states, autocast_state(anchor.device.type))
 
@@ -116,6 +143,8 @@ class _ReplayChunkTerms(torch.autograd.Function):
                 torch.autograd.backward(term, grad.to(term.dtype))
             if wants_inputs and rows.grad is not None:
                 grad_inputs[piece] = rows.grad
+            del term, rows
+            release_host_memory(grad.device)
         ctx.inputs = None
         return None, grad_inputs, None, None, None, None, None
 
@@ -136,6 +165,7 @@ def chunked_sum(run_chunk: Callable[[slice, Tensor | None], tuple[Tensor, Any]],
             term, extra = run_chunk(piece, inputs[piece] if inputs is not None else None)
             terms.append(term)
             extras.append(extra)
+            release_host_memory(anchor.device)
     total = torch.stack(terms).sum()
     return _ReplayChunkTerms.apply(total, inputs, anchor, run_chunk, slices, states,
                                    autocast_state(anchor.device.type)), extras

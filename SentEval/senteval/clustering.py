@@ -48,9 +48,10 @@ def clustering_accuracy(labels: np.ndarray, clusters: np.ndarray) -> float:
 
 
 def spread(values: list[float]) -> dict[str, float]:
-    """mean, std (population, as numpy's default), min and max of values."""
+    """mean, std (the sample standard deviation, n - 1; 0 for one value), min and max of values."""
     array = np.asarray(values, dtype=np.float64)
-    return {"mean": float(array.mean()), "std": float(array.std()), "min": float(array.min()), "max": float(array.max())}
+    std = float(array.std(ddof=1)) if array.size > 1 else 0.0
+    return {"mean": float(array.mean()), "std": std, "min": float(array.min()), "max": float(array.max())}
 
 
 def cluster_probe(embeddings: np.ndarray, labels: np.ndarray, seeds=DEFAULT_SEEDS, n_init: int = 10) -> dict:

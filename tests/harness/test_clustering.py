@@ -51,7 +51,8 @@ def test_probe_on_separated_points_and_the_spread():
     assert out["acc"] == {"mean": 1.0, "std": 0.0, "min": 1.0, "max": 1.0}
     assert out["nmi"]["mean"] == pytest.approx(1.0)
     assert sorted(out["per_seed"][0]["cluster_sizes"]) == [20, 20, 20]
-    assert clustering.spread([0.5, 0.7]) == pytest.approx({"mean": 0.6, "std": 0.1, "min": 0.5, "max": 0.7})
+    assert clustering.spread([0.5, 0.7]) == pytest.approx({"mean": 0.6, "std": 0.02 ** 0.5, "min": 0.5, "max": 0.7})  # sample std
+    assert clustering.spread([0.5])["std"] == 0.0
     # one point of label 0 placed among label 1: exactly 59 / 60 with every seed
     points[0] = centres[1]
     assert clustering.cluster_probe(points, labels, seeds=(0,))["acc"]["mean"] == pytest.approx(59 / 60)
