@@ -87,6 +87,8 @@ def main(argv=None) -> int:
     ap.add_argument("--memory_max", default="4096",
                     help="the largest batch the memory search probes: 4096, or per configuration: 4096,diffcse-cached=1024")
     ap.add_argument("--memory_resolution", type=int, default=16)
+    ap.add_argument("--memory_configs", default=None, metavar="C1,C2,...",
+                    help="the configurations the memory search probes (default: infonce, diffcse and the *-cached ones run)")
     ap.add_argument("--rss_batches", default=None, metavar="B1,B2,...",
                     help="also measure the peak RSS of each *-cached configuration at these batches, and of its uncached "
                          "configuration at the first one (e.g. 64,256,512,1024)")
@@ -131,6 +133,8 @@ def main(argv=None) -> int:
         memory_max, memory_caps = parse_memory_max(a.memory_max)
     except ValueError as err:
         ap.error(str(err))
+    if a.memory_configs and [c for c in a.memory_configs.split(",") if c.strip() and c.strip() not in KNOWN_CONFIGS]:
+        ap.error(f"--memory_configs: unknown configuration(s) in {a.memory_configs!r}; choose from {', '.join(KNOWN_CONFIGS)}")
     if a.mini_batch_size < 1:
         ap.error(f"--mini_batch_size must be >= 1, got {a.mini_batch_size}")
     runs: dict[str, list[dict]] = {c: [] for c in configs}
@@ -203,7 +207,8 @@ def main(argv=None) -> int:
         if "diffcse_vs_infonce" in ratios:
             report["diffcse_expected"]["measured_over_implied"] = ratios["diffcse_vs_infonce"] / report["diffcse_expected"]["implied_by_time"]
     if a.memory_budget_mb:
-        searched = ("infonce", "diffcse") + tuple(c for c in ("infonce-cached", "diffcse-cached") if c in configs)
+        searched = (tuple(c.strip() for c in a.memory_configs.split(",") if c.strip()) if a.memory_configs else
+                    ("infonce", "diffcse") + tuple(c for c in ("infonce-cached", "diffcse-cached") if c in configs))
         report["memory"] = {c: memory_search(a, c, a.memory_budget_mb, memory_caps.get(c, memory_max)) for c in searched}
     if rss_batches:  # the cached configuration at each batch, its uncached one at the first
         report["mini_batch_size"] = a.mini_batch_size

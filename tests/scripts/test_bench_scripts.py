@@ -166,6 +166,7 @@ def test_bench_train_cached_configurations(tiny_bert, tmp_path):
     (["--rss_batches", "64"], "--rss_batches measures the *-cached configurations"),
     (["--mini_batch_size", "0"], "--mini_batch_size must be >= 1"),
     (["--memory_max", "infonce=64"], "--memory_max 'infonce=64' has no default cap"),
+    (["--memory_configs", "infonce,bogus"], "--memory_configs: unknown configuration(s)"),
 ])
 def test_bad_flags_are_refused(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
