@@ -284,3 +284,18 @@ def test_resume_mid_epoch_with_caching_is_exact(tiny_bert, small_corpus, tmp_pat
     losses = [[h["loss"] for h in history(out) if "loss" in h] for out in (straight, resumed)]
     assert len(losses[0]) == 8 and losses[1] == losses[0]
     assert_same_tensors(load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors")))
+
+
+def test_host_memory_bound_trims_only_past_its_slack(monkeypatch):
+    """The CPU pass trims glibc's heap only when it has grown by the slack since its first chunk (a trim per chunk
+    costs page faults); never on a GPU device."""
+    trims, rss = [], iter([1000.0, 1050.0, 1120.0, 1200.0, 1100.0])
+    monkeypatch.setattr(grad_cache, "_MALLOC_TRIM", lambda pad: trims.append(pad) or 1)
+    monkeypatch.setattr(grad_cache, "resident_mb", lambda: next(rss))
+    bound = grad_cache.HostMemoryBound(torch.device("cpu"), slack_mb=128)
+    for _ in range(5):
+        bound.after_chunk()
+    assert trims == [0]  # only at 1200 MB (> 1000 + 128)
+    assert not grad_cache.HostMemoryBound(torch.device("cuda", 0)).active
+    if grad_cache.resident_mb() is not None:  # on Linux: the real reading is this process's RSS
+        assert grad_cache.resident_mb() > 10
