@@ -297,5 +297,6 @@ def test_host_memory_bound_trims_only_past_its_slack(monkeypatch):
         bound.after_chunk()
     assert trims == [0]  # only at 1200 MB (> 1000 + 128)
     assert not grad_cache.HostMemoryBound(torch.device("cuda", 0)).active
+    monkeypatch.undo()
     if grad_cache.resident_mb() is not None:  # on Linux: the real reading is this process's RSS
         assert grad_cache.resident_mb() > 10
