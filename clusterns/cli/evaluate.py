@@ -227,20 +227,10 @@ BUILTIN_CLUSTER_TASK = "TREC-cluster"
 
 
 def cluster_files(args) -> dict[str, str]:
-    """{task name: path} of the clustering probe: the built-in TREC set under --task_set cluster, then each
+    """{task name: path} of the clustering probe: the built-in TREC set under --task_set cluster (path ""), then each
     --cluster_file NAME=PATH (the name as given)."""
-    files: dict[str, str] = {}
-    if args.task_set == "cluster":
-        files[BUILTIN_CLUSTER_TASK] = ""
-    for item in args.cluster_file:
-        name, sep, path = item.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise ValueError(f"--cluster_file expects NAME=PATH (e.g. tweets=data/tweet.tsv), got {item!r}")
-        if name in files:
-            raise ValueError(f"--cluster_file: the name {name!r} is given twice (or is the built-in {BUILTIN_CLUSTER_TASK}); "
-                             "give each file its own name")
-        files[name.strip()] = path.strip()
-    return files
+    files: dict[str, str] = {BUILTIN_CLUSTER_TASK: ""} if args.task_set == "cluster" else {}
+    return {**files, **named_locations(args.cluster_file, "--cluster_file", taken=set(files))}
 
 
 def named_locations(items: list[str], flag: str, taken) -> dict[str, str]:
