@@ -159,7 +159,7 @@ def test_rtd_replay_reproduces_the_discriminator_dropout(autocast, tiny_bert, ti
     def recording(run_chunk, slices, inputs, anchor):
         def run_and_record(piece, rows):
             term, extra = run_chunk(piece, rows)
-            terms.append(float(term))
+            terms.append(float(term.detach()))
             return term, extra
 
         return original(run_and_record, slices, inputs, anchor)
