@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 
 import datasets
 import numpy as np
@@ -22,6 +23,29 @@ from senteval.sts import pair_similarities
 from senteval.utils import DataFormatError, MissingDataError, check_gold_varies
 
 DEFAULT_COLUMNS = ("sentence1", "sentence2", "score")
+
+# A set's name becomes a task name and a metric key (eval_NAME_spearman): no spaces, no '=' or '/'.
+SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def named_locations(items: list[str] | None, flag: str, reserved=(), reserved_why: str = "another task's name") -> dict[str, str]:
+    """NAME=PATH items of a repeatable flag -> {NAME: PATH}, in order; a malformed, repeated or reserved name raises
+    ValueError naming the flag and the item."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        name, path = name.strip(), path.strip()
+        if not sep or not name or not path:
+            raise ValueError(f"{flag} expects NAME=PATH (e.g. mysts=data/my-sts.tsv), got {item!r}")
+        if not SET_NAME.match(name):
+            raise ValueError(f"{flag} {item}: the name {name!r} must be letters, digits, '_' or '-' "
+                             "(it becomes a task name and a metric key)")
+        if name in reserved:
+            raise ValueError(f"{flag} {item}: {name!r} is {reserved_why}; choose another")
+        if name in out:
+            raise ValueError(f"{flag}: the name {name!r} is given twice; give each set its own name")
+        out[name] = path
+    return out
 
 
 def parse_columns(spec: str | None) -> tuple:

@@ -230,27 +230,13 @@ def cluster_files(args) -> dict[str, str]:
     """{task name: path} of the clustering probe: the built-in TREC set under --task_set cluster (path ""), then each
     --cluster_file NAME=PATH (the name as given)."""
     files: dict[str, str] = {BUILTIN_CLUSTER_TASK: ""} if args.task_set == "cluster" else {}
-    return {**files, **named_locations(args.cluster_file, "--cluster_file", taken=set(files))}
-
-
-def named_locations(items: list[str], flag: str, taken) -> dict[str, str]:
-    """NAME=PATH items of a repeatable flag -> {NAME: PATH}; malformed, repeated or taken names are refused."""
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        name, path = name.strip(), path.strip()
-        if not sep or not name or not path:
-            raise ValueError(f"{flag} expects NAME=PATH (e.g. mysts=data/my-sts.tsv), got {item!r}")
-        if name in out or name in taken:
-            raise ValueError(f"{flag}: the name {name!r} is given twice (or names another task); give each set its own name")
-        out[name] = path
-    return out
+    return {**files, **sts_files.named_locations(args.cluster_file, "--cluster_file", reserved=set(files))}
 
 
 def build_sts_file_evaluations(args, taken) -> dict:
     columns = sts_files.parse_columns(args.sts_columns)
     return {name: sts_files.STSFileEval(name, path, columns)
-            for name, path in named_locations(args.sts_file, "--sts_file", taken).items()}
+            for name, path in sts_files.named_locations(args.sts_file, "--sts_file", reserved=taken).items()}
 
 
 def build_cluster_evaluations(files: dict[str, str], args) -> dict:

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -294,24 +293,12 @@ def build_encoder(model_args, data_args, objective_args=None, prompt_args=None) 
     return encoder
 
 
-STS_SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-
-
 def eval_sts_sets(items: list[str] | None) -> dict[str, str]:
     """--eval_sts NAME=PATH ... -> {NAME: PATH}; a malformed, reserved or repeated name stops the run naming it."""
-    sets: dict[str, str] = {}
-    for item in items or []:
-        name, sep, path = item.partition("=")
-        if not sep or not path.strip():
-            raise UsageError(f"--eval_sts expects NAME=PATH (e.g. korsts=data/KorSTS/sts-dev.tsv), got {item!r}")
-        if not STS_SET_NAME.match(name):
-            raise UsageError(f"--eval_sts {item}: the name {name!r} must be letters, digits, '_' or '-' (it becomes eval_{name}_spearman)")
-        if name in RESERVED_DEV_NAMES:
-            raise UsageError(f"--eval_sts {item}: {name!r} is a built-in dev set's name; choose another")
-        if name in sets:
-            raise UsageError(f"--eval_sts: the name {name!r} is given twice; give each set its own name")
-        sets[name] = path.strip()
-    return sets
+    try:
+        return sts_files.named_locations(items, "--eval_sts", reserved=RESERVED_DEV_NAMES, reserved_why="a built-in dev set's name")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 RESERVED_DEV_NAMES = {"stsb", "sickr", "korsts", "avg", "avg_sts", "alignment", "uniformity", "avg_transfer"}
@@ -321,6 +308,7 @@ def build_dev_evaluator(data_args, training_args) -> SentEvalDevEvaluator | None
     needs_eval = training_args.eval_strategy != "no" or training_args.do_eval
     if not needs_eval:
         idle = [flag for flag, given in (("--eval_sts", training_args.eval_sts), ("--eval_korsts", training_args.eval_korsts),
+                                         ("--eval_sts_columns", training_args.eval_sts_columns is not None),
                                          ("--eval_transfer", training_args.eval_transfer),
                                          ("--eval_align_uniform", training_args.eval_align_uniform)) if given]
         if idle:  # they would do nothing: no evaluation runs

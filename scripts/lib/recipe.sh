@@ -23,6 +23,9 @@ recipe_parse_args() {
             echo "error: unknown configuration '$arg' (one of: ${CONFIGS[*]})" >&2; exit 2
         fi
     done
+    if [ -n "${SEED:-}" ] && [ -n "${SEEDS:-}" ]; then  # checked before the script defaults SEED
+        echo "error: SEED=$SEED and SEEDS='$SEEDS' are both set; SEEDS runs one training per seed: unset SEED" >&2; exit 2
+    fi
     if [ -z "$CONFIG" ]; then
         echo "usage: bash $0 CONFIG [--dry_run] [train.py flags...]; CONFIG one of: ${CONFIGS[*]}" >&2; exit 2
     fi

@@ -189,6 +189,7 @@ def test_train_eval_sts_sets_are_logged_and_select(tiny_bert, tiny_corpus, tmp_p
     (["--eval_sts", "a={missing}"], "STS file not found"),
     (["--eval_sts_columns", "a,b,c", "--eval_korsts"], "--eval_sts_columns describes the --eval_sts sets"),
     (["--eval_sts", "a={path}", "--eval_strategy", "no"], "--eval_sts evaluates during training, but no evaluation runs"),
+    (["--eval_sts_columns", "0,1,2", "--eval_strategy", "no"], "--eval_sts_columns evaluates during training, but no evaluation runs"),
 ])
 def test_bad_eval_sts_flags_stop_at_start_up(flags, message, tiny_bert, tiny_corpus, tmp_path, capsys):
     path = korsts_format(tmp_path / "a.tsv", toy_pairs())
@@ -197,3 +198,13 @@ def test_bad_eval_sts_flags_stop_at_start_up(flags, message, tiny_bert, tiny_cor
     with pytest.raises(SystemExit) as exit_info:
         train_main(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_named_locations_is_the_one_parser_of_name_path_flags():
+    assert sts_files.named_locations(["a=x.tsv", " b = y.csv "], "--f") == {"a": "x.tsv", "b": "y.csv"}
+    assert sts_files.named_locations(None, "--f") == {}
+    for items, message in ((["a"], "--f expects NAME=PATH"), (["=x"], "expects NAME=PATH"), (["a="], "expects NAME=PATH"),
+                           (["a b=x"], "must be letters, digits"), (["a=x", "a=y"], "the name 'a' is given twice"),
+                           (["stsb=x"], "'stsb' is a built-in set; choose another")):
+        with pytest.raises(ValueError, match=message):
+            sts_files.named_locations(items, "--f", reserved={"stsb"}, reserved_why="a built-in set")

@@ -92,6 +92,7 @@ def test_every_recipe_dry_runs_every_seed(script, tmp_path):
     ({"SEEDS": "1 1"}, [], "repeats a seed"),
     ({"SEEDS": "1 2"}, ["--seed", "3"], "SEEDS sets each run's --seed"),
     ({"SEEDS": "1 2"}, ["--output_dir=/x"], "SEEDS sets each run's --output_dir"),
+    ({"SEEDS": "1 2", "SEED": "7"}, [], "SEED=7 and SEEDS='1 2' are both set"),
 ])
 def test_bad_seeds_are_refused(env, flags, message):
     proc = subprocess.run(["bash", str(REPO / "scripts" / "run_simcse.sh"), "unsup-bert-base", *flags, "--dry_run"],
