@@ -16,6 +16,7 @@ from clusterns.training.checkpoints import CheckpointWriteError, describe_write_
 from clusterns.training.data import CorpusError
 from clusterns.training.nan_guard import NonFiniteLossError, NonFiniteWeightsError
 from clusterns.training.run import RUN_MARKER, build_run, fp16_without_gpu, parse_args, run_marker, without_flag
+from clusterns.training.output_storage import check_output_storage
 from clusterns.training.run_lock import OutputDirLock, OutputDirLockedError
 
 logger = logging.getLogger("clusterns")
@@ -53,7 +54,11 @@ def _train(argv: list[str] | None) -> dict:
         transformers.utils.logging.set_verbosity_error()
     # One run per output folder, taken once the flags are checked and held until this function returns (or the
     # process dies): training/run_lock.py.
-    lock = OutputDirLock(training_args.output_dir, enabled=training_args.process_index == 0)
+    # Multi-node: the output folder must be shared unless --save_on_each_node (training/output_storage.py).
+    check_output_storage(training_args.output_dir, training_args.save_on_each_node)
+    # The lock is held by whoever writes the folder: the global rank 0, or each node's local rank 0 with
+    # --save_on_each_node (HF's should_save).
+    lock = OutputDirLock(training_args.output_dir, enabled=training_args.should_save)
     try:
         return _run(argv, parsed, lock)
     finally:
@@ -68,23 +73,23 @@ def _run(argv: list[str] | None, parsed: tuple, lock: OutputDirLock) -> dict:
     results: dict = {}
     trained = training_args.do_train or run.train_dataset is not None
     if trained:
-        if trainer.is_world_process_zero():
+        if training_args.should_save:
             os.makedirs(training_args.output_dir, exist_ok=True)
             with open(os.path.join(training_args.output_dir, RUN_MARKER), "w") as f:
                 json.dump(run_marker(model_args, data_args), f)
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.save_model()  # the best model when --load_best_model_at_end
         results.update(train_result.metrics)
-        if trainer.is_world_process_zero():
+        if training_args.should_save:
             write_results(os.path.join(training_args.output_dir, "train_results.txt"), train_result.metrics)
             write_state(trainer.state, os.path.join(training_args.output_dir, "trainer_state.json"))
             logger.info("model saved to %s (load it with SentenceEncoder.from_pretrained or AutoModel.from_pretrained)", training_args.output_dir)
     if training_args.do_eval and run.dev_evaluator is not None:
         metrics = trainer.evaluate()
         results.update(metrics)
-        if trainer.is_world_process_zero():
+        if training_args.should_save:
             write_results(os.path.join(training_args.output_dir, "eval_results.txt"), metrics)
-    if trainer.is_world_process_zero() and trained:
+    if training_args.should_save and trained:
         record = {**run.run_config, "training": training_args.to_dict(), "world_size": training_args.world_size}
         try:  # README.md: base model, objective, hyper-parameters, data, dev numbers (the model folder is written)
             write_model_card(training_args.output_dir, record, results)

@@ -31,6 +31,10 @@ class EncodedViews:
     local: Tensor
     gathered: Tensor
     mini_batch_size: int | None = None
+    # --mask_duplicates: [B_global, B_global*(V-1)] bool, True where a column of infonce_logits' [positives | hard
+    # negatives] is a duplicate of the row's own sentences (functional.duplicate_negatives); pass it to
+    # infonce_loss(logits, exclude=...). None: every in-batch sentence is a negative (the originals).
+    duplicates: Tensor | None = None
 
 
 @dataclass

@@ -49,10 +49,33 @@ def infonce_logits(z1: Tensor, z2: Tensor, temp: float, z3: Tensor | None = None
     return logits
 
 
-def infonce_loss(logits: Tensor) -> Tensor:
-    """Cross-entropy with labels arange(B), mean over rows."""
+def infonce_loss(logits: Tensor, exclude: Tensor | None = None) -> Tensor:
+    """Cross-entropy with labels arange(B), mean over rows. exclude: [B, C'] bool over the first C' columns, True
+    where a column is no negative of its row (duplicate_negatives): its logit becomes -inf, so it drops out of
+    the softmax's denominator (and gets no gradient)."""
+    if exclude is not None:
+        exclude = F.pad(exclude, (0, logits.shape[1] - exclude.shape[1]))
+        logits = logits.masked_fill(exclude, float("-inf"))
     labels = torch.arange(logits.shape[0], device=logits.device)
     return F.cross_entropy(logits, labels)
+
+
+def duplicate_negatives(keys: Tensor) -> Tensor:
+    """--mask_duplicates: which in-batch negatives are the row's own sentences.
+
+    keys: [B, V] one integer per view (anchor, positive[, hard negative]); equal keys = identical texts.
+    Returns [B, B*(V-1)] bool in the column order of infonce_logits ([positives | hard negatives]), True where:
+    - positives block (i, j), j != i: rows i and j share a sentence (an anchor or positive of one is an anchor or
+      positive of the other: the same sentence twice in unsupervised data, a repeated NLI premise);
+    - hard-negative block (i, j), any j: row j's hard negative is row i's anchor or positive.
+    Row i's target (its own positive, column i) is never excluded."""
+    own = keys[:, :2]
+    shared = (own[:, None, :, None] == own[None, :, None, :]).flatten(2).any(-1)  # [B, B]
+    shared &= ~torch.eye(keys.shape[0], dtype=torch.bool, device=keys.device)
+    if keys.shape[1] < 3:
+        return shared
+    hard = (keys[None, :, 2, None] == own[:, None, :]).any(-1)  # [i, j]: hard_neg_j in {anchor_i, positive_i}
+    return torch.cat([shared, hard], dim=1)
 
 
 def similarity_logs(cos: Tensor) -> dict[str, Tensor]:

@@ -16,7 +16,7 @@ class InfoNCEObjective(Objective):
         z = views.gathered
         z3 = z[:, 2] if z.shape[1] > 2 else None
         logits = infonce_logits(z[:, 0], z[:, 1], self.temp, z3, self.hard_negative_weight)
-        loss = infonce_loss(logits)
+        loss = infonce_loss(logits, views.duplicates)
         batch_size = z.shape[0]
         logs = similarity_logs(logits[:, :batch_size] * self.temp)
         return ObjectiveOutput(loss=loss, logs=logs)

@@ -266,7 +266,7 @@ class MixCSEObjective(Objective):
         batch_size = z.shape[0]
         z3 = z[:, 2] if z.shape[1] > 2 else None
         logits = self.logits(z[:, 0], z[:, 1], z3)
-        loss = infonce_loss(logits)
+        loss = infonce_loss(logits, views.duplicates)  # the mixed blocks after the batch's columns stay
         mix_offset = batch_size * (2 if z3 is not None else 1)
         logs = similarity_logs(logits[:, :batch_size] * self.temp)
         logs.update(mix_logit_logs(logits, batch_size, mix_offset, self.mode))

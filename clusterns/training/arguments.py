@@ -63,6 +63,11 @@ class ModelArguments:
     hard_negative_weight: float = field(
         default=0.0, metadata={"help": "Logit offset added to each anchor's own hard negative (supervised / hard-negative columns)."}
     )
+    mask_duplicates: bool = field(
+        default=False,
+        metadata={"help": "Identical sentences in the global batch are not each other's negatives (a sentence twice in "
+                          "the corpus, a repeated NLI premise): their logits leave the softmax. Off in the originals."},
+    )
     dropout_prob: float | None = field(
         default=None, metadata={"help": "Override hidden and attention dropout of the backbone (default: the model's own)."}
     )

@@ -5,14 +5,16 @@ collator only pads, so each batch is padded to its own longest sentence (dynamic
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import errno
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
+from datasets import load_dataset
 from torch.nn.utils.rnn import pad_sequence
 
 logger = logging.getLogger(__name__)
@@ -20,7 +22,8 @@ logger = logging.getLogger(__name__)
 TEXT_SUFFIXES = {".txt", ".text"}
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 JSON_SUFFIXES = {".json", ".jsonl"}
-ROLES = ("sent0", "sent1", "hard_neg")  # anchor, positive, hard negative (SimCSE's nli csv header)
+ROLES = ("sent0", "sent1", "hard_neg")
+SENTENCE_KEYS = "sentence_keys"  # the collator's batch key under --mask_duplicates  # anchor, positive, hard negative (SimCSE's nli csv header)
 
 
 # Characters that print as nothing: zero-width space / non-joiner / joiner, word joiner, BOM. A line of only these
@@ -50,55 +53,78 @@ def check_corpus_path(path: str) -> None:
         raise CorpusError(f"--train_file {path!r} is not a regular file")
 
 
-def scan_text_corpus(path: str) -> tuple[int, int]:
-    """Check a one-sentence-a-line file before training: (#non-blank lines, #blank lines).
+SCAN_CHUNK_BYTES = 1 << 24  # the validation pass reads the file in 16 MB chunks: constant memory at any size
 
-    Reads bytes so that invalid UTF-8 and NUL bytes are reported with their line number
-    instead of surfacing as a decoding error deep inside `datasets`."""
+
+def check_text_corpus(path: str) -> None:
+    """Check a one-sentence-a-line file before `datasets` reads it: not empty, valid UTF-8, no NUL byte.
+
+    Streams the bytes (constant memory: corpora larger than RAM pass), so that invalid UTF-8 and NUL bytes
+    are reported with their line number instead of surfacing as a decoding error deep inside `datasets`;
+    only a bad file is read a second time, line by line, to find the line."""
     check_corpus_path(path)
-    with open(path, "rb") as f:
-        data = f.read()
-    if not data:
+    if os.path.getsize(path) == 0:
         raise CorpusError(f"--train_file {path!r} is empty")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as f:
+        while chunk := f.read(SCAN_CHUNK_BYTES):
+            try:
+                decoder.decode(chunk, final=False)
+            except UnicodeDecodeError:
+                locate_bad_line(path)
+            if b"\x00" in chunk:
+                locate_bad_line(path)
     try:
-        data.decode("utf-8")
-        bad_utf8 = False
-    except UnicodeDecodeError:
-        bad_utf8 = True
-    lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-    if data.endswith((b"\n", b"\r")):
-        lines = lines[:-1]
-    if bad_utf8 or b"\x00" in data:
-        for number, line in enumerate(lines, start=1):
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:  # the file ends inside a multi-byte character
+        locate_bad_line(path)
+
+
+def text_lines(f) -> Iterator[bytes]:
+    """The lines of a binary file as `datasets`' text loader counts them: \\n, \\r\\n and \\r end a line."""
+    for raw in f:
+        raw = raw.removesuffix(b"\n").removesuffix(b"\r")
+        yield from raw.split(b"\r")
+
+
+def locate_bad_line(path: str) -> None:
+    """Raise CorpusError naming the first line of `path` with a NUL byte or invalid UTF-8."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(text_lines(f), start=1):
             if b"\x00" in line:
                 raise CorpusError(f"{path}:{number}: NUL byte in the line (is this a binary file?)")
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise CorpusError(f"{path}:{number}: invalid UTF-8 at byte {err.start} of the line ({err.reason})") from None
-    blank = sum(1 for line in lines if is_blank(line.decode("utf-8")))
-    kept = len(lines) - blank
-    if kept == 0:
-        raise CorpusError(f"--train_file {path!r} has {len(lines)} lines, all blank (whitespace or invisible characters only)")
-    return kept, blank
+    raise CorpusError(f"{path}: invalid UTF-8 at the end of the file (a truncated multi-byte character)")
 
 
-def load_corpus(path: str, sentence_columns: str | None = None, cache_dir: str | None = None):
+def drop_blank_lines(batch: dict) -> list[bool]:
+    return [not is_blank(t) for t in batch["text"]]
+
+
+def load_corpus(path: str, sentence_columns: str | None = None, cache_dir: str | None = None, num_proc: int | None = None):
     """Load a training file as a `datasets.Dataset` whose columns are a prefix of ROLES.
 
     One column: unsupervised (the sentence becomes both views). Two: positive pairs. Three:
-    pairs with a hard negative (SimCSE's supervised format)."""
-    from datasets import load_dataset
+    pairs with a hard negative (SimCSE's supervised format). num_proc: processes of the blank-line filter
+    (--preprocessing_num_workers)."""
 
     if not path:
         raise CorpusError("--train_file is required (a .txt, .csv, .tsv, .json or .jsonl file)")
     suffix = os.path.splitext(path)[1].lower()
     if suffix in TEXT_SUFFIXES:
-        kept, blank = scan_text_corpus(path)
+        check_text_corpus(path)
+        # `datasets` streams the file into its memory-mapped Arrow cache (reused by the next run of the same
+        # file): the corpus is never held as Python objects.
         ds = load_dataset("text", data_files={"train": path}, cache_dir=cache_dir)["train"]
-        ds = ds.filter(lambda batch: [not is_blank(t) for t in batch["text"]], batched=True, desc="Dropping blank lines")
-        if blank:
-            logger.warning("%s: skipped %d blank line(s); %d sentences kept", path, blank, kept)
+        lines = len(ds)
+        ds = ds.filter(drop_blank_lines, batched=True, num_proc=num_proc, desc="Dropping blank lines")
+        if len(ds) == 0:
+            raise CorpusError(f"--train_file {path!r} has {lines} lines, all blank (whitespace or invisible characters only)")
+        if len(ds) < lines:
+            logger.warning("%s: skipped %d blank line(s); %d sentences kept", path, lines - len(ds), len(ds))
         return ds.rename_column("text", "sent0")
     check_corpus_path(path)
     if os.path.getsize(path) == 0:
@@ -132,6 +158,9 @@ def root_cause(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}".splitlines()[0]
 
 
+CHECK_BATCH_ROWS = 10_000
+
+
 def check_sentence_columns(ds, columns: list[str], path: str, first_line: int) -> None:
     """Every selected cell must be a non-blank string: numbers, lists, nulls and blank cells would otherwise be
     trained on as ' ' or as their digits. `first_line`: the file line of row 0 (csv/tsv: 2, after the header;
@@ -143,10 +172,13 @@ def check_sentence_columns(ds, columns: list[str], path: str, first_line: int) -
                 f"--train_file {path!r}: column {column!r} holds {dtype} values, not sentences (first: {ds[0][column]!r}); "
                 "name the sentence columns with --sentence_columns"
             )
-        for row, text in enumerate(ds[column]):
-            if is_blank(text):
-                what = "missing (null)" if text is None else "blank"
-                raise CorpusError(f"{path}:{row + first_line}: column {column!r} is {what}; every row needs a sentence there")
+        row = 0
+        for batch in ds.select_columns([column]).iter(batch_size=CHECK_BATCH_ROWS):  # a slice at a time: constant memory
+            for text in batch[column]:
+                if is_blank(text):
+                    what = "missing (null)" if text is None else "blank"
+                    raise CorpusError(f"{path}:{row + first_line}: column {column!r} is {what}; every row needs a sentence there")
+                row += 1
 
 
 def select_columns(available: list[str], requested: str | None, path: str) -> list[str]:
@@ -215,6 +247,8 @@ class ContrastiveCollator:
     # Applied in order to each padded batch (the objective's, e.g. DiffCSE's masking, then --do_mlm's).
     batch_transform: Callable[[dict], dict] | None = None
     extra_transforms: tuple[Callable[[dict], dict], ...] = ()
+    # --mask_duplicates: batch["sentence_keys"] [B, V], one integer per view's token ids (equal = identical text)
+    sentence_keys: bool = False
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         views = []
@@ -236,6 +270,8 @@ class ContrastiveCollator:
             "input_ids": input_ids.view(batch_size, self.num_views, -1),
             "attention_mask": attention_mask.view(batch_size, self.num_views, -1),
         }
+        if self.sentence_keys:  # hash() of a tuple of ints: the same on every rank and process (no hash seed)
+            batch[SENTENCE_KEYS] = torch.as_tensor([hash(tuple(v)) for v in views], dtype=torch.long).view(batch_size, self.num_views)
         if self.batch_transform is not None:
             batch = self.batch_transform(batch)
         for transform in self.extra_transforms:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from clusterns.training.data import SENTENCE_KEYS
 from clusterns.training.distributed import gather_with_local_grad
 from clusterns.grad_cache import cached_forward, chunk_slices, chunked_sum
 from clusterns.modeling.encoder import SentenceEncoder
 from clusterns.precision import fp32_region
 from clusterns.objectives.base import EncodedViews, Objective
+from clusterns.objectives.functional import duplicate_negatives
 from clusterns.objectives.masked_lm import MLM_INPUT_IDS, MLM_LABELS, MaskedLMLoss, selected_tokens
 
 
@@ -63,7 +65,10 @@ class ContrastiveModel(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None, **batch: Tensor) -> dict:
         mlm_input_ids, mlm_labels = batch.pop(MLM_INPUT_IDS, None), batch.pop(MLM_LABELS, None)
+        sentence_keys = batch.pop(SENTENCE_KEYS, None)
         views = self.encode_views(input_ids, attention_mask, token_type_ids)
+        if sentence_keys is not None and self.training:  # --mask_duplicates, over the global batch
+            views.duplicates = duplicate_negatives(gather_with_local_grad(sentence_keys))
         batch = dict(batch, input_ids=input_ids, attention_mask=attention_mask)
         if token_type_ids is not None:
             batch["token_type_ids"] = token_type_ids

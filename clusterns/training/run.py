@@ -48,7 +48,7 @@ from clusterns.training.arguments import (
     merge_repeated_flags,
     normalise_argv,
 )
-from clusterns.training.checkpoints import resolve_resume_checkpoint
+from clusterns.training.checkpoints import RESUME_AUTO, resolve_resume_checkpoint
 from clusterns.training.data import ContrastiveCollator, load_corpus, tokenize_corpus
 from clusterns.harness import sts_files
 from clusterns.training.dev_evaluator import SentEvalDevEvaluator
@@ -224,6 +224,13 @@ def check_arguments(model_args, data_args, objective_cls: type[Objective], objec
     objective_cls.check_data_arguments(data_args, objective_args)  # e.g. DiffCSE refuses --pad_to_max_length
     if training_args.do_train and not data_args.train_file:
         raise UsageError("--train_file is required with --do_train")
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if restarts and not training_args.resume_from_checkpoint:
+        # torchrun --max-restarts restarted the group after a worker died: go on from the latest complete
+        # checkpoint instead of training again from scratch over it.
+        logger.warning("torchrun restart %d of this run: resuming from the latest complete checkpoint of %s "
+                       "(--resume_from_checkpoint auto)", restarts, training_args.output_dir)
+        training_args.resume_from_checkpoint = RESUME_AUTO
     if training_args.resume_from_checkpoint:
         # `auto`: the latest complete checkpoint of output_dir (none: a fresh start); a path must be complete.
         training_args.resume_from_checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
@@ -418,7 +425,8 @@ def build_run(argv: list[str] | None = None, *, parsed: tuple | None = None, sen
     if sentences is not None or data_args.train_file:
         with training_args.main_process_first(desc="corpus loading and tokenization"):
             corpus = Dataset.from_dict({"sent0": list(sentences)}) if sentences is not None else \
-                load_corpus(data_args.train_file, data_args.sentence_columns, model_args.cache_dir)
+                load_corpus(data_args.train_file, data_args.sentence_columns, model_args.cache_dir,
+                            data_args.preprocessing_num_workers)
             num_views = 3 if "hard_neg" in corpus.column_names else 2
             train_dataset = tokenize_corpus(corpus, encoder.tokenizer, data_args.max_seq_length, data_args.preprocessing_num_workers,
                                             data_args.overwrite_cache, views_function=views_function)
@@ -434,6 +442,7 @@ def build_run(argv: list[str] | None = None, *, parsed: tuple | None = None, sen
         num_views=num_views,
         max_length=data_args.max_seq_length if data_args.pad_to_max_length else None,
         batch_transform=objective.batch_transform(encoder.tokenizer),
+        sentence_keys=model_args.mask_duplicates,
         extra_transforms=(() if masked_lm is None else (MLMBatchMasking.from_tokenizer(
             encoder.tokenizer, mlm_args.mlm_probability, mlm_args.mlm_clone_inputs, seed=training_args.seed),)),
     )

@@ -6,7 +6,8 @@ import logging
 import pytest
 import torch
 
-from clusterns.training.data import ContrastiveCollator, CorpusError, load_corpus, scan_text_corpus, tokenize_corpus
+from clusterns.training import data as data_module
+from clusterns.training.data import ContrastiveCollator, CorpusError, check_text_corpus, load_corpus, tokenize_corpus
 
 
 def write(tmp_path, name, data: bytes):
@@ -17,7 +18,7 @@ def write(tmp_path, name, data: bytes):
 
 def test_txt_blank_lines_skipped_and_counted(tmp_path, caplog):
     path = write(tmp_path, "c.txt", b"one sentence\n\n   \ntwo sentence\r\nthree\rfour\n")
-    assert scan_text_corpus(path) == (4, 2)
+    check_text_corpus(path)  # valid: returns
     with caplog.at_level(logging.WARNING):
         ds = load_corpus(path)
     assert ds.column_names == ["sent0"]
@@ -32,9 +33,15 @@ def test_txt_blank_lines_skipped_and_counted(tmp_path, caplog):
         (b"\n\n  \n", "all blank"),
         (b"fine\nbad \xff\xfe line\n", ":2: invalid UTF-8"),
         (b"fine\nstill fine\nnul\x00here\n", ":3: NUL byte"),
+        (b"a\r\nb\rc\n\nbad \xc3(\n", ":5: invalid UTF-8"),  # \r\n, \r and \n each end a line
+        (b"fine\ncut \xe2\x82", ":2: invalid UTF-8"),  # the file ends inside a character
+        # A bad byte far past the first chunk of the streaming check, and a character split across two chunks
+        (b"ok\n" * 2000 + b"late \xff\n", ":2001: invalid UTF-8"),
+        (b"x" * 4095 + "\u00e9\n".encode() + b"nul\x00\n", ":2: NUL byte"),
     ],
 )
-def test_txt_bad_files_name_file_and_line(tmp_path, data, message):
+def test_txt_bad_files_name_file_and_line(tmp_path, data, message, monkeypatch):
+    monkeypatch.setattr(data_module, "SCAN_CHUNK_BYTES", 4096)  # several chunks even in a small file
     path = write(tmp_path, "bad.txt", data)
     with pytest.raises(CorpusError, match=message) as err:
         load_corpus(path)

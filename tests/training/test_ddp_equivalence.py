@@ -164,6 +164,9 @@ if __name__ != "__main__":
 
     @pytest.fixture(scope="module")
     def assets(tmp_path_factory):
+        return build_assets(tmp_path_factory)
+
+    def build_assets(tmp_path_factory):
         """A tiny BERT with diverse embeddings (init std 0.2, no dropout), its 1-layer MLM generator, and a corpus
         of 48 sentences of exactly 6 one-token words."""
         import random

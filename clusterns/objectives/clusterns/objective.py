@@ -290,6 +290,11 @@ class ClusterNSObjective(Objective):
         self.cluster.initialise(centroids, step)
         logger.info("ClusterNS: clustering started at training forward %d (K=%d, batch %d)", step, self.k, batch)
 
+    def _keeps_dataset_hardneg(self, hard: Tensor | None) -> bool:
+        """Whether the dataset's hard-negative block is in the logits (--dataset_hardneg overwrite drops it once
+        the centroid hard negatives are on)."""
+        return not (hard is not None and self.args.enable_hardneg and self.args.dataset_hardneg == "overwrite")
+
     def logit_blocks(self, z1: Tensor, z2: Tensor, cos: Tensor, z3: Tensor | None = None, hard: Tensor | None = None,
                      fn_mask: Tensor | None = None) -> list[Tensor]:
         """The logits as a sequence of [B, *] column blocks (labels arange(B): the positive is column i of the first).
@@ -306,10 +311,9 @@ class ClusterNSObjective(Objective):
         if fn_mask is not None and args.fn_handling == "mask_denominator":
             positives = positives.masked_fill(fn_mask, float("-inf"))
         blocks = [positives]
-        use_centroids = hard is not None and args.enable_hardneg
-        if z3 is not None and not (use_centroids and args.dataset_hardneg == "overwrite"):
+        if z3 is not None and self._keeps_dataset_hardneg(hard):
             blocks.append(add_to_diagonal(cosine_matrix(z1, z3) / self.temp, self.hard_negative_weight))
-        if use_centroids:
+        if hard is not None and args.enable_hardneg:
             if args.hardneg_scope == "batch_block":
                 blocks.append(add_to_diagonal(cosine_matrix(z1, hard) / self.temp, self.hard_negative_weight))
             else:
@@ -352,8 +356,12 @@ class ClusterNSObjective(Objective):
                 fn_mask = C.false_negative_mask(assignments)
                 sizes = C.cluster_sizes(assignments, self.k)
 
-        logits = torch.cat(self.logit_blocks(z1, z2, cos, z3, hard, fn_mask if active else None), dim=1)
-        loss = infonce_loss(logits)
+        blocks = self.logit_blocks(z1, z2, cos, z3, hard, fn_mask if active else None)
+        duplicates = views.duplicates
+        if duplicates is not None and z3 is not None and not self._keeps_dataset_hardneg(hard):
+            duplicates = duplicates[:, : z1.shape[0]]  # the centroid block replaced the dataset's hard negatives
+        logits = torch.cat(blocks, dim=1)
+        loss = infonce_loss(logits, duplicates)
 
         bml = zero
         if active:

@@ -479,7 +479,7 @@ class DiffCSEObjective(Objective):
         z3 = z[:, 2] if z.shape[1] > 2 else None
         with fp32_region(z.device.type):
             logits = infonce_logits(z[:, 0], z[:, 1], self.temp, z3, self.hard_negative_weight)
-            contrastive = infonce_loss(logits)
+            contrastive = infonce_loss(logits, views.duplicates)
 
         # RTD part on this rank's rows: generator -> labels -> conditional discriminator -> head.
         cond = (views.pooled if self.args.conditions_before_projector else views.local).reshape(batch_size * num_views, -1)
