@@ -1,6 +1,6 @@
 # Shared pieces of the recipe scripts (sourced, not run): device count -> per-device batch and
 # launcher, the common train.py flags, the dry-run printer and the run itself.
-# Inputs: NUM_GPU (env; 0 = CPU), GLOBAL_BATCH, FP16, DRY_RUN, ARGS, EVAL_ARGS, EXTRA, OUTPUT_DIR, EVAL_DATA_DIR,
+# Inputs: NUM_GPU (env; GPUs per node, 0 = CPU), NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, MAX_RESTARTS (env), GLOBAL_BATCH, FP16, DRY_RUN, ARGS, EVAL_ARGS, EXTRA, OUTPUT_DIR, EVAL_DATA_DIR,
 # TEST_DATA_DIR, MINI_BATCH_SIZE and SEEDS (env), PUBLISHED and PUBLISHED_SOURCE (the recipe's published figures).
 
 # recipe_parse_args DEFAULT_CONFIG "$@": reads the script's command line against the CONFIGS array (the script's
@@ -31,18 +31,51 @@ recipe_parse_args() {
     fi
 }
 
-# recipe_devices [DEFAULT_NUM_GPU]: sets PER_DEVICE_BATCH and LAUNCH (torchrun when NUM_GPU > 1) from NUM_GPU
-# (default DEFAULT_NUM_GPU, else 1) and GLOBAL_BATCH; turns FP16 off on the CPU (NUM_GPU=0).
+# recipe_devices [DEFAULT_NUM_GPU]: sets PER_DEVICE_BATCH and LAUNCH from NUM_GPU (GPUs per node; default
+# DEFAULT_NUM_GPU, else 1), NNODES (default 1), NODE_RANK, MASTER_ADDR, MASTER_PORT, MAX_RESTARTS and GLOBAL_BATCH:
+# torchrun when there is more than one process or MAX_RESTARTS > 0, `python train.py` otherwise; the per-device
+# batch keeps the published global batch over NUM_GPU x NNODES processes. Turns FP16 off on the CPU (NUM_GPU=0).
 recipe_devices() {
     NUM_GPU=${NUM_GPU:-${1:-1}}
-    if ! [[ "$NUM_GPU" =~ ^[0-9]+$ ]]; then echo "error: NUM_GPU must be a non-negative integer, got '$NUM_GPU'" >&2; exit 2; fi
-    local devices=$(( NUM_GPU > 0 ? NUM_GPU : 1 ))
+    NNODES=${NNODES:-1}
+    NODE_RANK=${NODE_RANK:-0}
+    MASTER_PORT=${MASTER_PORT:-29500}
+    MAX_RESTARTS=${MAX_RESTARTS:-0}
+    local name
+    for name in NUM_GPU NNODES NODE_RANK MASTER_PORT MAX_RESTARTS; do
+        if ! [[ "${!name}" =~ ^[0-9]+$ ]]; then echo "error: $name must be a non-negative integer, got '${!name}'" >&2; exit 2; fi
+    done
+    if (( NNODES < 1 )); then echo "error: NNODES must be at least 1, got $NNODES" >&2; exit 2; fi
+    if (( NODE_RANK >= NNODES )); then echo "error: NODE_RANK=$NODE_RANK must be below NNODES=$NNODES (0 .. $((NNODES - 1)))" >&2; exit 2; fi
+    if (( MASTER_PORT < 1 || MASTER_PORT > 65535 )); then echo "error: MASTER_PORT must be 1-65535, got $MASTER_PORT" >&2; exit 2; fi
+    if (( NNODES > 1 )) && [ -z "${MASTER_ADDR:-}" ]; then
+        echo "error: NNODES=$NNODES needs MASTER_ADDR (the address of the node with NODE_RANK=0, reachable from every node)" >&2; exit 2
+    fi
+    local per_node=$(( NUM_GPU > 0 ? NUM_GPU : 1 ))
+    local devices=$(( per_node * NNODES ))
     if (( GLOBAL_BATCH % devices != 0 )); then
-        echo "error: the global batch $GLOBAL_BATCH is not divisible by NUM_GPU=$NUM_GPU" >&2; exit 2
+        if (( NNODES > 1 )); then
+            echo "error: the global batch $GLOBAL_BATCH is not divisible by NUM_GPU x NNODES = $per_node x $NNODES processes" >&2
+        else
+            echo "error: the global batch $GLOBAL_BATCH is not divisible by NUM_GPU=$NUM_GPU" >&2
+        fi
+        exit 2
     fi
     PER_DEVICE_BATCH=$(( GLOBAL_BATCH / devices ))
     if (( NUM_GPU == 0 )); then FP16=0; fi  # no fp16 on CPU
-    if (( NUM_GPU > 1 )); then LAUNCH=(torchrun --nproc_per_node "$NUM_GPU" train.py); else LAUNCH=(python train.py); fi
+    local restarts=()
+    # torchrun --max-restarts: a dead worker restarts the group, and train.py resumes from the latest complete
+    # checkpoint by itself on a restart (a fresh launch does not resume, so a changed flag is never mixed into an
+    # old run's checkpoints).
+    if (( MAX_RESTARTS > 0 )); then restarts=(--max-restarts "$MAX_RESTARTS"); fi
+    if (( NNODES > 1 )); then
+        LAUNCH=(torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$per_node"
+                --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" "${restarts[@]+"${restarts[@]}"}" train.py)
+    elif (( NUM_GPU > 1 || MAX_RESTARTS > 0 )); then
+        LAUNCH=(torchrun --nproc_per_node "$per_node" "${restarts[@]+"${restarts[@]}"}" train.py)
+    else
+        LAUNCH=(python train.py)
+    fi
     # One process, one GPU: with several visible GPUs train.py refuses to start (nn.DataParallel would shrink the
     # negatives to one GPU's slice), so pin the first one unless CUDA_VISIBLE_DEVICES already chooses.
     if (( NUM_GPU == 1 )); then export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}; fi
@@ -72,6 +105,9 @@ recipe_print_config() {
     echo "train_file=$TRAIN_FILE"
     echo "output_dir=$OUTPUT_DIR"
     echo "num_gpu=$NUM_GPU"
+    echo "nnodes=$NNODES"
+    echo "node_rank=$NODE_RANK"
+    echo "max_restarts=$MAX_RESTARTS"
     echo "global_batch_size=$GLOBAL_BATCH"
     echo "per_device_train_batch_size=$PER_DEVICE_BATCH"
     echo "num_train_epochs=$EPOCHS"
@@ -115,6 +151,7 @@ recipe_seeds() {
         SEED_LIST+=("$seed")
     done
     if (( ${#SEED_LIST[@]} == 0 )); then echo "error: SEEDS='$SEEDS' names no seed" >&2; exit 2; fi
+    if (( ${NNODES:-1} > 1 )); then echo "error: SEEDS runs the seeds one after another on one node; unset SEEDS for NNODES > 1" >&2; exit 2; fi
     if [ "$(printf '%s\n' "${SEED_LIST[@]}" | sort | uniq -d)" != "" ]; then echo "error: SEEDS='$SEEDS' repeats a seed" >&2; exit 2; fi
     for arg in "${EXTRA[@]+"${EXTRA[@]}"}"; do
         case "${arg%%=*}" in
@@ -155,12 +192,17 @@ recipe_run() {
             exit 0
         fi
         recipe_print_command "${LAUNCH[*]}" "${ARGS[@]}"
+        if (( NODE_RANK > 0 )); then echo "# node $NODE_RANK trains only; node 0 runs the test"; exit 0; fi
         recipe_print_command "python evaluation.py" "${EVAL_ARGS[@]}"
         exit 0
     fi
     # The commands name train.py and evaluation.py relative to the repository root, as the originals do.
     if [ ! -f train.py ] || [ ! -f evaluation.py ]; then
         echo "error: run the recipe from the repository root (cd $(cd "$(dirname "$0")/.." && pwd)); train.py is not in $(pwd)" >&2; exit 2
+    fi
+    if (( NODE_RANK > 0 )); then  # another node of a multi-node run: train only; node 0 tests and writes the card
+        "${LAUNCH[@]}" "${ARGS[@]}"
+        return 0
     fi
     if (( ${#SEED_LIST[@]} == 0 )); then
         "${LAUNCH[@]}" "${ARGS[@]}"

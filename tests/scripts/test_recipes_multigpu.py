@@ -21,7 +21,8 @@ SCRIPTS = sorted(REPO.glob("scripts/run_*.sh"))
 CONFIG_LIST = re.compile(r"^CONFIGS=\(([^)]*)\)$", re.M)
 GPU_COUNTS = (0, 1, 2, 4, 8)
 # Variables a developer's shell may export that would change what the scripts print.
-SCRIPT_ENV = ("NUM_GPU", "MODEL", "TRAIN_FILE", "OUTPUT_DIR", "GENERATOR", "EVAL_DATA_DIR", "TEST_DATA_DIR", "SEED", "TASK_SET")
+SCRIPT_ENV = ("NUM_GPU", "MODEL", "TRAIN_FILE", "OUTPUT_DIR", "GENERATOR", "EVAL_DATA_DIR", "TEST_DATA_DIR", "SEED", "TASK_SET",
+              "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "MAX_RESTARTS", "SEEDS", "MINI_BATCH_SIZE")
 
 
 def configs(script) -> list[str]:
