@@ -204,6 +204,8 @@ def check_arguments(model_args, data_args, objective_cls: type[Objective], objec
         raise UsageError(f"--temp must be a positive number (SimCSE: 0.05), got {model_args.temp}")
     if not math.isfinite(model_args.hard_negative_weight):
         raise UsageError(f"--hard_negative_weight must be finite, got {model_args.hard_negative_weight}")
+    if data_args.preprocessing_num_workers is not None and data_args.preprocessing_num_workers < 1:
+        raise UsageError(f"--preprocessing_num_workers must be >= 1 (processes that tokenize the corpus), got {data_args.preprocessing_num_workers}")
     if data_args.max_seq_length < 1:
         raise UsageError(f"--max_seq_length must be at least 1 token plus the special tokens, got {data_args.max_seq_length}")
     if training_args.per_device_train_batch_size < 1:

@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "bench_train.py"
 sys.path.insert(0, str(REPO / "scripts"))
 
+import bench_data  # noqa: E402
 import bench_train  # noqa: E402
 from bench import flops, memory, sentences  # noqa: E402
 
@@ -172,3 +173,23 @@ def test_bad_flags_are_refused(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench_train.main(["--configs", "infonce", *flags] if "--configs" not in flags else flags)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bench_data_smoke(tiny_bert, tiny_corpus, tmp_path, capsys):
+    """scripts/bench_data.py on a tiny model and tiny corpora: every figure and target line is there."""
+    out, md = tmp_path / "data.json", tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n")
+    code = bench_data.main(["--source", str(tiny_corpus), "--sizes", "300,600", "--workers", "1,2", "--train_steps", "1",
+                            "--model", str(tiny_bert), "--max_seq_length", "16", "--threads", "1", "--json", str(out),
+                            "--update_md", str(md)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert set(report["loading"]) == {"300", "600"} and report["loading"]["600"]["rows"] == 600
+    assert set(report["throughput"]) == {"1", "2"} and all(v["sentences_per_s"] > 0 for v in report["throughput"].values())
+    assert report["cache"]["size"] == 600 and report["cache"]["second_s"] > 0
+    assert set(report["training"]) == {"300", "600"}
+    assert {"loading_rss_largest_vs_smallest", "training_rss_largest_vs_smallest", "cache_second_vs_first"} <= set(report["ratios"])
+    text = md.read_text()
+    assert "<!-- bench_data:start -->" in text and "| target (issue 22) | threshold | measured | met |" in text
+    assert bench_data.main(["--sizes", "10,x"]) == 2 and "comma-separated integers" in capsys.readouterr().err
+    assert bench_data.main(["--source", str(tmp_path), "--sizes", "10"]) == 2 and "is not a file" in capsys.readouterr().err
