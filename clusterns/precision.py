@@ -110,3 +110,34 @@ def fp32_region(device_type: str) -> Iterator[None]:
                 yield
         else:
             yield
+
+
+# ---- inference precision (encode(), evaluation.py --precision) ----------------------------------------
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device_type: str, bf16_supported: bool | None = None, flag: str = "precision") -> str:
+    """--precision -> the one used: `auto` is bf16 on a CUDA GPU that supports it (Ampere and newer), fp16 on older
+    CUDA GPUs, fp32 elsewhere (the CPU: autocast there is slower than fp32 on most CPUs). Raises ValueError for an
+    unknown name or fp16 on the CPU."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{flag} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        if device_type != "cuda":
+            return "fp32"
+        if bf16_supported is None:
+            bf16_supported = torch.cuda.is_bf16_supported()
+        return "bf16" if bf16_supported else "fp16"
+    if precision == "fp16" and device_type == "cpu":
+        raise ValueError(f"{flag} fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
+    return precision
+
+
+def inference_autocast(precision: str, device_type: str):
+    """The context encode() runs the encoder in: autocast to bf16/fp16, or nothing for fp32 (a resolved name)."""
+    dtype = AUTOCAST_DTYPES.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=dtype)
+

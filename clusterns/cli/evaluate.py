@@ -25,6 +25,7 @@ from prettytable import PrettyTable
 
 from clusterns.harness import SE, DataFormatError, MissingDataError, clustering, progress_bar_disabled, resolve_downstream, senteval, sts_files
 from clusterns.io import CONFIG_NAME
+from clusterns.precision import PRECISIONS, resolve_precision
 from clusterns.modeling.encoder import EncoderConfig, SentenceEncoder
 from clusterns.modeling.poolers import pooler_names
 from clusterns.modeling.prompt import check_convention, check_template_syntax, prompt_config
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="truncate sentences to this many tokens (default: no truncation, as SimCSE)")
     p.add_argument("--output_json", type=str, default=None, help="write every number to this JSON file")
     p.add_argument("--device", type=str, default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--precision", type=str, choices=PRECISIONS, default="auto",
+                   help="encoding precision: auto (bf16 on a CUDA GPU that has it, else fp16 there; fp32 on the CPU), "
+                        "fp32, bf16 or fp16 (CUDA); the similarities are computed in fp32")
     p.add_argument("--korsts", action="store_true", help="also evaluate KorSTS (8 metrics)")
     p.add_argument("--korsts_dir", type=str, default=None,
                    help="KorSTS folder with sts-{dev,test}.tsv (default: <data_dir>/downstream/KorSTS)")
@@ -147,10 +151,11 @@ class CachedBatcher:
 
     batches_itself = True
 
-    def __init__(self, encoder, batch_size: int, max_seq_length: int | None = None):
+    def __init__(self, encoder, batch_size: int, max_seq_length: int | None = None, precision: str = "fp32"):
         self.encoder = encoder
         self.batch_size = batch_size
         self.max_seq_length = max_seq_length
+        self.precision = precision
         self.cache: dict[str, np.ndarray] = {}
         self.use_cache = True
 
@@ -163,11 +168,11 @@ class CachedBatcher:
         show = (sys.stderr.isatty() if disabled is None else not disabled) and len(sentences) > self.batch_size
         if not self.use_cache:
             return self.encoder.encode(sentences, batch_size=self.batch_size, max_seq_length=self.max_seq_length,
-                                       show_progress_bar=show)
+                                       show_progress_bar=show, precision=self.precision)
         missing = [s for s in dict.fromkeys(sentences) if s not in self.cache]
         if missing:
             emb = self.encoder.encode(missing, batch_size=self.batch_size, max_seq_length=self.max_seq_length,
-                                      show_progress_bar=show)
+                                      show_progress_bar=show, precision=self.precision)
             self.cache.update(zip(missing, emb))
         return np.stack([self.cache[s] for s in sentences])
 
@@ -442,11 +447,15 @@ def main(argv=None) -> int:
         evaluations.update(build_cluster_evaluations(clusters, args))
         encoder = load_encoder(args) if tasks else None
         cluster_encoder = load_cluster_encoder(args, encoder) if clusters else None
+        loaded = encoder or cluster_encoder
+        precision = resolve_precision(args.precision, loaded.device.type, flag="--precision") if loaded is not None else "fp32"
     except (MissingDataError, DataFormatError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    batcher = CachedBatcher(encoder, args.batch_size, args.max_seq_length)
-    cluster_batcher = CachedBatcher(cluster_encoder, args.batch_size, args.max_seq_length)
+    if precision != "fp32":
+        logging.info("encoding in %s (autocast; --precision fp32 for full precision)", precision)
+    batcher = CachedBatcher(encoder, args.batch_size, args.max_seq_length, precision)
+    cluster_batcher = CachedBatcher(cluster_encoder, args.batch_size, args.max_seq_length, precision)
     start = time.perf_counter()
     try:
         results = run_tasks(evaluations, params, batcher, {task: cluster_batcher for task in clusters})
@@ -462,7 +471,7 @@ def main(argv=None) -> int:
             "task_set": args.task_set, "tasks": tasks + list(clusters), "batch_size": args.batch_size,
             **({"cluster_pooler": args.cluster_pooler, "cluster_files": {k: v or "built-in" for k, v in clusters.items()}}
                if clusters else {}),
-            "max_seq_length": args.max_seq_length, "senteval_version": getattr(senteval, "__version__", None),
+            "max_seq_length": args.max_seq_length, "precision": precision, "senteval_version": getattr(senteval, "__version__", None),
             "seconds": elapsed,
             "tables": {title: dict(zip(names, [float(c) for c in cells])) for title, names, cells in tables},
             "results": jsonable(results),

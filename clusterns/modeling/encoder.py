@@ -34,6 +34,7 @@ from clusterns.io import (
     save_tensors,
     write_json,
 )
+from clusterns.precision import inference_autocast, resolve_precision
 from clusterns.modeling.backbones import pooler_slot, pooling_layer_kwargs, quiet_transformers, set_dropout, takes_token_type_ids
 from clusterns.modeling.poolers import get_pooler
 from clusterns.modeling.projectors import BNProjectionMLP, MLPProjector, build_projector
@@ -317,18 +318,22 @@ class SentenceEncoder(nn.Module):
         device: str | torch.device | None = None,
         max_seq_length: int | None = None,
         normalize: bool | None = None,
+        precision: str = "fp32",
         **kwargs: Any,
     ) -> np.ndarray | Tensor:
         """Embed sentences in input order, sentence-transformers' signature (MTEB can call it).
 
         Batches are formed over length-sorted inputs so padding is minimal; the model is put in
-        eval mode for the call and restored afterwards."""
+        eval mode for the call and restored afterwards. precision: `fp32` (default), `bf16`, `fp16` (CUDA) or
+        `auto` (bf16 / fp16 on a CUDA GPU, fp32 on the CPU): the encoder runs under autocast, the returned
+        vectors are fp32."""
         if normalize is not None:
             normalize_embeddings = normalize
         single = isinstance(sentences, str)
         sentences = [sentences] if single else list(sentences)
         if device is not None:
             self.to(device)
+        precision = resolve_precision(precision, self.device.type)
         was_training = self.training
         self.eval()
         try:
@@ -342,7 +347,9 @@ class SentenceEncoder(nn.Module):
                 idx = order[start : start + batch_size]
                 batch = self.tokenizer.pad({k: [features[k][i] for i in idx] for k in features}, return_tensors="pt")
                 batch = {k: v.to(self.device) for k, v in batch.items()}
-                out.append(self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")).float())
+                with inference_autocast(precision, self.device.type):
+                    pooled = self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+                out.append(pooled.float())
             if not out:
                 emb = torch.empty(0, self.hidden_size)
             else:

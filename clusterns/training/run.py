@@ -95,6 +95,9 @@ def parse_args(argv: list[str] | None = None):
     for extra in extra_args:
         if isinstance(extra, MaskedLMArguments) and not {"mlm_clone_inputs", "no_mlm_clone_inputs"} & set(given):
             extra.mlm_clone_inputs = None  # the objective's original (build_run)
+    if "log_on_each_node" not in given:
+        # One log for the whole run: the global rank 0's (HF's default prints the training log on every node).
+        training_args.log_on_each_node = False
     if training_args.eval_korsts and "metric_for_best_model" not in given:
         # --eval_korsts selects on KorSTS dev Spearman unless --metric_for_best_model says otherwise
         training_args.metric_for_best_model = "korsts_spearman"

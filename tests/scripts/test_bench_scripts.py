@@ -13,6 +13,8 @@ SCRIPT = REPO / "scripts" / "bench_train.py"
 sys.path.insert(0, str(REPO / "scripts"))
 
 import bench_data  # noqa: E402
+import bench_gpu  # noqa: E402
+import profile_step  # noqa: E402
 import bench_train  # noqa: E402
 from bench import flops, memory, sentences  # noqa: E402
 
@@ -193,3 +195,34 @@ def test_bench_data_smoke(tiny_bert, tiny_corpus, tmp_path, capsys):
     assert "<!-- bench_data:start -->" in text and "| target (issue 22) | threshold | measured | met |" in text
     assert bench_data.main(["--sizes", "10,x"]) == 2 and "comma-separated integers" in capsys.readouterr().err
     assert bench_data.main(["--source", str(tmp_path), "--sizes", "10"]) == 2 and "is not a file" in capsys.readouterr().err
+
+
+def test_bench_gpu_smoke_runs_every_configuration(tmp_path):
+    """scripts/bench_gpu.py --smoke (CPU, tiny BERT from a config): every configuration trains and is timed,
+    ClusterNS with its clustering on, the table names the device; the CUDA parts say they were skipped."""
+    out, md = tmp_path / "gpu.json", tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n")
+    assert bench_gpu.main(["--smoke", "--json", str(out), "--update_md", str(md), "--senteval_dir", str(tmp_path / "none")]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["runs"]) == {f"{c}/b8/fp32" for c in ("infonce", "clusterns", "mixcse", "diffcse", "prompt", "st")}
+    assert all(r["sentences_per_s"] > 0 for r in report["runs"].values())
+    assert report["runs"]["clusterns/b8/fp32"]["clustering_active"] is True
+    assert report["ratios"]["infonce_vs_st/b8/fp32"] > 0
+    assert "skipped" in report["sts_suite"] and report["cuda_tests"] == {"skipped": "no CUDA device"}
+    assert "<!-- bench_gpu:start -->" in md.read_text() and "CPU (smoke)" in md.read_text()
+
+
+def test_profile_step_attributes_the_step(tiny_bert, tmp_path):
+    """scripts/profile_step.py on a tiny model: the categories cover the step (they sum to its time), the linear
+    layers, the optimizer and the loss are found, and the section is written."""
+    out, md = tmp_path / "profile.json", tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n")
+    assert profile_step.main(["--model", str(tiny_bert), "--batch_size", "8", "--warmup", "1", "--steps", "2",
+                              "--threads", "1", "--json", str(out), "--update_md", str(md), "--markdown"]) == 0
+    report = json.loads(out.read_text())
+    ms = report["ms_per_step"]
+    assert sum(ms.values()) == pytest.approx(report["step_ms"], rel=1e-6)
+    for category in ("linear layers (mm/addmm)", "optimizer (AdamW)", "loss (logits, cross-entropy)", "gradient clipping"):
+        assert ms.get(category, 0) > 0, category
+    assert "<!-- profile_step:start -->" in md.read_text()
+    assert profile_step.main(["--steps", "0"]) == 2

@@ -205,8 +205,10 @@ if __name__ != "__main__":
         spec.append({"argv": [str(a) for a in ddp.eval_argv(assets, tiny_sts_dir, out / "run")], "out": str(out),
                      "record_writes": str(out / "run")})
         outs["eval"] = out
-        assert_ok(two_nodes([spec, spec], [root / "node0", root / "node1"]))
-        return {"records": {name: ddp.rank_records(out) for name, out in outs.items()}, "outs": outs, "corpus": dup_corpus}
+        results = two_nodes([spec, spec], [root / "node0", root / "node1"])
+        assert_ok(results)
+        return {"records": {name: ddp.rank_records(out) for name, out in outs.items()}, "outs": outs, "corpus": dup_corpus,
+                "stderr": [r.stderr for r in results]}
 
     @pytest.mark.parametrize("name", list(MULTINODE_RUNS))
     def test_two_nodes_equal_one_process(name, assets, multinode, tmp_path):
@@ -236,6 +238,11 @@ if __name__ != "__main__":
             assert plain["ids"][0].shape == single["ids"][0].shape
             assert any(abs(a - b) > 1e-4 for a, b in zip(plain["loss"], single["loss"]))
         ddp.assert_same_update(ranks, single, name)
+
+    def test_the_training_log_is_written_once(multinode):
+        """HF logs on every node's local rank 0 by default (--log_on_each_node); the run logs once, on rank 0."""
+        node0, node1 = multinode["stderr"]
+        assert "training corpus:" in node0 and "training corpus:" not in node1
 
     def test_only_global_rank_zero_evaluates_and_writes(multinode):
         r0, r1 = multinode["records"]["eval"]
