@@ -14,6 +14,7 @@ from clusterns.training.arguments import UsageError
 from clusterns.io import atomic_write_text
 from clusterns.training.checkpoints import CheckpointWriteError, describe_write_error
 from clusterns.training.data import CorpusError
+from clusterns.training.distributed import init_restarted_process_group
 from clusterns.training.nan_guard import NonFiniteLossError, NonFiniteWeightsError
 from clusterns.training.run import RUN_MARKER, build_run, fp16_without_gpu, parse_args, run_marker, without_flag
 from clusterns.training.output_storage import check_output_storage
@@ -37,6 +38,7 @@ def train_main(argv: list[str] | None = None) -> dict:
 
 def _train(argv: list[str] | None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
+    init_restarted_process_group(argv)  # a torchrun restart: the process group under fresh store keys
     parsed = parse_args(argv)
     if fp16_without_gpu(parsed[-1]):
         # SimCSE's command lines pass --fp16; without a GPU there is no fp16 autocast (HF would stop): say so, go on

@@ -18,6 +18,8 @@ under DDP was 1/W of the single-process one.)
 """
 from __future__ import annotations
 
+import datetime
+import os
 import shlex
 
 import torch
@@ -129,3 +131,41 @@ def check_no_data_parallel(n_gpu: int, argv: list[str] | None = None, script: st
     """Raise ValueError when the HF Trainer would use nn.DataParallel (n_gpu > 1 in one process)."""
     if n_gpu > 1:
         raise ValueError(data_parallel_message(n_gpu, argv, script))
+
+
+# ---- torchrun restarts ------------------------------------------------------------------------------
+
+def flag_value(argv: list[str], name: str) -> str | None:
+    """The value of `--name V` / `--name=V` in argv (the last one), None when absent."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def init_restarted_process_group(argv: list[str]) -> bool:
+    """After a torchrun restart, create the default process group under a key prefix of the restart count.
+
+    torchrun's c10d rendezvous keeps one TCPStore for the workers of every restart round, and the process group
+    writes its keys (each rank's gloo/NCCL address) under the same names each time: a restarted rank that reads a
+    peer's key before the peer has rewritten it gets the dead group's address and fails ("Connection refused").
+    Transformers then finds the group initialised and uses it. Returns True when it created the group; False when
+    not under a restart (nothing to do: the first launch has a clean store)."""
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if restarts == 0 or "RANK" not in os.environ or not dist.is_available() or dist.is_initialized():
+        return False
+    timeout = datetime.timedelta(seconds=int(flag_value(argv, "--ddp_timeout") or 1800))
+    backend = flag_value(argv, "--ddp_backend")
+    if backend is None:
+        on_cpu = flag_value(argv, "--use_cpu") not in (None, "false", "False") or "--use_cpu" in argv
+        backend = "nccl" if torch.cuda.is_available() and not on_cpu else "gloo"
+    store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend, store=dist.PrefixStore(f"clusterns-restart-{restarts}", store), rank=rank,
+                            world_size=world, timeout=timeout)
+    return True
+

@@ -135,3 +135,16 @@ def test_fp32_region_turns_tf32_off_and_restores(monkeypatch):
         with precision.fp32_region("cpu"):
             assert (a @ a).dtype == torch.float32
         assert (a @ a).dtype == torch.bfloat16
+
+
+def test_restart_process_group_reads_the_backend_flags(monkeypatch):
+    from clusterns.training import distributed as D
+
+    assert D.flag_value(["--ddp_backend", "gloo", "--x"], "--ddp_backend") == "gloo"
+    assert D.flag_value(["--ddp_timeout=60"], "--ddp_timeout") == "60"
+    assert D.flag_value(["--other"], "--ddp_backend") is None
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    assert D.init_restarted_process_group(["--use_cpu"]) is False  # a first launch: nothing to do
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    monkeypatch.delenv("RANK", raising=False)
+    assert D.init_restarted_process_group(["--use_cpu"]) is False  # not under torchrun
