@@ -3,7 +3,7 @@
     python scripts/profile_step.py --train_file ../shared/data/corpus/en_sentences.txt --markdown --update_md BENCHMARKS.md
 
 The run is train.py's (clusterns.training.run.build_run: MiniLM by default, --objective infonce, batch 64, length
-32, AdamW, gradient clipping at 1.0 as HF's default); after --warmup steps the profiler records --steps steps. Each
+32, AdamW, gradient clipping at 1.0 as HF's default); after --warmup steps the profiler records --steps steps, then as many run without it (their time is reported beside). Each
 profiler event's *self* time (its duration minus its children's) goes to one category: the labelled region it
 runs in (collation, gradient clipping, the optimizer step, the loss, the packing gathers/scatters) or else its
 operator (matrix products of the linear layers; attention math: the batched products, softmax and masking of
@@ -44,7 +44,7 @@ LINEAR_OPS = ("aten::mm", "aten::addmm", "aten::linear", "aten::matmul", "aten::
 ATTENTION_OPS = ("aten::bmm", "aten::baddbmm", "aten::_softmax", "aten::_softmax_backward_data", "aten::_safe_softmax",
                  "aten::scaled_dot_product_attention", "aten::_scaled_dot_product", "aten::masked_fill")
 EMBEDDING_OPS = ("aten::embedding", "aten::embedding_backward", "aten::embedding_dense_backward")
-ELEMENTWISE_OPS = ("aten::native_layer_norm", "aten::layer_norm", "aten::native_layer_norm_backward", "aten::gelu",
+ELEMENTWISE_OPS = ("aten::bernoulli_", "aten::native_layer_norm", "aten::layer_norm", "aten::native_layer_norm_backward", "aten::gelu",
                    "aten::gelu_backward", "aten::native_dropout", "aten::native_dropout_backward", "aten::dropout",
                    "aten::add", "aten::add_", "aten::mul", "aten::mul_", "aten::div", "aten::sub", "aten::tanh",
                    "aten::tanh_backward", "aten::sum", "aten::copy_", "aten::clone", "aten::contiguous", "aten::fill_",
@@ -65,7 +65,7 @@ def category_of_op(name: str) -> str:
         return ORDER[1]
     if name.startswith(EMBEDDING_OPS):
         return ORDER[3]
-    if name in ELEMENTWISE_OPS or name.startswith(("aten::native_layer_norm", "aten::gelu", "aten::native_dropout")):
+    if name in ELEMENTWISE_OPS or name.startswith(("aten::native_layer_norm", "aten::gelu", "aten::native_dropout", "aten::bernoulli")):
         return ORDER[2]
     if name.startswith("aten::"):
         return ORDER[9]
@@ -118,11 +118,11 @@ def profile(a) -> dict:
     from clusterns.training.run import build_run
 
     torch.set_num_threads(a.threads)
-    sentences = load_sentences(a.train_file, (a.warmup + a.steps) * a.batch_size)
+    sentences = load_sentences(a.train_file, (a.warmup + 2 * a.steps) * a.batch_size)
     out_dir = tempfile.mkdtemp(prefix="profile_step_")
     argv = ["--model_name_or_path", a.model, "--objective", a.objective, "--max_seq_length", str(a.max_seq_length),
             "--output_dir", out_dir, "--overwrite_output_dir", "--use_cpu", "--per_device_train_batch_size", str(a.batch_size),
-            "--max_steps", str(a.warmup + a.steps), "--learning_rate", "3e-5", "--save_strategy", "no", "--eval_strategy", "no",
+            "--max_steps", str(a.warmup + 2 * a.steps), "--learning_rate", "3e-5", "--save_strategy", "no", "--eval_strategy", "no",
             "--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "1000000", "--dataloader_drop_last",
             "--dataloader_num_workers", "0", "--seed", "42"]
 
@@ -139,6 +139,9 @@ def profile(a) -> dict:
             if trainer_state.global_step == a.warmup + a.steps and state["profiler"] is not None:
                 state["wall"] = time.perf_counter() - state["start"]
                 state["profiler"].__exit__(None, None, None)
+                state["plain_start"] = time.perf_counter()  # as many steps again without the profiler
+            if trainer_state.global_step == a.warmup + 2 * a.steps:
+                state["plain_wall"] = time.perf_counter() - state["plain_start"]
 
     # The labelled regions: the packing index and gathers (module functions the packed layers call), collation,
     # the objective, gradient clipping.
@@ -166,6 +169,7 @@ def profile(a) -> dict:
     return {"model": a.model, "objective": a.objective, "batch_size": a.batch_size, "max_seq_length": a.max_seq_length,
             "warmup": a.warmup, "steps": a.steps, "threads": a.threads, "sentences": a.train_file or "built-in set",
             "step_ms": wall_us / a.steps / 1e3, "ms_per_step": per_step,
+            "unprofiled_step_ms": state["plain_wall"] / a.steps * 1e3,
             "top_ops": [(e.key, e.self_cpu_time_total / a.steps / 1e3) for e in
                         sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]]}
 
@@ -180,8 +184,10 @@ def markdown(report: dict) -> str:
         f"Machine: {report['machine'].get('cpu', '?')}, {report['machine'].get('cores', '?')} cores, torch "
         f"{report['machine'].get('torch', '?')} ({report['threads']} threads); model `{os.path.basename(report['model'].rstrip('/'))}`, "
         f"--objective {report['objective']}, batch {report['batch_size']}, max length {report['max_seq_length']}, "
-        f"{report['steps']} profiled steps after {report['warmup']} warm-up; step {step:.0f} ms under the profiler "
-        "(its bookkeeping slows the step by a few per cent). Self time per category (scripts/profile_step.py docstring):",
+        f"{report['steps']} profiled steps after {report['warmup']} warm-up; step {step:.0f} ms under the profiler, "
+        f"{report['unprofiled_step_ms']:.0f} ms in the {report['steps']} steps after it without (the profiler's bookkeeping "
+        "and its slower operators: the shares below are of the profiled step). Self time per category "
+        "(scripts/profile_step.py docstring):",
         "",
         "| category | ms per step | share of the step |",
         "|---|---|---|",
