@@ -140,14 +140,15 @@ def rank_records(out: Path) -> list[dict]:
     return [torch.load(Path(out) / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
-def driver_main(spec_file: str) -> None:
-    """torchrun entry point: every run of the spec, on this rank; results in <out>/rank<r>.pt."""
+def driver_main(spec_file: str, run_one=None) -> None:
+    """torchrun entry point: every run of the spec, on this rank; results in <out>/rank<r>.pt. run_one(run) -> record
+    (default: run_recorded(run["argv"]); test_multinode.py adds its own around it)."""
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
     for run in json.loads(Path(spec_file).read_text()):
-        record = run_recorded(run["argv"])
+        record = run_one(run) if run_one is not None else run_recorded(run["argv"])
         torch.save(record, Path(run["out"]) / f"rank{rank}.pt")
     if dist.is_initialized():
         dist.barrier()

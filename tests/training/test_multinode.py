@@ -4,9 +4,9 @@ one process on the global batch; only the global rank 0 evaluates and writes (no
 both nodes; torchrun --max-restarts resumes a group whose worker was SIGKILLed after a checkpoint and ends on the
 uninterrupted run's weights; --mask_duplicates under DDP equals one process.
 
-torchrun runs this file as a script (driver_main): the runs of a spec file, each rank's record saved as
-<out>/rank<RANK>.pt (test_ddp_equivalence.py's recorder), optionally killing itself after a checkpoint or
-recording which files it wrote.
+torchrun runs this file as a script (test_ddp_equivalence.py's driver and recorder): the runs of a spec file, each
+rank's record saved as <out>/rank<RANK>.pt, optionally killing itself after a checkpoint or recording which files it
+wrote (run_one).
 """
 from __future__ import annotations
 
@@ -97,25 +97,18 @@ def killed_after_checkpoint(rank: int, step: int):
         T.ContrastiveTrainer._save_checkpoint = original
 
 
-def driver_main(spec_file: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    rank = int(os.environ["RANK"])
-    for run in json.loads(Path(spec_file).read_text()):
-        writes: list[str] = []
-        with contextlib.ExitStack() as stack:
-            if run.get("kill"):
-                stack.enter_context(killed_after_checkpoint(**run["kill"]))
-            if run.get("record_writes"):
-                stack.enter_context(recording_writes(run["record_writes"], writes))
-            record = ddp.run_recorded(run["argv"])
-        record["writes"] = writes
-        record["restart_count"] = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-        torch.save(record, Path(run["out"]) / f"rank{rank}.pt")
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+def run_one(run: dict) -> dict:
+    """One run of the spec under the driver's options: a kill after a checkpoint, a record of the files written."""
+    writes: list[str] = []
+    with contextlib.ExitStack() as stack:
+        if run.get("kill"):
+            stack.enter_context(killed_after_checkpoint(**run["kill"]))
+        if run.get("record_writes"):
+            stack.enter_context(recording_writes(run["record_writes"], writes))
+        record = ddp.run_recorded(run["argv"])
+    record["writes"] = writes
+    record["restart_count"] = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    return record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,4 +308,4 @@ if __name__ != "__main__":
 
 
 if __name__ == "__main__":
-    driver_main(sys.argv[1])
+    ddp.driver_main(sys.argv[1], run_one)
