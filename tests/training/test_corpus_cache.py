@@ -65,3 +65,23 @@ def test_preprocessing_num_workers_range_is_checked(value, tiny_bert, tiny_corpu
     with pytest.raises(SystemExit) as exit_info:
         train_main(argv)
     assert exit_info.value.code == 2 and "--preprocessing_num_workers must be >= 1" in capsys.readouterr().err
+
+
+def test_cached_files_have_large_record_batches(tiny_bert, tmp_path):
+    """Every record batch header of a cached file is visited (through the memory map) when it is loaded; datasets'
+    1000-row default made a cached corpus map a large share of its pages at each load. 25k lines -> a few batches."""
+    import pyarrow as pa
+    from transformers import AutoTokenizer
+
+    from clusterns.training import data as data_module
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("".join(f"sentence {i} .\n" + ("\n" if i % 1000 == 0 else "") for i in range(25_000)))
+    ds = load_corpus(str(corpus))
+    tokenized = tokenize_corpus(ds, AutoTokenizer.from_pretrained(tiny_bert), 16)
+    files = [c["filename"] for c in tokenized.cache_files] + [c["filename"] for c in ds.cache_files]
+    assert len(files) >= 2
+    for path in files:
+        batches = pa.ipc.open_stream(pa.memory_map(path)).read_all().to_batches()
+        limit = max(1, 25_000 // data_module.TOKENIZED_WRITER_BATCH_ROWS + 1)
+        assert len(batches) <= limit, f"{path}: {len(batches)} record batches of {[b.num_rows for b in batches][:5]}... rows"
