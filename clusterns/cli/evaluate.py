@@ -168,11 +168,11 @@ class CachedBatcher:
         show = (sys.stderr.isatty() if disabled is None else not disabled) and len(sentences) > self.batch_size
         if not self.use_cache:
             return self.encoder.encode(sentences, batch_size=self.batch_size, max_seq_length=self.max_seq_length,
-                                       show_progress_bar=show, precision=self.precision)
+                                       show_progress_bar=show, autocast_precision=self.precision)
         missing = [s for s in dict.fromkeys(sentences) if s not in self.cache]
         if missing:
             emb = self.encoder.encode(missing, batch_size=self.batch_size, max_seq_length=self.max_seq_length,
-                                      show_progress_bar=show, precision=self.precision)
+                                      show_progress_bar=show, autocast_precision=self.precision)
             self.cache.update(zip(missing, emb))
         return np.stack([self.cache[s] for s in sentences])
 

@@ -318,22 +318,26 @@ class SentenceEncoder(nn.Module):
         device: str | torch.device | None = None,
         max_seq_length: int | None = None,
         normalize: bool | None = None,
-        precision: str = "fp32",
+        autocast_precision: str = "fp32",
+        precision: str = "float32",
         **kwargs: Any,
     ) -> np.ndarray | Tensor:
         """Embed sentences in input order, sentence-transformers' signature (MTEB can call it).
 
         Batches are formed over length-sorted inputs so padding is minimal; the model is put in
-        eval mode for the call and restored afterwards. precision: `fp32` (default), `bf16`, `fp16` (CUDA) or
-        `auto` (bf16 / fp16 on a CUDA GPU, fp32 on the CPU): the encoder runs under autocast, the returned
-        vectors are fp32."""
+        eval mode for the call and restored afterwards. autocast_precision: `fp32` (default), `bf16`, `fp16` (CUDA)
+        or `auto` (bf16 / fp16 on a CUDA GPU, fp32 on the CPU): the encoder runs under autocast, the returned
+        vectors are fp32. precision: sentence-transformers' output quantization; only `float32` (what MTEB passes)."""
         if normalize is not None:
             normalize_embeddings = normalize
         single = isinstance(sentences, str)
         sentences = [sentences] if single else list(sentences)
         if device is not None:
             self.to(device)
-        precision = resolve_precision(precision, self.device.type)
+        if precision != "float32":
+            raise ValueError(f"precision={precision!r}: quantized embeddings are not produced here; encode in float32 and "
+                             "use sentence_transformers.quantize_embeddings (autocast_precision= sets the compute precision)")
+        autocast_precision = resolve_precision(autocast_precision, self.device.type, flag="autocast_precision")
         was_training = self.training
         self.eval()
         try:
@@ -347,7 +351,7 @@ class SentenceEncoder(nn.Module):
                 idx = order[start : start + batch_size]
                 batch = self.tokenizer.pad({k: [features[k][i] for i in idx] for k in features}, return_tensors="pt")
                 batch = {k: v.to(self.device) for k, v in batch.items()}
-                with inference_autocast(precision, self.device.type):
+                with inference_autocast(autocast_precision, self.device.type):
                     pooled = self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
                 out.append(pooled.float())
             if not out:

@@ -200,6 +200,8 @@ def test_encode_accepts_the_sentence_transformers_and_mteb_keywords(tiny_bert):
     tensor = encoder.encode(SENTENCES, convert_to_tensor=True)
     assert isinstance(tensor, torch.Tensor) and tensor.shape == (5, encoder.hidden_size)
     assert encoder.encode("dog").shape == (encoder.hidden_size,)
+    with pytest.raises(ValueError, match="quantized embeddings are not produced here"):  # never silently float32
+        encoder.encode(SENTENCES, precision="int8")
 
 
 @pytest.mark.slow

@@ -28,14 +28,14 @@ def test_encode_bf16_runs_under_autocast_and_returns_fp32(tiny_bert):
     encoder = SentenceEncoder.from_pretrained(str(tiny_bert), pooler="avg")
     sentences = ["a man is playing a guitar .", "the dog runs in the street", "two people are sitting on a bus ."]
     full = encoder.encode(sentences)
-    half = encoder.encode(sentences, precision="bf16")
+    half = encoder.encode(sentences, autocast_precision="bf16")
     assert half.dtype == np.float32 and half.shape == full.shape
     assert not np.array_equal(half, full), "bf16 autocast changed nothing: it did not run"
     cos = (half * full).sum(1) / np.linalg.norm(half, axis=1) / np.linalg.norm(full, axis=1)
     assert cos.min() > 0.99
-    assert np.array_equal(encoder.encode(sentences, precision="auto"), full)  # auto is fp32 on the CPU
-    with pytest.raises(ValueError, match="precision fp16 needs a CUDA GPU"):
-        encoder.encode(sentences, precision="fp16")
+    assert np.array_equal(encoder.encode(sentences, autocast_precision="auto"), full)  # auto is fp32 on the CPU
+    with pytest.raises(ValueError, match="autocast_precision fp16 needs a CUDA GPU"):
+        encoder.encode(sentences, autocast_precision="fp16")
 
 
 STSB_FP32 = 82.0325  # test_evaluation_cli.HARNESS_MINILM: MiniLM (avg) on STS-B test, fp32

@@ -19,8 +19,8 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 def test_encode_auto_precision_on_cuda_is_close_to_fp32(tiny_bert):
     encoder = SentenceEncoder.from_pretrained(str(tiny_bert), pooler="avg", device="cuda")
     sentences = ["a man is playing a guitar .", "the dog runs in the street", "two people are sitting on a bus ."] * 20
-    full = encoder.encode(sentences, precision="fp32")
-    half = encoder.encode(sentences, precision="auto")
+    full = encoder.encode(sentences, autocast_precision="fp32")
+    half = encoder.encode(sentences, autocast_precision="auto")
     assert resolve_precision("auto", "cuda") in ("bf16", "fp16") and half.dtype == np.float32
     cos = (half * full).sum(1) / np.linalg.norm(half, axis=1) / np.linalg.norm(full, axis=1)
     assert cos.min() > 0.99
