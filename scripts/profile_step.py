@@ -112,12 +112,22 @@ def wrap(function, name: str):
 
 def profile(a) -> dict:
     import torch
+
+    threads = torch.get_num_threads()  # restored at the end: the caller (a test) keeps its own
+    torch.set_num_threads(a.threads)
+    try:
+        return _profile(a)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _profile(a) -> dict:
+    import torch
     from transformers import TrainerCallback
 
     from clusterns.modeling import packing
     from clusterns.training.run import build_run
 
-    torch.set_num_threads(a.threads)
     sentences = load_sentences(a.train_file, (a.warmup + 2 * a.steps) * a.batch_size)
     out_dir = tempfile.mkdtemp(prefix="profile_step_")
     argv = ["--model_name_or_path", a.model, "--objective", a.objective, "--max_seq_length", str(a.max_seq_length),

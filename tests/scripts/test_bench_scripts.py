@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "bench_train.py"
@@ -217,6 +218,7 @@ def test_profile_step_attributes_the_step(tiny_bert, tmp_path):
     layers, the optimizer and the loss are found, and the section is written."""
     out, md = tmp_path / "profile.json", tmp_path / "BENCHMARKS.md"
     md.write_text("# Benchmarks\n")
+    threads = torch.get_num_threads()
     assert profile_step.main(["--model", str(tiny_bert), "--batch_size", "8", "--warmup", "1", "--steps", "2",
                               "--threads", "1", "--json", str(out), "--update_md", str(md), "--markdown"]) == 0
     report = json.loads(out.read_text())
@@ -225,4 +227,6 @@ def test_profile_step_attributes_the_step(tiny_bert, tmp_path):
     for category in ("linear layers (mm/addmm)", "optimizer (AdamW)", "loss (logits, cross-entropy)", "gradient clipping"):
         assert ms.get(category, 0) > 0, category
     assert "<!-- profile_step:start -->" in md.read_text()
+    # the caller's thread count is restored (a test process left at 1 thread made later resume tests inexact)
+    assert torch.get_num_threads() == threads
     assert profile_step.main(["--steps", "0"]) == 2
