@@ -146,6 +146,14 @@ def flag_value(argv: list[str], name: str) -> str | None:
     return value
 
 
+def switch_given(argv: list[str], name: str) -> bool:
+    """Whether a boolean flag is on: `--name`, `--name true` or `--name=true` (HF's spellings); `false` / `0` turn it off."""
+    value = flag_value(argv, name)
+    if value is None or value.startswith("--"):
+        return name in argv
+    return value.lower() not in ("false", "0", "no")
+
+
 def init_restarted_process_group(argv: list[str]) -> bool:
     """After a torchrun restart, create the default process group under a key prefix of the restart count.
 
@@ -160,7 +168,7 @@ def init_restarted_process_group(argv: list[str]) -> bool:
     timeout = datetime.timedelta(seconds=int(flag_value(argv, "--ddp_timeout") or 1800))
     backend = flag_value(argv, "--ddp_backend")
     if backend is None:
-        on_cpu = flag_value(argv, "--use_cpu") not in (None, "false", "False") or "--use_cpu" in argv
+        on_cpu = switch_given(argv, "--use_cpu")
         backend = "nccl" if torch.cuda.is_available() and not on_cpu else "gloo"
     store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
     if backend == "nccl":

@@ -143,6 +143,9 @@ def test_restart_process_group_reads_the_backend_flags(monkeypatch):
     assert D.flag_value(["--ddp_backend", "gloo", "--x"], "--ddp_backend") == "gloo"
     assert D.flag_value(["--ddp_timeout=60"], "--ddp_timeout") == "60"
     assert D.flag_value(["--other"], "--ddp_backend") is None
+    assert D.switch_given(["--use_cpu"], "--use_cpu") and D.switch_given(["--use_cpu", "--x"], "--use_cpu")
+    assert D.switch_given(["--use_cpu=true"], "--use_cpu") and not D.switch_given(["--use_cpu", "false"], "--use_cpu")
+    assert not D.switch_given(["--use_cpu=False"], "--use_cpu") and not D.switch_given([], "--use_cpu")
     monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
     assert D.init_restarted_process_group(["--use_cpu"]) is False  # a first launch: nothing to do
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
