@@ -78,7 +78,7 @@ def preprocess_worker(job: dict) -> dict:
     with AnonymousPeak() as anon:
         start = time.perf_counter()
         tokenizer = AutoTokenizer.from_pretrained(job["model"])
-        corpus = load_corpus(job["corpus"], num_proc=job["workers"])
+        corpus = load_corpus(job["corpus"])
         tokenized = tokenize_corpus(corpus, tokenizer, job["max_seq_length"], job["workers"])
         seconds = time.perf_counter() - start
     return {"seconds": seconds, "rows": len(tokenized), "peak_rss_mb": peak_mb(), "peak_anon_mb": anon.peak_kb / 1024}

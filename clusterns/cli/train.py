@@ -16,7 +16,8 @@ from clusterns.training.checkpoints import CheckpointWriteError, describe_write_
 from clusterns.training.data import CorpusError
 from clusterns.training.distributed import init_restarted_process_group
 from clusterns.training.nan_guard import NonFiniteLossError, NonFiniteWeightsError
-from clusterns.training.run import RUN_MARKER, build_run, fp16_without_gpu, parse_args, run_marker, without_flag
+from clusterns.training.argv import without_flag
+from clusterns.training.run import RUN_MARKER, build_run, fp16_without_gpu, parse_args, run_marker
 from clusterns.training.output_storage import check_output_storage
 from clusterns.training.run_lock import OutputDirLock, OutputDirLockedError
 

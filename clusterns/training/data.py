@@ -1,67 +1,40 @@
-"""Training data: corpus loading (txt / csv / tsv / json) with `datasets`, tokenization, the view collator.
+"""Training data: corpus loading (txt / csv / tsv / json), tokenization, the view collator.
 
-Tokenization happens once, in `datasets.map` (cached on disk beside the datasets cache); the
-collator only pads, so each batch is padded to its own longest sentence (dynamic padding).
+Tokenization happens once and is cached on disk: one-sentence-a-line files line by line (text_corpus.py), tables
+with `datasets.map` beside the datasets cache. The collator only pads, so each batch is padded to its own longest
+sentence (dynamic padding).
 """
 from __future__ import annotations
 
-import codecs
 import contextlib
 import csv
-import errno
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import pyarrow as pa
 import torch
-from datasets import load_dataset
+from datasets import Dataset, load_dataset
 from torch.nn.utils.rnn import pad_sequence
+
+from clusterns.training.text_corpus import (TOKENIZED_WRITER_BATCH_ROWS, CorpusError, TextCorpus, check_corpus_path,
+                                            check_text_corpus, is_blank)
 
 logger = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = {".txt", ".text"}
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 JSON_SUFFIXES = {".json", ".jsonl"}
-ROLES = ("sent0", "sent1", "hard_neg")
-SENTENCE_KEYS = "sentence_keys"  # the collator's batch key under --mask_duplicates  # anchor, positive, hard negative (SimCSE's nli csv header)
+ROLES = ("sent0", "sent1", "hard_neg")  # anchor, positive, hard negative (SimCSE's nli csv header)
+SENTENCE_KEYS = "sentence_keys"  # the collator's batch key under --mask_duplicates
 
 
-# Characters that print as nothing: zero-width space / non-joiner / joiner, word joiner, BOM. A line of only these
-# (and whitespace, which includes the no-break space) is blank.
-INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
-
-
-class CorpusError(ValueError):
-    """A training file that cannot be used, with the file (and line) named in the message."""
-
-
-def is_blank(text) -> bool:
-    return not isinstance(text, str) or not text.translate(INVISIBLE).strip()
-
-
-def check_corpus_path(path: str) -> None:
-    if os.path.isdir(path):
-        raise CorpusError(f"--train_file {path!r} is a folder; give the corpus file inside it (.txt, .csv, .tsv, .json, .jsonl)")
-    try:
-        os.stat(path)
-    except OSError as err:
-        if os.path.islink(path):
-            problem = "is a symbolic link loop" if err.errno == errno.ELOOP else f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
-            raise CorpusError(f"--train_file {path!r} {problem}; give the corpus file itself") from None
-        raise CorpusError(f"--train_file {path!r} does not exist") from None
-    if not os.path.isfile(path):
-        raise CorpusError(f"--train_file {path!r} is not a regular file")
-
-
-# Rows per Arrow record batch of the cached files (the writer's batch, and for filter / map the function's batch,
-# which is what they write as one record batch). Reading a cached file visits every batch's header through the
-# memory map, and the kernel maps the pages around each visit: with datasets' default 1000-row batches a cached 5M-line
-# corpus mapped 221 MB of its 921 MB token file and all of its 40 MB filter index into the process at every load;
-# 10k-row and 100k-row batches map a tenth and a hundredth of that.
-TEXT_WRITER_BATCH_ROWS = 100_000
-TOKENIZED_WRITER_BATCH_ROWS = 10_000
+# Rows per Arrow record batch of the cached csv/json files (the writer's batch, and for `map` the function's batch,
+# which is what it writes as one record batch). Reading a cached file visits every batch's header through the memory
+# map, and the kernel maps the pages around each visit: datasets' 1000-row default mapped a large share of a cached
+# corpus at every load; 10k-row and 100k-row batches map a tenth and a hundredth of that.
+TABLE_WRITER_BATCH_ROWS = 100_000
 
 
 @contextlib.contextmanager
@@ -76,81 +49,21 @@ def system_arrow_allocator():
         pa.set_memory_pool(previous)
 
 
-SCAN_CHUNK_BYTES = 1 << 22  # the validation pass reads the file in 4 MB chunks: constant memory at any size
-
-
-def check_text_corpus(path: str) -> None:
-    """Check a one-sentence-a-line file before `datasets` reads it: not empty, valid UTF-8, no NUL byte.
-
-    Streams the bytes in 4 MB chunks (constant memory: corpora larger than RAM pass), so that invalid UTF-8 and NUL bytes
-    are reported with their line number instead of surfacing as a decoding error deep inside `datasets`;
-    only a bad file is read a second time, line by line, to find the line."""
-    check_corpus_path(path)
-    if os.path.getsize(path) == 0:
-        raise CorpusError(f"--train_file {path!r} is empty")
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    with open(path, "rb") as f:
-        while chunk := f.read(SCAN_CHUNK_BYTES):
-            try:
-                decoder.decode(chunk, final=False)
-            except UnicodeDecodeError:
-                locate_bad_line(path)
-            if b"\x00" in chunk:
-                locate_bad_line(path)
-    try:
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError:  # the file ends inside a multi-byte character
-        locate_bad_line(path)
-
-
-def text_lines(f) -> Iterator[bytes]:
-    """The lines of a binary file as `datasets`' text loader counts them: \\n, \\r\\n and \\r end a line."""
-    for raw in f:
-        raw = raw.removesuffix(b"\n").removesuffix(b"\r")
-        yield from raw.split(b"\r")
-
-
-def locate_bad_line(path: str) -> None:
-    """Raise CorpusError naming the first line of `path` with a NUL byte or invalid UTF-8."""
-    with open(path, "rb") as f:
-        for number, line in enumerate(text_lines(f), start=1):
-            if b"\x00" in line:
-                raise CorpusError(f"{path}:{number}: NUL byte in the line (is this a binary file?)")
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise CorpusError(f"{path}:{number}: invalid UTF-8 at byte {err.start} of the line ({err.reason})") from None
-    raise CorpusError(f"{path}: invalid UTF-8 at the end of the file (a truncated multi-byte character)")
-
-
-def drop_blank_lines(batch: dict) -> list[bool]:
-    return [not is_blank(t) for t in batch["text"]]
-
-
-def load_corpus(path: str, sentence_columns: str | None = None, cache_dir: str | None = None, num_proc: int | None = None):
-    """Load a training file as a `datasets.Dataset` whose columns are a prefix of ROLES.
+def load_corpus(path: str, sentence_columns: str | None = None, cache_dir: str | None = None) -> TextCorpus | Dataset:
+    """Load a training file, with columns a prefix of ROLES: a `TextCorpus` (one sentence a line, tokenized as it is
+    read) or a `datasets.Dataset` (csv / tsv / json / jsonl, in datasets' Arrow cache).
 
     One column: unsupervised (the sentence becomes both views). Two: positive pairs. Three:
-    pairs with a hard negative (SimCSE's supervised format). num_proc: processes of the blank-line filter
-    (--preprocessing_num_workers)."""
+    pairs with a hard negative (SimCSE's supervised format)."""
 
     if not path:
         raise CorpusError("--train_file is required (a .txt, .csv, .tsv, .json or .jsonl file)")
     suffix = os.path.splitext(path)[1].lower()
     if suffix in TEXT_SUFFIXES:
+        # Checked in one streaming pass; read line by line when tokenized (text_corpus.py): never held in memory
+        # nor memory-mapped, whatever its size.
         check_text_corpus(path)
-        # `datasets` streams the file into its memory-mapped Arrow cache (reused by the next run of the same
-        # file): the corpus is never held as Python objects.
-        with system_arrow_allocator():
-            ds = load_dataset("text", data_files={"train": path}, cache_dir=cache_dir, writer_batch_size=TEXT_WRITER_BATCH_ROWS)["train"]
-            lines = len(ds)
-            ds = ds.filter(drop_blank_lines, batched=True, batch_size=TEXT_WRITER_BATCH_ROWS, num_proc=num_proc,
-                           writer_batch_size=TEXT_WRITER_BATCH_ROWS, desc="Dropping blank lines")
-        if len(ds) == 0:
-            raise CorpusError(f"--train_file {path!r} has {lines} lines, all blank (whitespace or invisible characters only)")
-        if len(ds) < lines:
-            logger.warning("%s: skipped %d blank line(s); %d sentences kept", path, lines - len(ds), len(ds))
-        return ds.rename_column("text", "sent0")
+        return TextCorpus(path, cache_dir)
     check_corpus_path(path)
     if os.path.getsize(path) == 0:
         raise CorpusError(f"--train_file {path!r} is empty")
@@ -159,9 +72,9 @@ def load_corpus(path: str, sentence_columns: str | None = None, cache_dir: str |
             # TSV has no quoting convention (a cell may start with a quote, as in STS-B): read quotes as text.
             quoting = {"quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
             ds = load_dataset("csv", data_files={"train": path}, delimiter=CSV_SUFFIXES[suffix], cache_dir=cache_dir,
-                              writer_batch_size=TEXT_WRITER_BATCH_ROWS, **quoting)["train"]
+                              writer_batch_size=TABLE_WRITER_BATCH_ROWS, **quoting)["train"]
         elif suffix in JSON_SUFFIXES:
-            ds = load_dataset("json", data_files={"train": path}, cache_dir=cache_dir, writer_batch_size=TEXT_WRITER_BATCH_ROWS)["train"]
+            ds = load_dataset("json", data_files={"train": path}, cache_dir=cache_dir, writer_batch_size=TABLE_WRITER_BATCH_ROWS)["train"]
         else:
             raise CorpusError(f"--train_file {path!r}: unsupported extension {suffix!r} (use .txt, .csv, .tsv, .json, .jsonl)")
     except CorpusError:
@@ -249,15 +162,19 @@ def tokenize_function(tokenizer, max_seq_length: int, views_function: Callable[[
     return tokenize
 
 
-def tokenize_corpus(dataset, tokenizer, max_seq_length: int, num_proc: int | None = None, overwrite_cache: bool = False,
-                    views_function: Callable[[dict], dict] | None = None):
+def tokenize_corpus(corpus: TextCorpus | Dataset, tokenizer, max_seq_length: int, num_proc: int | None = None,
+                    overwrite_cache: bool = False, views_function: Callable[[dict], dict] | None = None) -> Dataset:
+    """`<role>_ids` rows of a loaded corpus, cached on disk; num_proc: --preprocessing_num_workers."""
+    function = tokenize_function(tokenizer, max_seq_length, views_function)
+    if isinstance(corpus, TextCorpus):
+        return corpus.tokenize(function, num_proc, overwrite_cache)
     with system_arrow_allocator():
-        return dataset.map(
-            tokenize_function(tokenizer, max_seq_length, views_function),
+        return corpus.map(
+            function,
             batched=True,
             batch_size=TOKENIZED_WRITER_BATCH_ROWS,
             num_proc=num_proc,
-            remove_columns=dataset.column_names,
+            remove_columns=corpus.column_names,
             load_from_cache_file=not overwrite_cache,
             writer_batch_size=TOKENIZED_WRITER_BATCH_ROWS,
             desc="Tokenizing",

@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from clusterns.training.argv import flag_value, switch_given
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -135,25 +137,6 @@ def check_no_data_parallel(n_gpu: int, argv: list[str] | None = None, script: st
 
 # ---- torchrun restarts ------------------------------------------------------------------------------
 
-def flag_value(argv: list[str], name: str) -> str | None:
-    """The value of `--name V` / `--name=V` in argv (the last one), None when absent."""
-    value = None
-    for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(name + "="):
-            value = arg.split("=", 1)[1]
-    return value
-
-
-def switch_given(argv: list[str], name: str) -> bool:
-    """Whether a boolean flag is on: `--name`, `--name true` or `--name=true` (HF's spellings); `false` / `0` turn it off."""
-    value = flag_value(argv, name)
-    if value is None or value.startswith("--"):
-        return name in argv
-    return value.lower() not in ("false", "0", "no")
-
-
 def init_restarted_process_group(argv: list[str]) -> bool:
     """After a torchrun restart, create the default process group under a key prefix of the restart count.
 
@@ -165,10 +148,10 @@ def init_restarted_process_group(argv: list[str]) -> bool:
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
     if restarts == 0 or "RANK" not in os.environ or not dist.is_available() or dist.is_initialized():
         return False
-    timeout = datetime.timedelta(seconds=int(flag_value(argv, "--ddp_timeout") or 1800))
-    backend = flag_value(argv, "--ddp_backend")
+    timeout = datetime.timedelta(seconds=int(flag_value(argv, "ddp_timeout") or 1800))
+    backend = flag_value(argv, "ddp_backend")
     if backend is None:
-        on_cpu = switch_given(argv, "--use_cpu")
+        on_cpu = switch_given(argv, "use_cpu")
         backend = "nccl" if torch.cuda.is_available() and not on_cpu else "gloo"
     store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
     if backend == "nccl":

@@ -40,6 +40,7 @@ from clusterns.objectives import (
 )
 from clusterns.objectives.masked_lm import MaskedLMArguments, MLMBatchMasking, build_masked_lm
 from clusterns.precision import auto_mixed_precision_flag, configure_tf32
+from clusterns.training.argv import given_flags
 from clusterns.training.arguments import (
     ContrastiveTrainingArguments,
     DataTrainingArguments,
@@ -125,27 +126,6 @@ def objective_flags() -> dict[str, str]:
 
 def fp16_without_gpu(training_args) -> bool:
     return bool(training_args.fp16) and (training_args.use_cpu or not torch.cuda.is_available())
-
-
-def without_flag(argv: list[str], name: str) -> list[str]:
-    """argv without the boolean flag --name (also --name=value and `--name true|false`)."""
-    out, skip = [], False
-    for i, arg in enumerate(argv):
-        if skip:
-            skip = False
-            continue
-        flag = arg.split("=", 1)[0]
-        if flag == f"--{name}":
-            nxt = argv[i + 1] if i + 1 < len(argv) and "=" not in arg else ""
-            skip = nxt.lower() in ("true", "false", "1", "0", "yes", "no")
-            continue
-        out.append(arg)
-    return out
-
-
-def given_flags(argv: list[str]) -> list[str]:
-    """The flag names on the command line, in order (`--name value` and `--name=value`)."""
-    return [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")]
 
 
 def choose_objective(model_args, given: list[str]) -> None:
@@ -430,8 +410,7 @@ def build_run(argv: list[str] | None = None, *, parsed: tuple | None = None, sen
     if sentences is not None or data_args.train_file:
         with training_args.main_process_first(desc="corpus loading and tokenization"):
             corpus = Dataset.from_dict({"sent0": list(sentences)}) if sentences is not None else \
-                load_corpus(data_args.train_file, data_args.sentence_columns, model_args.cache_dir,
-                            data_args.preprocessing_num_workers)
+                load_corpus(data_args.train_file, data_args.sentence_columns, model_args.cache_dir)
             num_views = 3 if "hard_neg" in corpus.column_names else 2
             train_dataset = tokenize_corpus(corpus, encoder.tokenizer, data_args.max_seq_length, data_args.preprocessing_num_workers,
                                             data_args.overwrite_cache, views_function=views_function)

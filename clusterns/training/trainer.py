@@ -35,6 +35,7 @@ from clusterns.training.nan_guard import (  # noqa: F401  (the errors: part of t
     NonFiniteWeightsError,
     check_finite,
 )
+from clusterns.training.sampler import use_chunked_order
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,12 @@ class ContrastiveTrainer(Trainer):
         return self.nan_guard.check_seconds
 
     # ---- loss -----------------------------------------------------------------------------------
+    def get_train_dataloader(self):
+        """HF's, with the shuffled order drawn as before but never held as one Python list (training/sampler.py)."""
+        dataloader = super().get_train_dataloader()
+        use_chunked_order(dataloader)
+        return dataloader
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
             self.nan_guard.before_forward(self.contrastive_model)

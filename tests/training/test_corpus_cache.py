@@ -53,7 +53,7 @@ def test_parallel_tokenization_equals_one_process(tiny_bert, tmp_path):
     corpus.write_text("".join(f"sentence number {i} with a few words .\n" + ("\n" if i % 7 == 0 else "") for i in range(300)))
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     one = tokenize_corpus(load_corpus(str(corpus)), tok, 16)
-    two = tokenize_corpus(load_corpus(str(corpus), num_proc=2), tok, 16, num_proc=2, overwrite_cache=True)
+    two = tokenize_corpus(load_corpus(str(corpus)), tok, 16, num_proc=2, overwrite_cache=True)
     assert len(one) == len(two) == 300  # the blank lines dropped by both
     assert one["sent0_ids"] == two["sent0_ids"]
 
@@ -69,19 +69,18 @@ def test_preprocessing_num_workers_range_is_checked(value, tiny_bert, tiny_corpu
 
 def test_cached_files_have_large_record_batches(tiny_bert, tmp_path):
     """Every record batch header of a cached file is visited (through the memory map) when it is loaded; datasets'
-    1000-row default made a cached corpus map a large share of its pages at each load. 25k lines -> a few batches."""
+    1000-row default made a cached corpus map a large share of its pages at each load. 25k lines -> a few batches;
+    the token ids are int32 (half the pages of int64)."""
     import pyarrow as pa
     from transformers import AutoTokenizer
 
-    from clusterns.training import data as data_module
+    from clusterns.training import text_corpus
 
     corpus = tmp_path / "c.txt"
     corpus.write_text("".join(f"sentence {i} .\n" + ("\n" if i % 1000 == 0 else "") for i in range(25_000)))
-    ds = load_corpus(str(corpus))
-    tokenized = tokenize_corpus(ds, AutoTokenizer.from_pretrained(tiny_bert), 16)
-    files = [c["filename"] for c in tokenized.cache_files] + [c["filename"] for c in ds.cache_files]
-    assert len(files) >= 2
-    for path in files:
-        batches = pa.ipc.open_stream(pa.memory_map(path)).read_all().to_batches()
-        limit = max(1, 25_000 // data_module.TOKENIZED_WRITER_BATCH_ROWS + 1)
-        assert len(batches) <= limit, f"{path}: {len(batches)} record batches of {[b.num_rows for b in batches][:5]}... rows"
+    tokenized = tokenize_corpus(load_corpus(str(corpus)), AutoTokenizer.from_pretrained(tiny_bert), 16)
+    files = [c["filename"] for c in tokenized.cache_files]
+    assert len(files) == 1 and len(tokenized) == 25_000
+    table = pa.ipc.open_stream(pa.memory_map(files[0])).read_all()
+    assert table.schema.field("sent0_ids").type == pa.list_(pa.int32())
+    assert len(table.to_batches()) <= 25_000 // text_corpus.TOKENIZED_WRITER_BATCH_ROWS + 1

@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from clusterns.training import data as data_module
+from clusterns.training import text_corpus
 from clusterns.training.data import ContrastiveCollator, CorpusError, check_text_corpus, load_corpus, tokenize_corpus
 
 
@@ -16,14 +16,19 @@ def write(tmp_path, name, data: bytes):
     return str(path)
 
 
-def test_txt_blank_lines_skipped_and_counted(tmp_path, caplog):
+def test_txt_blank_lines_skipped_and_counted(tmp_path, caplog, tiny_bert):
+    from transformers import AutoTokenizer
+
     path = write(tmp_path, "c.txt", b"one sentence\n\n   \ntwo sentence\r\nthree\rfour\n")
     check_text_corpus(path)  # valid: returns
+    corpus = load_corpus(path)
+    assert corpus.column_names == ("sent0",)
+    assert list(corpus.lines()) == ["one sentence", "", "   ", "two sentence", "three", "four"]
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
     with caplog.at_level(logging.WARNING):
-        ds = load_corpus(path)
-    assert ds.column_names == ["sent0"]
-    assert "skipped 2 blank line(s)" in caplog.text
-    assert [s.strip() for s in ds["sent0"]][:2] == ["one sentence", "two sentence"]
+        ds = tokenize_corpus(corpus, tok, 16)
+    assert "skipped 2 blank line(s); 4 sentences kept" in caplog.text
+    assert ds["sent0_ids"] == tok(["one sentence", "two sentence", "three", "four"])["input_ids"]
 
 
 @pytest.mark.parametrize(
@@ -41,7 +46,7 @@ def test_txt_blank_lines_skipped_and_counted(tmp_path, caplog):
     ],
 )
 def test_txt_bad_files_name_file_and_line(tmp_path, data, message, monkeypatch):
-    monkeypatch.setattr(data_module, "SCAN_CHUNK_BYTES", 4096)  # several chunks even in a small file
+    monkeypatch.setattr(text_corpus, "SCAN_CHUNK_BYTES", 4096)  # several chunks even in a small file
     path = write(tmp_path, "bad.txt", data)
     with pytest.raises(CorpusError, match=message) as err:
         load_corpus(path)

@@ -138,14 +138,17 @@ def test_fp32_region_turns_tf32_off_and_restores(monkeypatch):
 
 
 def test_restart_process_group_reads_the_backend_flags(monkeypatch):
+    from clusterns.training import argv as A
     from clusterns.training import distributed as D
 
-    assert D.flag_value(["--ddp_backend", "gloo", "--x"], "--ddp_backend") == "gloo"
-    assert D.flag_value(["--ddp_timeout=60"], "--ddp_timeout") == "60"
-    assert D.flag_value(["--other"], "--ddp_backend") is None
-    assert D.switch_given(["--use_cpu"], "--use_cpu") and D.switch_given(["--use_cpu", "--x"], "--use_cpu")
-    assert D.switch_given(["--use_cpu=true"], "--use_cpu") and not D.switch_given(["--use_cpu", "false"], "--use_cpu")
-    assert not D.switch_given(["--use_cpu=False"], "--use_cpu") and not D.switch_given([], "--use_cpu")
+    assert A.flag_value(["--ddp_backend", "gloo", "--x"], "ddp_backend") == "gloo"
+    assert A.flag_value(["--ddp_timeout=60"], "ddp_timeout") == "60"
+    assert A.flag_value(["--other"], "ddp_backend") is None
+    assert A.switch_given(["--use_cpu"], "use_cpu") and A.switch_given(["--use_cpu", "--x"], "use_cpu")
+    assert A.switch_given(["--use_cpu=true"], "use_cpu") and not A.switch_given(["--use_cpu", "false"], "use_cpu")
+    assert not A.switch_given(["--use_cpu=False"], "use_cpu") and not A.switch_given([], "use_cpu")
+    assert A.switch_given(["--use_cpu", "yes"], "use_cpu") and not A.switch_given(["--use_cpu", "n"], "use_cpu")
+    assert A.switch_given(["--use_cpu", "out/dir"], "use_cpu")  # a positional after the switch is not its value
     monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
     assert D.init_restarted_process_group(["--use_cpu"]) is False  # a first launch: nothing to do
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")

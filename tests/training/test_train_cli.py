@@ -162,7 +162,7 @@ def test_objective_simcse_names_infonce(tiny_bert, tiny_corpus, tmp_path, capsys
 
 def test_fp16_without_a_gpu_warns_and_trains_in_fp32(tiny_bert, tiny_corpus, tmp_path, caplog):
     """SimCSE's own command lines pass --fp16: on a machine without a GPU it is a warning, and the run is fp32."""
-    from clusterns.training.run import without_flag
+    from clusterns.training.argv import without_flag
 
     assert without_flag(["--a", "--fp16", "true", "--b", "--fp16=1", "--fp16"], "fp16") == ["--a", "--b"]
     out = tmp_path / "run"
