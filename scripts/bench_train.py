@@ -157,6 +157,13 @@ def main(argv=None) -> int:
             ratios["infonce_vs_sentence_transformers"] = summary["st"]["wall_s_per_step"] / base
             ratios["infonce_vs_sentence_transformers_cpu"] = summary["st"]["cpu_s_per_step"] / summary["infonce"]["cpu_s_per_step"]
             ratios["infonce_vs_sentence_transformers_rss"] = summary["infonce"]["peak_rss_mb"] / summary["st"]["peak_rss_mb"]
+            ours_tokenizing = summary["infonce"].get("tokenize_ms_per_step")
+            st_tokenizing = summary["st"].get("collate_ms_per_step")
+            if ours_tokenizing is not None and st_tokenizing is not None:  # the same tokenization both ways (issue 23)
+                ratios["infonce_vs_sentence_transformers_both_tokenizing"] = \
+                    summary["st"]["wall_s_per_step"] / (base + ours_tokenizing / 1000)
+                ratios["infonce_vs_sentence_transformers_neither_tokenizing"] = \
+                    (summary["st"]["wall_s_per_step"] - st_tokenizing / 1000) / base
         for name in configs:
             if name not in ("infonce", "st"):
                 ratios[f"{name.replace('-', '_')}_vs_infonce"] = summary[name]["wall_s_per_step"] / base

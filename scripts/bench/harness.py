@@ -142,7 +142,7 @@ def summarise(runs: list[dict]) -> dict:
         "foreign_cores_all": [r.get("foreign_cores") for r in runs],
     }
     for key in ("matmul", "diffcse_parts", "shapes", "rows", "lengths", "torch_threads", "sentence_transformers", "optim",
-                "guard_ms_per_step", "collate_ms_per_step"):
+                "guard_ms_per_step", "collate_ms_per_step", "tokenize_ms_per_step"):
         if key in best:
             out[key] = best[key]
     if "matmul" in out:  # the fastest matmul measurement of all repeats

@@ -109,6 +109,14 @@ def markdown(report: dict) -> str:
     if collate is not None:
         lines.append(f"- collating a batch (padding, in the main process: --dataloader_num_workers {report.get('num_workers', 0)}): "
                      f"{fmt(collate, 2)} ms per step; tokenization is done once by `datasets.map` before training")
+    tokenize, st = report["summary"].get("infonce", {}).get("tokenize_ms_per_step"), report["summary"].get("st", {})
+    if tokenize is not None and "infonce_vs_sentence_transformers_both_tokenizing" in r:
+        lines.append(
+            f"- tokenization, timed the same way for both: sentence-transformers tokenizes inside its step (its collator, "
+            f"anchors and positives: {fmt(st['collate_ms_per_step'], 1)} ms per step), ours once before training; tokenizing "
+            f"our batch in the step would add {fmt(tokenize, 1)} ms. Both tokenizing in the step: infonce "
+            f"{fmt(r['infonce_vs_sentence_transformers_both_tokenizing'], 2)}x sentence-transformers; neither: "
+            f"{fmt(r['infonce_vs_sentence_transformers_neither_tokenizing'], 2)}x")
     if "diffcse_expected" in report:
         d = report["diffcse_expected"]
         lines.append(

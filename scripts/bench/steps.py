@@ -191,6 +191,8 @@ def run_ours(name: str, a, sentences: list[str], init_sentences: list[str]) -> d
         "guard_ms_per_step": 1000 * statistics.mean(guard_times[a.warmup:a.warmup + a.steps]) if guard_times[a.warmup:] else None,
         "collate_ms_per_step": 1000 * statistics.mean(recorder.seconds[a.warmup:a.warmup + a.steps]),
     }
+    if name == "infonce":  # what tokenizing inside the step (as sentence-transformers does) would add to ours
+        result["tokenize_ms_per_step"] = _tokenize_ms_per_step(encoder.tokenizer, sentences, a)
     if diffcse:
         result["diffcse_parts"] = _time_diffcse_parts(model, recorder.batches)
     if name.startswith("infonce") and a.matmul:
@@ -230,6 +232,41 @@ def _time_diffcse_parts(model, batches: list[dict]) -> dict:
             "generator_packed": objective.packed_generator_head is not None,
             "discriminator_packed": is_packed(objective.discriminator.backbone)}
 
+def _tokenize_ms_per_step(tokenizer, sentences: list[str], a) -> float:
+    """Mean time to tokenize each measured step's sentences as our tokenize function does (once: both views are the
+    same sentence), then collate them: ours with tokenization moved into the step, as sentence-transformers runs."""
+    from clusterns.training.data import ContrastiveCollator, tokenize_function
+
+    function = tokenize_function(tokenizer, a.max_seq_length)
+    collate = ContrastiveCollator(pad_token_id=tokenizer.pad_token_id)
+    seconds = []
+    for step in range(a.warmup, a.warmup + a.steps):
+        batch = sentences[step * a.batch_size:(step + 1) * a.batch_size]
+        t0 = time.perf_counter()
+        ids = function({"sent0": batch})["sent0_ids"]
+        collate([{"sent0_ids": x} for x in ids])
+        seconds.append(time.perf_counter() - t0)
+    return 1000 * statistics.mean(seconds)
+
+
+class _TimedCollator:
+    """sentence-transformers' data collator (it tokenizes the anchors and the positives), timed per call."""
+
+    def __init__(self, inner):
+        self.inner, self.seconds = inner, []
+
+    def __call__(self, features):
+        t0 = time.perf_counter()
+        out = self.inner(features)
+        self.seconds.append(time.perf_counter() - t0)
+        return out
+
+    def __getattr__(self, name: str):  # the trainer reads the collator's own attributes (valid_label_columns, ...)
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
 def run_sentence_transformers(a, sentences: list[str]) -> dict:
     import torch
     from datasets import Dataset
@@ -255,6 +292,7 @@ def run_sentence_transformers(a, sentences: list[str]) -> dict:
     )
     timer = _timer_callback()
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[timer])
+    collator = trainer.data_collator = _TimedCollator(trainer.data_collator)
     trainer.train()
     rss = peak_rss_mb()
     wall, cpu = _durations(timer.marks, a.warmup, a.steps)
@@ -271,4 +309,5 @@ def run_sentence_transformers(a, sentences: list[str]) -> dict:
             "padded_tokens": padded, "rows": [2 * a.batch_size] * len(tokens), "lengths": maxlen, "packed_linear": False,
             "shapes": encoder_shapes(backbone.config), "torch_threads": torch.get_num_threads(),
             "optim": str(getattr(args.optim, "value", args.optim)),
+            "collate_ms_per_step": 1000 * statistics.mean(collator.seconds[a.warmup:a.warmup + a.steps]),
             "sentence_transformers": __import__("sentence_transformers").__version__}
