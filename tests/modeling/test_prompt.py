@@ -221,9 +221,19 @@ def test_delta_copies_shapes_and_position_shifts(tiny_bert):
         for l in (0, 3, 5):
             pos = torch.arange(t1.length)
             pos[start:] += l
-            out = encoder.backbone(input_ids=torch.tensor([t1.empty_ids]), position_ids=pos[None]).last_hidden_state
+            ids = torch.tensor([t1.empty_ids])  # full attention, said explicitly (transformers >= 5.25 would read the
+            # jumping positions of a mask-less call as packed sequences)
+            out = encoder.backbone(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=pos[None]).last_hidden_state
             torch.testing.assert_close(delta[l], out[0, t1.empty_mask_index])
         assert not torch.allclose(delta[0], delta[5])
+        # every copy attends across the shift (no packed-sequence reading of the positions): its mask state
+        # changes when a token before the shift changes
+        ids, positions = delta_inputs(t1, 2, start)
+        changed = ids.clone()
+        changed[:, 1] = (changed[:, 1] + 1) % encoder.tokenizer.vocab_size
+        outs = [encoder.backbone(input_ids=x, attention_mask=torch.ones_like(x), position_ids=positions).last_hidden_state
+                for x in (ids, changed)]
+        assert not torch.allclose(outs[0][:, t1.empty_mask_index], outs[1][:, t1.empty_mask_index])
         flat = template_delta(encoder.backbone, t1, 6, start, no_position=True)  # --..._delta_no_position
         torch.testing.assert_close(flat, flat[:1].expand(6, -1))
     assert spec.train_copies(t1) == 50
@@ -385,7 +395,8 @@ def test_roberta_mask_position_and_delta_by_hand(tiny_roberta):
     # positions 0..15 (CLS + prefix), then 16..24 shifted by the sentence length 5
     positions = torch.tensor([list(range(16)) + [21, 22, 23, 24, 25, 26, 27, 28, 29]])
     with torch.no_grad():
-        empty_state = encoder.backbone(input_ids=torch.tensor([empty]), position_ids=positions).last_hidden_state[0, 22]
+        empty_state = encoder.backbone(input_ids=torch.tensor([empty]), attention_mask=torch.ones_like(positions),
+                                       position_ids=positions).last_hidden_state[0, 22]
         state = encoder.backbone(input_ids=torch.tensor([view1]), attention_mask=torch.ones(1, 30, dtype=torch.long)).last_hidden_state[0, 27]
         expected = state - empty_state
         encoder.train()

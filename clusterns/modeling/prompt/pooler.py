@@ -152,11 +152,13 @@ def delta_inputs(template: Template, copies: int, shift_start: int, no_position:
 def template_delta(backbone, template: Template, copies: int, shift_start: int, no_position: bool = False) -> Tensor:
     """delta [copies, H]: the last-layer mask state of each shifted copy (gradient per the caller's mode).
 
-    As the original, the position ids are passed explicitly starting at 0 (also for RoBERTa) and
-    no attention mask / token types are given."""
+    As the original, the position ids are passed explicitly starting at 0 (also for RoBERTa) and no token types
+    are given. The original gives no attention mask either (every token attends to every token); an all-ones mask
+    says the same explicitly, because transformers >= 5.25 reads position ids that jump (the shifted copies) without
+    a mask as several packed sequences and would let each part attend only to itself."""
     device = next(backbone.parameters()).device
     ids, positions = delta_inputs(template, copies, shift_start, no_position, device)
-    out = backbone(input_ids=ids, position_ids=positions, return_dict=True)
+    out = backbone(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions, return_dict=True)
     return out.last_hidden_state[:, template.empty_mask_index]
 
 
