@@ -51,6 +51,7 @@ from clusterns.training.arguments import (
 )
 from clusterns.training.checkpoints import RESUME_AUTO, resolve_resume_checkpoint
 from clusterns.training.data import ContrastiveCollator, load_corpus, tokenize_corpus
+from clusterns.training.text_corpus import ReleaseReadPages
 from clusterns.harness import sts_files
 from clusterns.training.dev_evaluator import SentEvalDevEvaluator
 from clusterns.training.distributed import data_parallel_message
@@ -441,6 +442,8 @@ def build_run(argv: list[str] | None = None, *, parsed: tuple | None = None, sen
                                           training_args.device, training_args.world_size),
     }
     trainer_callbacks = [EarlyStoppingCallback(early_stopping_patience=training_args.early_stop)] if training_args.early_stop else []
+    if train_dataset is not None:  # a text corpus's token files: their read pages released after every step
+        trainer_callbacks.append(ReleaseReadPages(c["filename"] for c in train_dataset.cache_files))
     trainer = ContrastiveTrainer(
         model=model,
         args=training_args,

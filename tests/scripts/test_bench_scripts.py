@@ -238,3 +238,32 @@ def test_profile_step_attributes_the_step(tiny_bert, tmp_path):
     # the caller's thread count is restored (a test process left at 1 thread made later resume tests inexact)
     assert torch.get_num_threads() == threads
     assert profile_step.main(["--steps", "0"]) == 2
+
+
+def test_bench_scaling_smoke_in_process(tiny_bert, tmp_path, capsys):
+    """Every group of the scaling benchmark runs (tiny model, one step) and its report holds what the tables print."""
+    import bench_scaling
+
+    out = tmp_path / "scaling.json"
+    code = bench_scaling.main(["--model_name_or_path", str(tiny_bert), "--batches", "4,8", "--lengths", "8,16", "--ks", "2,4",
+                               "--generator_layers", "1", "--warmup", "1", "--steps", "1", "--repeat", "1", "--threads", "1",
+                               "--in_process", "--json", str(out), "--markdown"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert set(report["batch"]) == {"4", "8"} and set(report["length"]) == {"8", "16"}
+    assert report["batch"]["8"]["flop_per_step"] > report["batch"]["4"]["flop_per_step"] > 0
+    assert report["length"]["16"]["tokens_per_step"] > report["length"]["8"]["tokens_per_step"]  # the long lines fill 16
+    assert set(report["clusterns"]) == {"2", "4"} and all(c["ratio"] > 0 for c in report["clusterns"].values())
+    assert report["diffcse"]["generator_layers"] == 1 and "1-layer" in report["diffcse"]["generator"]
+    printed = capsys.readouterr().out
+    assert "| batch 8 |" in printed and "| length 16 |" in printed and "| K = 4 |" in printed and "generator of 1 layers" in printed
+
+
+def test_bench_scaling_refuses_bad_lists(capsys):
+    import bench_scaling
+
+    with pytest.raises(SystemExit, match="--batches takes comma-separated integers"):
+        bench_scaling.main(["--batches", "64,big"])
+    with pytest.raises(SystemExit) as err:
+        bench_scaling.main(["--generator_layers", "0"])
+    assert err.value.code == 2 and "--generator_layers must be >= 1" in capsys.readouterr().err

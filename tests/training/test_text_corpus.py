@@ -179,3 +179,62 @@ def test_all_blank_after_the_check_is_still_refused(tmp_path, monkeypatch):
     corpus = text_corpus.TextCorpus(str(path), str(tmp_path / "cache"))
     with pytest.raises(CorpusError, match="all blank"):
         corpus.tokenize(lambda ex: {"sent0_ids": [[1]] * len(ex["sent0"])})
+
+
+def token_file_rss_kb(path: str) -> int:
+    """Resident kB of this process's mappings of `path` (/proc/self/smaps)."""
+    total, current = 0, None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if "-" in parts[0] and ":" not in parts[0]:
+                current = parts[5] if len(parts) >= 6 else None
+            elif line.startswith("Rss:") and current == path:
+                total += int(parts[1])
+    return total
+
+
+def test_released_pages_leave_the_rss_and_the_data_intact(tiny_bert, tmp_path):
+    import pickle
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    path = tmp_path / "c.txt"
+    path.write_text("".join(f"sentence number {i} of a corpus with a few more words .\n" for i in range(60_000)))
+    ds = tokenize_corpus(load_corpus(str(path)), tok, 16)
+    token_file = ds.cache_files[0]["filename"]
+    rows = random.Random(0).sample(range(len(ds)), 200)
+    first = [ds[i]["sent0_ids"] for i in rows]
+    assert token_file_rss_kb(token_file) > 64  # the reads mapped pages of the token file
+    assert text_corpus.release_read_pages([token_file]) == os.path.getsize(token_file)
+    assert token_file_rss_kb(token_file) == 0
+    assert [ds[i]["sent0_ids"] for i in rows] == first  # read again from the page cache
+    again = pickle.loads(pickle.dumps(ds))  # DataLoader workers / other processes map the file themselves
+    assert again.cache_files == ds.cache_files and again[rows[0]]["sent0_ids"] == first[0]
+
+
+def test_training_releases_the_read_pages_after_every_step(tiny_bert, tmp_path):
+    from clusterns.training.run import build_run
+
+    path = tmp_path / "c.txt"
+    path.write_text("".join(f"sentence number {i} of a corpus with a few more words .\n" for i in range(20_000)))
+    run = build_run(["--model_name_or_path", str(tiny_bert), "--train_file", str(path), "--output_dir", str(tmp_path / "run"),
+                     "--use_cpu", "--do_train", "--max_steps", "3", "--per_device_train_batch_size", "64", "--report_to", "none",
+                     "--save_strategy", "no"])
+    token_file = run.train_dataset.cache_files[0]["filename"]
+    releases = [c for c in run.trainer.callback_handler.callbacks if isinstance(c, text_corpus.ReleaseReadPages)]
+    assert len(releases) == 1 and releases[0].paths == [token_file]
+    run.trainer.train()
+    assert token_file_rss_kb(token_file) == 0
+
+
+def test_a_cache_folder_without_its_manifest_is_rebuilt(tiny_bert, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    path = tmp_path / "c.txt"
+    path.write_text("one sentence\nanother one\n")
+    corpus = load_corpus(str(path), cache_dir=str(tmp_path / "cache"))
+    function = tokenize_function(tok, 16)
+    folder = corpus.cache_folder(function)
+    os.makedirs(folder)
+    (tmp_path / "cache" / "clusterns_text_corpus" / os.path.basename(folder) / "junk.arrow").write_bytes(b"not arrow")
+    assert corpus.tokenize(function)["sent0_ids"] == tok(["one sentence", "another one"])["input_ids"]
+    assert sorted(os.listdir(folder)) == ["corpus.json", "tokens-00000-of-00001.arrow"]
