@@ -43,6 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clusterns.modeling.dropout import CpuDropout
+from clusterns.modeling.dropout import dropout as cpu_dropout
+
 logger = logging.getLogger(__name__)
 
 PACKING_ATTR = "_clusterns_packing"
@@ -109,9 +112,18 @@ class PackedBatch:
     last_out: Tensor | None = None  # the previous layer's padded output ...
     last_packed: Tensor | None = None  # ... and the packed tensor it was scattered from
 
+    biases: dict = field(default_factory=dict)  # key_mask as an additive bias, per dtype (made once per forward)
+
     @property
     def tokens(self) -> int:
         return int(self.index.numel())
+
+    def key_bias(self, dtype: torch.dtype) -> Tensor:
+        """[N, 1, 1, L]: 0 where a key is attended, -inf at pads."""
+        if dtype not in self.biases:
+            self.biases[dtype] = torch.zeros(self.key_mask.shape, dtype=dtype, device=self.key_mask.device).masked_fill_(
+                ~self.key_mask, float("-inf"))
+        return self.biases[dtype]
 
 
 def packed_batch(attention_mask: Tensor) -> PackedBatch | None:
@@ -331,6 +343,13 @@ def _qkv(sa: nn.Module, x: Tensor, names: tuple[str, str, str] = ("query", "key"
     return torch.cat([q(x), k(x), v(x)], dim=-1)
 
 
+def attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, p: float, scale: float) -> Tensor:
+    """softmax(q k^T * scale + bias) with dropout p, times v: what SDPA's math path computes, with dropout.py's mask.
+    bias: additive (0 / -inf), broadcastable to [N, heads, L, L]."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale).add_(bias)
+    return torch.matmul(cpu_dropout(scores.softmax(-1), p), v)
+
+
 def packed_layer(layer: nn.Module, hidden_states: Tensor, state: PackedBatch, shape: LayerShape | None = None,
                  attention_bias: Tensor | None = None) -> Tensor:
     shape = shape or LAYER_SHAPES[0]
@@ -350,7 +369,11 @@ def packed_layer(layer: nn.Module, hidden_states: Tensor, state: PackedBatch, sh
     mask = state.key_mask
     if attention_bias is not None:  # MPNet's relative position bias, pads as keys masked out
         mask = attention_bias.to(q.dtype).masked_fill(~state.key_mask, float("-inf"))
-    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
+    if dropout and q.device.type == "cpu" and isinstance(getattr(sa, "dropout", None), CpuDropout):
+        # --fast_dropout: SDPA's CPU path (the math one: dropout rules out the flash kernel) with the cheaper mask
+        attn = attention_with_dropout(q, k, v, state.key_bias(q.dtype) if attention_bias is None else mask, dropout, scale)
+    else:
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
     attn = pack_rows(attn.transpose(1, 2).reshape(rows, heads * head_dim), index)
     y = shape.after_attention(layer, attn, x)
     out = unpack_rows(y, index, rows).view(n, length, y.shape[-1])

@@ -75,6 +75,15 @@ class ModelArguments:
         default=False,
         metadata={"help": "Allow loading .bin (pickle) weights. Off by default: only safetensors are read."},
     )
+    fast_dropout: bool = field(
+        default=True,
+        metadata={
+            "help": "CPU training: the encoder's dropout (hidden and, with --packed_linear, attention) draws its mask from "
+            "32-bit random integers and applies it as a float mask, about a third of torch's CPU dropout time; each "
+            "element is still dropped independently with the same probability. CUDA keeps torch's kernel. "
+            "--no_fast_dropout: torch's dropout (clusterns/modeling/dropout.py)."
+        },
+    )
     packed_linear: bool = field(
         default=True,
         metadata={

@@ -26,6 +26,7 @@ from datasets import Dataset
 from transformers import EarlyStoppingCallback, HfArgumentParser, TrainerCallback, set_seed
 
 from clusterns.modeling.backbones import max_positions
+from clusterns.modeling.dropout import use_cpu_dropout
 from clusterns.modeling.encoder import EncoderConfig, SentenceEncoder
 from clusterns.modeling.packing import enable_packed_linear
 from clusterns.modeling.projectors import resolve_projector
@@ -278,6 +279,8 @@ def build_encoder(model_args, data_args, objective_args=None, prompt_args=None) 
             f"but the model's vocabulary {vocab}: its tokenizer files are missing or belong to another model "
             "(add them to the folder, or pass --tokenizer_name)"
         )
+    if model_args.fast_dropout:  # the cheaper CPU dropout mask (modeling/dropout.py)
+        use_cpu_dropout(encoder.backbone)
     if model_args.packed_linear:  # non-pad tokens only through the linear layers (modeling/packing.py)
         enable_packed_linear(encoder.backbone)
     if prompt_args is not None:
