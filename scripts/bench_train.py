@@ -15,11 +15,12 @@ ContrastiveTrainer, on `datasets`-tokenized sentences, timed by a Trainer callba
 cls pooler + MLP projector, with the given batch / length / lr):
   infonce         SimCSE (--objective infonce), packed linear layers per the --packed_linear default
   infonce-nopack  the same with --no_packed_linear (infonce-pack: with --packed_linear)
-  clusterns       ClusterNS (K=128) with clustering already started: one no-grad training forward on a
-                  dedicated init batch of 128 sentences with --kmean_cosine 1.0 starts it before the timing
+  infonce-torchdropout  the same with --no_fast_dropout (torch's CPU dropout kernel)
+  clusterns       ClusterNS (K=--clusterns_k, 128) with clustering already started: one no-grad training forward on
+                  a dedicated init batch of K sentences with --kmean_cosine 1.0 starts it before the timing
   mixcse          MixCSE (--lambdas 0.2)
   diffcse         DiffCSE's BERT recipe (--batchnorm, --lambda_weight 0.005, --masking_ratio 0.3); the
-                  generator is a 2-layer BertForMaskedLM built from the model's config and vocabulary with
+                  generator is a BertForMaskedLM of --generator_layers (2) layers built from the model's config and vocabulary with
                   random weights (no pretrained small generator is available offline); also times the
                   generator forward and the discriminator forward+backward on their own
   prompt          PromptBERT representation (infonce, --mask_embedding_sentence, delta, BERT templates)
@@ -61,7 +62,7 @@ from bench.sentences import default_model  # noqa: E402
 from benchmarks_md import command_line, machine, publish, utc_now  # noqa: E402
 
 DEFAULT_CONFIGS = ("infonce", "infonce-nopack", "clusterns", "mixcse", "diffcse", "prompt", "st")
-KNOWN_CONFIGS = DEFAULT_CONFIGS + ("infonce-pack", "infonce-compile", "clusterns-nopack", "mixcse-nopack", "diffcse-nopack",
+KNOWN_CONFIGS = DEFAULT_CONFIGS + ("infonce-pack", "infonce-compile", "infonce-torchdropout", "clusterns-nopack", "mixcse-nopack", "diffcse-nopack",
                                    "infonce-cached", "diffcse-cached")
 
 
@@ -79,6 +80,10 @@ def main(argv=None) -> int:
     ap.add_argument("--optim", default=None,
                     help="the Trainer's --optim, the same for every configuration (default: TrainingArguments' default)")
     ap.add_argument("--num_workers", type=int, default=0, help="DataLoader workers (both trainers)")
+    ap.add_argument("--clusterns_k", type=int, default=128, help="ClusterNS's --kmeans of the clusterns configurations")
+    ap.add_argument("--generator_layers", type=int, default=2, help="layers of the diffcse configurations' generator")
+    ap.add_argument("--logging_steps", type=int, default=1000000,
+                    help="the Trainer's --logging_steps (1: the objective's logs read every step, as a real run's logging)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help=f"comma-separated, from {', '.join(KNOWN_CONFIGS)}")
     ap.add_argument("--memory_budget_mb", type=float, default=None,
@@ -135,8 +140,9 @@ def main(argv=None) -> int:
         ap.error(str(err))
     if a.memory_configs and [c for c in a.memory_configs.split(",") if c.strip() and c.strip() not in KNOWN_CONFIGS]:
         ap.error(f"--memory_configs: unknown configuration(s) in {a.memory_configs!r}; choose from {', '.join(KNOWN_CONFIGS)}")
-    if a.mini_batch_size < 1:
-        ap.error(f"--mini_batch_size must be >= 1, got {a.mini_batch_size}")
+    for flag in ("mini_batch_size", "clusterns_k", "generator_layers", "logging_steps"):
+        if getattr(a, flag) < 1:
+            ap.error(f"--{flag} must be >= 1, got {getattr(a, flag)}")
     runs: dict[str, list[dict]] = {c: [] for c in configs}
     for rep in range(max(1, a.repeat)):
         order = configs if rep % 2 == 0 else configs[::-1]  # alternate the order: ABC CBA

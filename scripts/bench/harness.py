@@ -27,9 +27,9 @@ def worker_main(a) -> int:
 
 def run_config(a) -> dict:
     """One configuration (a.worker) in this process."""
-    needed = (a.warmup + a.steps) * a.batch_size
-    pool = load_sentences(a.train_file, needed + CLUSTERNS_K)
-    sentences, init_sentences = pool[:needed], pool[needed:needed + CLUSTERNS_K]
+    needed, k = (a.warmup + a.steps) * a.batch_size, getattr(a, "clusterns_k", CLUSTERNS_K)
+    pool = load_sentences(a.train_file, needed + k)
+    sentences, init_sentences = pool[:needed], pool[needed:needed + k]
     import torch
 
     previous = torch.get_num_threads()
@@ -99,7 +99,8 @@ def run_worker(a, config: str, batch_size: int | None = None, steps: int | None 
            "--max_seq_length", str(a.max_seq_length), "--warmup", str(a.warmup if warmup is None else warmup),
            "--steps", str(steps or a.steps), "--learning_rate", str(a.learning_rate), *(["--optim", a.optim] if a.optim else []),
            "--num_workers", str(a.num_workers), "--threads", str(a.threads),
-           "--mini_batch_size", str(getattr(a, "mini_batch_size", 64))]
+           "--mini_batch_size", str(getattr(a, "mini_batch_size", 64)), "--clusterns_k", str(getattr(a, "clusterns_k", CLUSTERNS_K)),
+           "--generator_layers", str(getattr(a, "generator_layers", 2)), "--logging_steps", str(getattr(a, "logging_steps", 1000000))]
     if a.train_file:
         cmd += ["--train_file", a.train_file]
     if not matmul:

@@ -69,7 +69,7 @@ def _common_training_flags(a, out_dir: str) -> list[str]:
     return [
         "--output_dir", out_dir, "--overwrite_output_dir", "--use_cpu",
         "--per_device_train_batch_size", str(a.batch_size), "--max_steps", str(a.warmup + a.steps),
-        "--learning_rate", str(a.learning_rate), "--seed", "42", "--logging_steps", "1000000",
+        "--learning_rate", str(a.learning_rate), "--seed", "42", "--logging_steps", str(getattr(a, "logging_steps", 1000000)),
         "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
         *(["--train_sampling_strategy", "sequential"] if _has_sampling_strategy() else []),
         "--dataloader_drop_last", "--dataloader_num_workers", str(a.num_workers),
@@ -81,8 +81,9 @@ OURS_FLAGS = {
     "infonce-pack": ["--objective", "infonce", "--packed_linear"],
     "infonce-nopack": ["--objective", "infonce", "--no_packed_linear"],
     "infonce-compile": ["--objective", "infonce", "--torch_compile"],
-    "clusterns": ["--objective", "clusterns", "--kmeans", str(CLUSTERNS_K), "--kmean_cosine", "1.0"],
-    "clusterns-nopack": ["--objective", "clusterns", "--kmeans", str(CLUSTERNS_K), "--kmean_cosine", "1.0", "--no_packed_linear"],
+    "infonce-torchdropout": ["--objective", "infonce", "--no_fast_dropout"],
+    "clusterns": ["--objective", "clusterns", "--kmeans", "{clusterns_k}", "--kmean_cosine", "1.0"],
+    "clusterns-nopack": ["--objective", "clusterns", "--kmeans", "{clusterns_k}", "--kmean_cosine", "1.0", "--no_packed_linear"],
     "mixcse": ["--objective", "mixcse", "--lambdas", "0.2"],
     "mixcse-nopack": ["--objective", "mixcse", "--lambdas", "0.2", "--no_packed_linear"],
     "diffcse": ["--objective", "diffcse", "--batchnorm", "--lambda_weight", "0.005", "--masking_ratio", "0.3"],
@@ -143,7 +144,8 @@ def run_ours(name: str, a, sentences: list[str], init_sentences: list[str]) -> d
 
     out_dir = tempfile.mkdtemp(prefix="bench_train_")
     argv = ["--model_name_or_path", a.model, "--max_seq_length", str(a.max_seq_length), "--pooler_type", "cls"]
-    flags = [f.format(mini_batch_size=getattr(a, "mini_batch_size", 64)) for f in OURS_FLAGS[name]]
+    flags = [f.format(mini_batch_size=getattr(a, "mini_batch_size", 64), clusterns_k=getattr(a, "clusterns_k", CLUSTERNS_K))
+             for f in OURS_FLAGS[name]]
     argv += _fix_packing_flag(flags) + _common_training_flags(a, out_dir)
     diffcse = "diffcse" in name
     recorders: list[_Recorder] = []
@@ -154,10 +156,11 @@ def run_ours(name: str, a, sentences: list[str], init_sentences: list[str]) -> d
 
     timer = _timer_callback()
     objective_kwargs = {}
-    if diffcse:  # a stand-in generator of 2 layers sharing the encoder's vocabulary (no hub here)
+    if diffcse:  # a stand-in generator (--generator_layers) sharing the encoder's vocabulary (no hub here)
         from transformers import AutoConfig, AutoTokenizer
 
-        objective_kwargs = {"generator": tiny_generator_from_config(AutoConfig.from_pretrained(a.model)),
+        objective_kwargs = {"generator": tiny_generator_from_config(AutoConfig.from_pretrained(a.model),
+                                                                    layers=getattr(a, "generator_layers", 2)),
                             "generator_tokenizer": AutoTokenizer.from_pretrained(a.model)}
     run = build_run(argv, sentences=sentences, objective_kwargs=objective_kwargs, wrap_collator=wrap, callbacks=[timer])
     model, objective, encoder, trainer = run.model, run.objective, run.encoder, run.trainer
