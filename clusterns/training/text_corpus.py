@@ -283,6 +283,8 @@ def release_read_pages(paths) -> int:
     """Drop this process's mapped pages of the given token files (MADV_DONTNEED on the file's own mapping: the pages
     stay in the page cache, the data is read again when next accessed). Returns the bytes advised."""
     released = 0
+    if not hasattr(mmap, "MADV_DONTNEED"):  # no madvise on this platform (Windows): the pages stay mapped
+        return released
     for path in paths:
         mapped = MAPPED_TOKEN_FILES.get(path)
         if mapped is not None and len(mapped):
