@@ -11,6 +11,8 @@ the particular masks differ. CUDA tensors keep torch's own kernel (a fused Philo
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -20,9 +22,7 @@ INT32_SPAN = 1 << 32
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Generator | None = None) -> Tensor:
     """A bool CPU tensor of `shape`, each element True (kept) with probability 1 - p, independently."""
-    numel = 1
-    for size in shape:
-        numel *= int(size)
+    numel = math.prod(shape)
     # random_(min, None): the full 64-bit range (random64 per element), so both 32-bit halves are uniform
     draws = torch.empty((numel + 1) // 2, dtype=torch.int64).random_(-(1 << 63), None, generator=generator)
     halves = draws.view(torch.int32)[:numel]

@@ -103,7 +103,11 @@ def check_text_corpus(path: str) -> None:
     if not visible:
         with open(path, "rb") as f:
             lines = sum(1 for _ in text_lines(f))
-        raise CorpusError(f"--train_file {path!r} has {lines} lines, all blank (whitespace or invisible characters only)")
+        raise all_blank(path, lines)
+
+
+def all_blank(path: str, lines: int) -> CorpusError:
+    return CorpusError(f"--train_file {path!r} has {lines} lines, all blank (whitespace or invisible characters only)")
 
 
 def text_lines(f) -> Iterator[bytes]:
@@ -339,7 +343,7 @@ def build_cache(path: str, function: Callable[[dict], dict], folder: str, num_pr
                   "blank": sum(r["blank"] for r in results), "rows": sum(r["rows"] for r in results),
                   "files": [r["file"] for r in results if r["file"]]}
         if not record["files"]:
-            raise CorpusError(f"--train_file {path!r} has {record['lines']} lines, all blank (whitespace or invisible characters only)")
+            raise all_blank(path, record["lines"])
         with open(os.path.join(work, "corpus.json"), "w") as f:
             json.dump(record, f)
         if overwrite:  # --overwrite_cache: this build replaces the cache
