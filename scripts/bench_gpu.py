@@ -111,7 +111,7 @@ def time_ours(config: str, a, model_dir: str, batch: int, precision: str, senten
         encoder = run.encoder
         init = [{"sent0_ids": ids} for ids in encoder.tokenizer(sentences[:max(k, batch)], truncation=True,
                                                                 max_length=a.max_seq_length)["input_ids"]]
-        batch_in = {key: v.to(run.training_args.device) for key, v in run.collator(init).items()}
+        batch_in = {key: v.to(run.training_args.device) if torch.is_tensor(v) else v for key, v in run.collator(init).items()}
         run.model.to(run.training_args.device).train()
         with torch.no_grad():
             run.model(**batch_in)

@@ -8,9 +8,10 @@ import contextlib
 import functools
 import inspect
 import json
+import sys
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from transformers import MODEL_MAPPING
 from transformers.utils import logging as hf_logging
 
@@ -143,3 +144,25 @@ def quiet_transformers():
         yield
     finally:
         hf_logging.set_verbosity(previous)
+
+
+def builds_masks_with_masking_utils(backbone: nn.Module) -> bool:
+    """Whether the architecture's modeling file builds its attention masks with transformers' `masking_utils`
+    (transformers 5: BERT, RoBERTa, ELECTRA, ...), which takes a ready 4-D mask as it is."""
+    module = sys.modules.get(type(backbone).__module__)
+    return module is not None and hasattr(module, "create_bidirectional_mask")
+
+
+def ready_padding_mask(backbone: nn.Module, attention_mask: Tensor) -> Tensor:
+    """A [N, L] 0/1 padding mask as the [N, 1, 1, L] mask the backbone's attention reads (bool for SDPA, additive for
+    eager), so that transformers does not build it: its own builder asks the device whether the mask is all ones, a
+    host sync per forward on a GPU. The 2-D mask where the architecture or attention implementation builds its own
+    kind (transformers 4, flash / flex attention)."""
+    implementation = getattr(backbone.config, "_attn_implementation", None)
+    if attention_mask.dim() != 2 or implementation not in ("sdpa", "eager") or not builds_masks_with_masking_utils(backbone):
+        return attention_mask
+    keep = attention_mask.bool()[:, None, None, :]
+    if implementation == "sdpa":
+        return keep
+    dtype = next(backbone.parameters()).dtype
+    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(~keep, torch.finfo(dtype).min)

@@ -26,18 +26,29 @@ With dropout active the random masks differ from the unpacked run's (fewer eleme
 not their distribution.
 
 The key-padding pattern comes from the 2-D ``attention_mask`` the backbone is called with, captured
-once per forward by a pre-hook (one ``nonzero``: a host sync on GPU). A forward without a 2-D mask
+once per forward by a pre-hook. A forward without a 2-D mask
 (e.g. PromptBERT's template-delta pass), without padding, with cross-attention / a cache, under
 gradient checkpointing, or a layer of another shape, runs the unchanged Hugging Face code.
 Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` whatever
 ``attn_implementation`` the backbone was loaded with (eager gives the same values to float tolerance).
+Its layout (``--packed_attention``): ``padded`` (the sketch above; the CPU's default: with dropout it is SDPA's math
+path, computed by hand with dropout.py's mask) or ``jagged`` (CUDA's default): SDPA on nested jagged tensors built
+from the packed q/k/v, so no pad position is computed or masked and no scatter/gather surrounds the attention; on
+CUDA it runs the flash / memory-efficient variable-length kernels, attention dropout included. Where the torch
+build has no kernel for it, ``auto`` falls back to ``padded`` once, with a warning.
+
+The index of the non-pad tokens comes from the collator (host_token_layout, passed through the batch and looked up
+by known_index), so no forward runs a ``nonzero`` on the device; and the backbone is called without its 2-D mask
+whenever its layers do not need it (packed, or no padding), which spares transformers' own mask building (its
+all-ones check is a host sync).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import types
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -113,6 +124,8 @@ class PackedBatch:
     last_packed: Tensor | None = None  # ... and the packed tensor it was scattered from
 
     biases: dict = field(default_factory=dict)  # key_mask as an additive bias, per dtype (made once per forward)
+    jagged: bool = False  # attention on the packed tokens (jagged_attention) instead of the padded layout
+    offsets: Tensor | None = None  # [N + 1] where each sentence starts in the packed rows (jagged attention)
 
     @property
     def tokens(self) -> int:
@@ -126,16 +139,125 @@ class PackedBatch:
         return self.biases[dtype]
 
 
-def packed_batch(attention_mask: Tensor) -> PackedBatch | None:
-    """The PackedBatch of a 2-D 0/1 mask, or None when packing cannot save anything (no padding)."""
+# ---- the non-pad index, built on the host ----------------------------------------------------------
+def host_token_layout(selected: Tensor) -> tuple[Tensor, list[int]]:
+    """A CPU [..., L] 0/1 (bool) tensor -> (the flat ids row * L + position of its selected positions, over the tensor
+    flattened to [rows, L]; each row's cumulative count, as host ints). What the collator computes once per batch
+    (the non-pad tokens of the attention mask, the MLM's selected tokens), so that the device never runs a
+    `nonzero()` (a host sync on a GPU: its output size depends on the data)."""
+    flat = selected.reshape(-1, selected.shape[-1]).bool()
+    return flat.reshape(-1).nonzero().squeeze(1), flat.sum(1).cumsum(0).tolist()
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: compared by identity (its tensors have no truth value)
+class TokenLayout:
+    """The selected positions of one batch tensor, as the collator computed them on the host (host_token_layout):
+    `mask` is that tensor on the device (any shape [..., L]; the attention mask: its non-pad tokens; the MLM labels:
+    the tokens to predict), `index` the flat ids of its selected positions (on the device), `row_ends` the cumulative
+    counts per row of the tensor flattened to [rows, L] (host ints)."""
+
+    mask: Tensor
+    index: Tensor
+    row_ends: tuple[int, ...]
+
+    def index_for(self, mask: Tensor) -> Tensor | None:
+        """The flat selected ids of `mask` when it is a run of whole rows of this layout's tensor (the tensor itself, a
+        reshaped view, a slice of sentences: what the model and the gradient cache pass the backbone), else None.
+        No device work beyond a slice (and a subtraction for a run not starting at row 0)."""
+        length = self.mask.shape[-1]
+        if (mask.dim() != 2 or mask.shape[1] != length or mask.dtype != self.mask.dtype or mask.device != self.mask.device
+                or not mask.is_contiguous() or not self.mask.is_contiguous()
+                or mask.untyped_storage().data_ptr() != self.mask.untyped_storage().data_ptr()):
+            return None
+        offset = mask.storage_offset() - self.mask.storage_offset()
+        first = offset // length
+        last = first + mask.shape[0]
+        if offset % length or first < 0 or last > len(self.row_ends):
+            return None
+        start = self.row_ends[first - 1] if first else 0
+        index = self.index[start:self.row_ends[last - 1] if last else 0]
+        return index - first * length if first else index
+
+
+_LAYOUTS: list[TokenLayout] = []  # the layouts of the batches being processed (known_token_layouts)
+
+
+@contextlib.contextmanager
+def known_token_layouts(layouts: list[TokenLayout]) -> Iterator[None]:
+    """Inside, known_index() reads the selected ids of the layouts' tensors (and of views of their rows) from the
+    layouts instead of running nonzero() on the device."""
+    _LAYOUTS.extend(layouts)
+    try:
+        yield
+    finally:
+        for layout in layouts:
+            _LAYOUTS.remove(layout)
+
+
+def token_layouts(batch: dict[str, Any], entries: dict[str, tuple[Tensor, Any]] | None) -> list[TokenLayout]:
+    """The TokenLayouts of a batch from the collator's entry {batch key: (index, row_ends)} (none without it)."""
+    layouts = []
+    for key, (index, row_ends) in (entries or {}).items():
+        tensor = batch.get(key)
+        if torch.is_tensor(tensor):
+            layouts.append(TokenLayout(mask=tensor, index=index.to(tensor.device, non_blocking=True),
+                                       row_ends=tuple(int(n) for n in row_ends)))
+    return layouts
+
+
+def keeping_token_layouts(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn`, run under the layouts known now wherever it is called later (the gradient cache replays chunks in the
+    backward pass, after the forward's known_token_layouts has ended)."""
+    layouts = list(_LAYOUTS)
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with known_token_layouts(layouts):
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def known_index(tensor: Tensor, selected: Callable[[Tensor], Tensor] = lambda mask: mask) -> Tensor:
+    """The flat ids (row * L + position) of the selected positions of a [rows, L] tensor: from a known layout when the
+    tensor is (part of) one, else `selected(tensor).reshape(-1).nonzero()` (a host sync on a GPU). The default
+    selects the non-zero entries (the non-pad tokens of an attention mask)."""
+    for layout in reversed(_LAYOUTS):
+        index = layout.index_for(tensor)
+        if index is not None:
+            return index
+    return selected(tensor).reshape(-1).nonzero().squeeze(1)
+
+
+def packed_batch(attention_mask: Tensor, index: Tensor | None = None, jagged: bool = False) -> PackedBatch | None:
+    """The PackedBatch of a 2-D 0/1 mask, or None when packing cannot save anything (no padding). `index`: the mask's
+    known_index, when the caller has it. jagged: attention on the packed tokens (each row's tokens are consecutive
+    packed rows wherever its pads are)."""
     if attention_mask.dim() != 2:
         return None
-    keep = attention_mask.bool()
-    n, length = keep.shape
-    index = keep.reshape(-1).nonzero().squeeze(1)  # one host sync (data-dependent size)
+    n, length = attention_mask.shape
+    index = known_index(attention_mask) if index is None else index
     if index.numel() in (0, n * length):
         return None
-    return PackedBatch(index=index, key_mask=keep[:, None, None, :], batch=n, length=length)
+    keep = attention_mask.bool()
+    offsets = None
+    if jagged:  # on the device, no host sync
+        offsets = F.pad(keep.sum(1).cumsum(0), (1, 0))
+    return PackedBatch(index=index, key_mask=keep[:, None, None, :], batch=n, length=length, jagged=jagged, offsets=offsets)
+
+
+ATTENTION_LAYOUTS = ("auto", "padded", "jagged")
+
+
+def jagged_attention(q: Tensor, k: Tensor, v: Tensor, offsets: Tensor, max_length: int, dropout: float, scale: float) -> Tensor:
+    """Packed q, k, v [T, heads, d] -> [T, heads, d]: every sentence's tokens attend to its own tokens (rows
+    offsets[i]:offsets[i+1]), no padding and no mask. SDPA on nested jagged tensors: on CUDA the flash /
+    memory-efficient variable-length kernels (dropout included); on the CPU a loop over the sentences (slow: the
+    padded layout is the CPU's default). max_length: an upper bound of the sentence lengths (no host sync)."""
+    def nested(x: Tensor) -> Tensor:
+        return torch.nested.nested_tensor_from_jagged(x, offsets, min_seqlen=1, max_seqlen=max_length).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(nested(q), nested(k), nested(v), dropout_p=dropout, scale=scale)
+    return out.transpose(1, 2).values()
 
 
 @dataclass
@@ -145,6 +267,13 @@ class PackingController:
     enabled: bool = True
     stack: list = field(default_factory=list)
     calls: int = 0  # backbone forwards that ran packed (diagnostics / tests)
+    attention: str = "auto"  # ATTENTION_LAYOUTS: auto = jagged on CUDA, padded elsewhere
+    jagged_failed: str | None = None  # why the jagged attention was given up (auto: once, then padded)
+
+    def jagged_for(self, device: torch.device) -> bool:
+        if self.attention == "auto":
+            return device.type == "cuda" and self.jagged_failed is None
+        return self.attention == "jagged"
 
     def current(self) -> PackedBatch | None:
         return self.stack[-1] if self.enabled and self.stack else None
@@ -161,13 +290,26 @@ def _pre_hook(controller: PackingController, module: nn.Module, args: tuple, kwa
     mask = kwargs.get("attention_mask")
     if mask is None and len(args) > 1:
         mask = args[1]
-    state = None
+    state, all_attended = None, False
     blocked = any(kwargs.get(k) is not None for k in ("encoder_hidden_states", "past_key_values", "inputs_embeds"))
-    if controller.enabled and isinstance(mask, Tensor) and not blocked and not _checkpointing(module):
-        state = packed_batch(mask)
+    if controller.enabled and isinstance(mask, Tensor) and mask.dim() == 2 and not blocked and not _checkpointing(module):
+        index = known_index(mask)
+        all_attended = index.numel() == mask.numel()
+        state = packed_batch(mask, index, jagged=controller.jagged_for(mask.device))
         if state is not None:
             controller.calls += 1
     controller.stack.append(state)
+    # The backbone need not build its 4-D mask (which in transformers 5 also asks the device whether the mask is all
+    # ones: a host sync per forward) when every layer runs packed and reads the key mask from `state`, or when no token
+    # is padding (explicit position ids keep the mask: transformers reads jumps in them as packed sequences without one).
+    keeps_mask = kwargs.get("output_attentions") or getattr(getattr(module, "config", None), "output_attentions", False)
+    if not keeps_mask and (state is not None or (all_attended and kwargs.get("position_ids") is None)):
+        if "attention_mask" in kwargs:
+            kwargs = dict(kwargs, attention_mask=None)
+        else:
+            args = args[:1] + (None,) + args[2:]
+        return args, kwargs
+    return None
 
 
 def _post_hook(controller: PackingController, module: nn.Module, args: tuple, kwargs: dict, output: Any):
@@ -362,10 +504,18 @@ def packed_layer(layer: nn.Module, hidden_states: Tensor, state: PackedBatch, sh
         x = pack_rows(hidden_states.reshape(rows, hidden), index)
     sa = shape.attention(layer)
     heads, head_dim = shape.heads(layer)
-    qkv = unpack_rows(_qkv(sa, x, shape.qkv_names), index, rows).view(n, length, 3, heads, head_dim)
-    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [N, heads, L, d]
     dropout = shape.attention_dropout(layer) if layer.training else 0.0
     scale = getattr(sa, "scaling", head_dim ** -0.5)  # transformers 4.x has no `scaling` attribute
+    packed_qkv = _qkv(sa, x, shape.qkv_names)
+    if state.jagged and attention_bias is None:
+        attn = _jagged_or_none(layer, state, packed_qkv.view(-1, 3, heads, head_dim), dropout, scale)
+        if attn is not None:
+            y = shape.after_attention(layer, attn.reshape(-1, heads * head_dim), x)
+            out = unpack_rows(y, index, rows).view(n, length, y.shape[-1])
+            state.last_out, state.last_packed = out, y
+            return out
+    qkv = unpack_rows(packed_qkv, index, rows).view(n, length, 3, heads, head_dim)
+    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [N, heads, L, d]
     mask = state.key_mask
     if attention_bias is not None:  # MPNet's relative position bias, pads as keys masked out
         mask = attention_bias.to(q.dtype).masked_fill(~state.key_mask, float("-inf"))
@@ -379,6 +529,23 @@ def packed_layer(layer: nn.Module, hidden_states: Tensor, state: PackedBatch, sh
     out = unpack_rows(y, index, rows).view(n, length, y.shape[-1])
     state.last_out, state.last_packed = out, y
     return out
+
+
+def _jagged_or_none(layer: nn.Module, state: PackedBatch, qkv: Tensor, dropout: float, scale: float) -> Tensor | None:
+    """jagged_attention of packed [T, 3, heads, d]; None (and the padded layout from then on) where this torch build
+    has no kernel for it under --packed_attention auto. --packed_attention jagged raises instead."""
+    controller: PackingController = getattr(layer, PACKING_ATTR)
+    q, k, v = qkv.transpose(0, 1).contiguous().unbind(0)  # nested jagged tensors need contiguous values
+    try:
+        return jagged_attention(q, k, v, state.offsets, state.length, dropout, scale)
+    except (RuntimeError, NotImplementedError) as err:
+        if controller.attention == "jagged":
+            raise
+        controller.jagged_failed = f"{type(err).__name__}: {err}"
+        logger.warning("attention on the packed tokens failed (%s); the padded layout is used from now on",
+                       controller.jagged_failed.splitlines()[0][:200])
+        state.jagged = False
+        return None
 
 
 def _layer_forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, *args: Any, **kwargs: Any):
@@ -408,13 +575,16 @@ def _encoder_layers(backbone: nn.Module) -> tuple[LayerShape | None, list[nn.Mod
     return first or (None, [])
 
 
-def enable_packed_linear(backbone: nn.Module) -> bool:
+def enable_packed_linear(backbone: nn.Module, attention: str = "auto") -> bool:
     """Run `backbone`'s layers on packed non-pad tokens (see the module doc). Returns False, leaving the
     model unchanged, when it is not a BERT/RoBERTa-style encoder. Idempotent; parameters, state_dict
-    keys and saved checkpoints are unchanged."""
+    keys and saved checkpoints are unchanged. attention: ATTENTION_LAYOUTS (auto: jagged on CUDA, padded elsewhere)."""
+    if attention not in ATTENTION_LAYOUTS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_LAYOUTS)}, got {attention!r}")
     controller = getattr(backbone, PACKING_ATTR, None)
     if isinstance(controller, PackingController):
         controller.enabled = True
+        controller.attention = attention
         return True
     shape, layers = _encoder_layers(backbone)
     reasons = [r for r in (shape.unsupported(layer) for layer in layers) if r] if shape else []
@@ -424,16 +594,19 @@ def enable_packed_linear(backbone: nn.Module) -> bool:
         why = reasons[0] if reasons else "no encoder.layer (BERT) or transformer.layer (DistilBERT) list"
         logger.info("packed linear layers not used for %s: %s", type(backbone).__name__, why)
         return False
-    controller = PackingController()
+    controller = PackingController(attention=attention)
     for layer in layers:
         layer._clusterns_unpacked_forward = layer.forward
         layer._clusterns_layer_shape = shape
         setattr(layer, PACKING_ATTR, controller)
         layer.forward = types.MethodType(_layer_forward, layer)
     backbone.__dict__[PACKING_ATTR] = controller
+    # The hooks read the controller from the module they run on, so a deep copy of the backbone uses its own (the
+    # copied layers read the copied controller: one stack for both).
     backbone.__dict__["_clusterns_packing_hooks"] = (
-        backbone.register_forward_pre_hook(lambda m, a, k: _pre_hook(controller, m, a, k), with_kwargs=True),
-        backbone.register_forward_hook(lambda m, a, k, o: _post_hook(controller, m, a, k, o), with_kwargs=True, always_call=True),
+        backbone.register_forward_pre_hook(lambda m, a, k: _pre_hook(getattr(m, PACKING_ATTR), m, a, k), with_kwargs=True),
+        backbone.register_forward_hook(lambda m, a, k, o: _post_hook(getattr(m, PACKING_ATTR), m, a, k, o), with_kwargs=True,
+                                       always_call=True),
     )
     return True
 
@@ -458,5 +631,6 @@ def is_packed(backbone: nn.Module) -> bool:
     return isinstance(controller, PackingController) and controller.enabled
 
 
-__all__ = ["PackedBatch", "PackingController", "disable_packed_linear", "enable_packed_linear", "is_packed",
-           "pack_rows", "packed_batch", "packed_layer", "unpack_rows"]
+__all__ = ["ATTENTION_LAYOUTS", "PackedBatch", "PackingController", "TokenLayout", "disable_packed_linear", "enable_packed_linear",
+           "host_token_layout", "is_packed", "jagged_attention", "keeping_token_layouts", "known_index", "known_token_layouts", "pack_rows",
+           "packed_batch", "packed_layer", "token_layouts", "unpack_rows"]

@@ -94,6 +94,11 @@ class Objective(nn.Module):
         optimizer step (gradient accumulation; always True without it). State updated once per optimizer
         step (ClusterNS's --centroid_update_per optimizer_step) reads it; the default ignores it."""
 
+    def padding_invariant(self) -> bool:
+        """Whether the loss is the same whatever the number of pad positions in the batch (the collator then may pad the
+        length to a multiple of 8 on CUDA). False for a loss that averages over pad positions too."""
+        return True
+
     def batch_transform(self, tokenizer) -> Callable[[dict], dict] | None:
         """A picklable function the collator applies to each padded batch (e.g. MLM masking)."""
         return None

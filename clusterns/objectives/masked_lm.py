@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from transformers import AutoModelForMaskedLM
 
 from clusterns.modeling.backbones import quiet_transformers
+from clusterns.modeling.packing import known_index
 from clusterns.objectives.functional import at_least_fp32
 from clusterns.objectives.token_masking import bert_mask_tokens, content_generator, special_token_mask
 from clusterns.precision import fp32_region
@@ -158,7 +159,7 @@ class MaskedLMLoss(nn.Module):
         hidden = backbone(input_ids=mlm_input_ids.reshape(-1, length), attention_mask=attention_mask.reshape(-1, length),
                           return_dict=True, **kwargs).last_hidden_state
         flat_labels = labels.reshape(-1)
-        keep = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1)  # the head on the selected tokens only
+        keep = known_index(labels.reshape(-1, length), lambda t: t != IGNORE_INDEX)  # the head on the selected tokens only
         scores = self.head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep))
         with fp32_region(hidden.device.type):
             if keep.numel() == 0:  # nothing selected in this batch (tiny batches): no MLM signal, a zero with grad

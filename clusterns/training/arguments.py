@@ -92,6 +92,15 @@ class ModelArguments:
             "Hugging Face forward over every padded position (clusterns/modeling/packing.py)."
         },
     )
+    packed_attention: str = field(
+        default="auto",
+        metadata={
+            "help": "With --packed_linear, the attention's layout: padded (scatter the packed q/k/v to [N, L] and mask the "
+            "pads), jagged (SDPA on nested jagged tensors of the packed tokens: CUDA's variable-length flash / "
+            "memory-efficient kernels; slow on the CPU) or auto (jagged on CUDA, padded elsewhere; falls back to padded "
+            "once, with a warning, where the kernels are missing)."
+        },
+    )
 
 
 @dataclass
@@ -188,6 +197,18 @@ class ContrastiveTrainingArguments(TrainingArguments):
                           "the world size W, so DDP's average is the one-process gradient of the global batch) or "
                           "original (not scaled, as SimCSE and its forks: the contrastive gradient is 1/W of that, an "
                           "effective learning rate of lr/W for the contrastive terms). No effect on one process."},
+    )
+    nan_check: str = field(
+        default="auto",
+        metadata={"help": "When the --nan_policy verdict is read: every_step (before each update: one host sync per "
+                          "update), deferred (the fused AdamW skips a bad update on the device; verdicts read at logging "
+                          "steps, checkpoints and the end: no host sync per step; the LR schedule advances over a dropped "
+                          "update) or auto (deferred on a CUDA GPU with the fused AdamW and no fp16 scaler, else every_step)."},
+    )
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={"help": "HF's filter of non-finite losses from the logged loss (two host syncs per step). Off: "
+                          "--nan_policy already keeps dropped updates out of the logged loss and train_loss."},
     )
     max_consecutive_skips: int = field(
         default=5,

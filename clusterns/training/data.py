@@ -18,6 +18,8 @@ import torch
 from datasets import Dataset, load_dataset
 from torch.nn.utils.rnn import pad_sequence
 
+from clusterns.modeling.packing import host_token_layout
+from clusterns.objectives.masked_lm import IGNORE_INDEX, MLM_LABELS
 from clusterns.training.text_corpus import (TOKENIZED_WRITER_BATCH_ROWS, CorpusError, TextCorpus, check_corpus_path,
                                             check_text_corpus, is_blank)
 
@@ -28,6 +30,9 @@ CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 JSON_SUFFIXES = {".json", ".jsonl"}
 ROLES = ("sent0", "sent1", "hard_neg")  # anchor, positive, hard negative (SimCSE's nli csv header)
 SENTENCE_KEYS = "sentence_keys"  # the collator's batch key under --mask_duplicates
+# The collator's host-computed layouts (packing_layout): {batch key: (flat ids [T], cumulative counts per row)}; the
+# ids move to the device with the batch, the counts (a list of ints) stay on the host.
+TOKEN_LAYOUTS = "token_layouts"
 
 
 # Rows per Arrow record batch of the cached csv/json files (the writer's batch, and for `map` the function's batch,
@@ -195,6 +200,12 @@ class ContrastiveCollator:
     extra_transforms: tuple[Callable[[dict], dict], ...] = ()
     # --mask_duplicates: batch["sentence_keys"] [B, V], one integer per view's token ids (equal = identical text)
     sentence_keys: bool = False
+    # Packed linear layers: batch[TOKEN_LAYOUTS], the non-pad tokens (and --do_mlm's selected ones) found here on the
+    # host (modeling/packing.py host_token_layout), so that the device never runs nonzero() (a host sync on a GPU).
+    packing_layout: bool = False
+    # Pad the length to a multiple of this (8 on CUDA: the tensor-core tile), for objectives whose numbers do not
+    # depend on the number of pad positions (Objective.padding_invariant); None: the longest sentence's length.
+    pad_to_multiple_of: int | None = None
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         views = []
@@ -207,8 +218,11 @@ class ContrastiveCollator:
         seqs = [torch.as_tensor(v, dtype=torch.long) for v in views]
         input_ids = pad_sequence(seqs, batch_first=True, padding_value=self.pad_token_id)
         lengths = torch.as_tensor([len(v) for v in views])
-        if self.max_length is not None and input_ids.shape[1] < self.max_length:
-            extra = input_ids.new_full((input_ids.shape[0], self.max_length - input_ids.shape[1]), self.pad_token_id)
+        target = self.max_length if self.max_length is not None else input_ids.shape[1]
+        if self.pad_to_multiple_of:
+            target = -(-max(target, input_ids.shape[1]) // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        if input_ids.shape[1] < target:
+            extra = input_ids.new_full((input_ids.shape[0], target - input_ids.shape[1]), self.pad_token_id)
             input_ids = torch.cat([input_ids, extra], dim=1)
         attention_mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
         batch_size = len(features)
@@ -222,4 +236,9 @@ class ContrastiveCollator:
             batch = self.batch_transform(batch)
         for transform in self.extra_transforms:
             batch = transform(batch)
+        if self.packing_layout:
+            layouts = {"attention_mask": host_token_layout(batch["attention_mask"])}
+            if MLM_LABELS in batch:
+                layouts[MLM_LABELS] = host_token_layout(batch[MLM_LABELS] != IGNORE_INDEX)
+            batch[TOKEN_LAYOUTS] = layouts
         return batch

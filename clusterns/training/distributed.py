@@ -61,10 +61,11 @@ def scale_grad(x: Tensor, scale: float) -> Tensor:
     return _ScaleGrad.apply(x, float(scale))
 
 
-def gather_with_local_grad(x: Tensor, scale_local_grad: bool = False) -> Tensor:
+def gather_with_local_grad(x: Tensor, scale_local_grad: bool = False, equal_sizes: bool = False) -> Tensor:
     """[b, ...] on each rank -> [world*b, ...] in rank order; rows of this rank keep the autograd graph.
 
-    Ranks may hold different b (the last batch of an epoch): sizes are exchanged first.
+    Ranks may hold different b (the last batch of an epoch): sizes are exchanged first (a host sync), unless
+    `equal_sizes` (the caller knows every rank holds the same b: accelerate's even_batches data loader).
     `scale_local_grad`: multiply the gradient that reaches this rank's rows by the world size, so that
     DDP's gradient average equals the single-process gradient of a loss computed on the gathered batch
     (see the module docstring). Without it the local rows get d(global loss)/d(rows), unscaled.
@@ -72,10 +73,13 @@ def gather_with_local_grad(x: Tensor, scale_local_grad: bool = False) -> Tensor:
     if not is_distributed():
         return x
     world, me = dist.get_world_size(), dist.get_rank()
-    size = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    sizes = [int(s.item()) for s in sizes]
+    if equal_sizes:
+        sizes = [x.shape[0]] * world
+    else:
+        size = torch.tensor([x.shape[0]], device=x.device)
+        gathered_sizes = [torch.zeros_like(size) for _ in range(world)]
+        dist.all_gather(gathered_sizes, size)
+        sizes = [int(s.item()) for s in gathered_sizes]
     largest = max(sizes)
     padded = x.detach()
     if x.shape[0] < largest:

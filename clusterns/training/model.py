@@ -7,10 +7,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from clusterns.training.data import SENTENCE_KEYS
+from clusterns.training.data import SENTENCE_KEYS, TOKEN_LAYOUTS
 from clusterns.training.distributed import gather_with_local_grad
 from clusterns.grad_cache import cached_forward, chunk_slices, chunked_sum
 from clusterns.modeling.encoder import SentenceEncoder
+from clusterns.modeling.packing import keeping_token_layouts, known_token_layouts, token_layouts
 from clusterns.precision import fp32_region
 from clusterns.objectives.base import EncodedViews, Objective
 from clusterns.objectives.functional import duplicate_negatives
@@ -32,6 +33,9 @@ class ContrastiveModel(nn.Module):
         self.scale_local_grad = scale_local_grad
         self.masked_lm = masked_lm
         self.mini_batch_size = mini_batch_size
+        # Every rank's batch has the same size (the Trainer's data loader: accelerate's even_batches): the gathers
+        # need not exchange sizes first (a host sync per step).
+        self.equal_rank_batches = False
 
     def _pooled(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None, rows: slice) -> Tensor:
         """The encoder's pooled outputs of sentences `rows`, [b, V, H]. One pass over [b*V, L]: the two identical
@@ -48,7 +52,7 @@ class ContrastiveModel(nn.Module):
                    and batch_size > self.mini_batch_size)
         if chunked:  # --mini_batch_size: chunks without a graph, replayed in the backward pass (grad_cache.py)
             anchor = next(p for p in self.encoder.parameters() if p.requires_grad)
-            pooled = cached_forward(lambda rows: self._pooled(input_ids, attention_mask, token_type_ids, rows),
+            pooled = cached_forward(keeping_token_layouts(lambda rows: self._pooled(input_ids, attention_mask, token_type_ids, rows)),
                                     batch_size, self.mini_batch_size, anchor)
         else:
             pooled = self._pooled(input_ids, attention_mask, token_type_ids, slice(None))
@@ -59,16 +63,23 @@ class ContrastiveModel(nn.Module):
         # Under DDP the local rows' gradient is multiplied by the world size: DDP's average of the ranks'
         # gradients is then the single-process gradient of the global batch (clusterns/training/distributed.py).
         # --ddp_gradient original leaves it unscaled, as SimCSE's gather did (1/W of that gradient).
-        gathered = gather_with_local_grad(local, scale_local_grad=self.scale_local_grad)
+        gathered = gather_with_local_grad(local, scale_local_grad=self.scale_local_grad, equal_sizes=self.equal_rank_batches)
         return EncodedViews(pooled=pooled.view(batch_size, num_views, hidden), local=local, gathered=gathered,
                             mini_batch_size=self.mini_batch_size if chunked else None)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None, **batch: Tensor) -> dict:
+        # The collator's host-computed token positions (no nonzero() on the device); the gradient cache's replays in
+        # the backward pass keep them (keeping_token_layouts).
+        layouts = token_layouts(dict(batch, attention_mask=attention_mask), batch.pop(TOKEN_LAYOUTS, None))
+        with known_token_layouts(layouts):
+            return self._forward(input_ids, attention_mask, token_type_ids, **batch)
+
+    def _forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None, **batch: Tensor) -> dict:
         mlm_input_ids, mlm_labels = batch.pop(MLM_INPUT_IDS, None), batch.pop(MLM_LABELS, None)
         sentence_keys = batch.pop(SENTENCE_KEYS, None)
         views = self.encode_views(input_ids, attention_mask, token_type_ids)
         if sentence_keys is not None and self.training:  # --mask_duplicates, over the global batch
-            views.duplicates = duplicate_negatives(gather_with_local_grad(sentence_keys))
+            views.duplicates = duplicate_negatives(gather_with_local_grad(sentence_keys, equal_sizes=self.equal_rank_batches))
         batch = dict(batch, input_ids=input_ids, attention_mask=attention_mask)
         if token_type_ids is not None:
             batch["token_type_ids"] = token_type_ids
@@ -105,5 +116,5 @@ class ContrastiveModel(nn.Module):
                                   reduction="sum"), None
 
         anchor = next(p for p in self.masked_lm.parameters() if p.requires_grad)
-        total, _ = chunked_sum(chunk_term, chunk_slices(mlm_input_ids.shape[0], mini_batch_size), None, anchor)
+        total, _ = chunked_sum(keeping_token_layouts(chunk_term), chunk_slices(mlm_input_ids.shape[0], mini_batch_size), None, anchor)
         return total / selected_tokens(labels)

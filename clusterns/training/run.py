@@ -28,7 +28,7 @@ from transformers import EarlyStoppingCallback, HfArgumentParser, TrainerCallbac
 from clusterns.modeling.backbones import max_positions
 from clusterns.modeling.dropout import use_cpu_dropout
 from clusterns.modeling.encoder import EncoderConfig, SentenceEncoder
-from clusterns.modeling.packing import enable_packed_linear
+from clusterns.modeling.packing import ATTENTION_LAYOUTS, enable_packed_linear, is_packed
 from clusterns.modeling.projectors import resolve_projector
 from clusterns.modeling.prompt import PromptArguments, attach_prompt, enable_prompt
 from clusterns.objectives import (
@@ -58,6 +58,7 @@ from clusterns.training.dev_evaluator import SentEvalDevEvaluator
 from clusterns.training.distributed import data_parallel_message
 from clusterns.training.environment import environment_record
 from clusterns.training.model import DDP_GRADIENTS, ContrastiveModel
+from clusterns.training.nan_guard import NAN_CHECKS
 from clusterns.training.run_lock import LOCK_NAME, OutputDirLock
 from clusterns.training.trainer import ContrastiveTrainer
 
@@ -185,6 +186,14 @@ def check_arguments(model_args, data_args, objective_cls: type[Objective], objec
     """Every start-up check that needs no model: flag ranges, the objective's data needs, resume, output_dir."""
     if training_args.nan_policy not in ("stop", "skip"):
         raise UsageError(f"--nan_policy must be stop or skip, got {training_args.nan_policy!r}")
+    if training_args.nan_check not in NAN_CHECKS:
+        raise UsageError(f"--nan_check must be one of {', '.join(NAN_CHECKS)}, got {training_args.nan_check!r}")
+    if training_args.nan_check == "deferred" and (str(getattr(training_args.optim, "value", training_args.optim)) != "adamw_torch_fused"
+                                                  or training_args.fp16):
+        raise UsageError("--nan_check deferred needs --optim adamw_torch_fused (the default: its fused step skips a bad "
+                         "update on the device) and no --fp16 (its loss scaler decides itself); use --nan_check every_step")
+    if model_args.packed_attention not in ATTENTION_LAYOUTS:
+        raise UsageError(f"--packed_attention must be one of {', '.join(ATTENTION_LAYOUTS)}, got {model_args.packed_attention!r}")
     if not (math.isfinite(model_args.temp) and model_args.temp > 0):
         raise UsageError(f"--temp must be a positive number (SimCSE: 0.05), got {model_args.temp}")
     if not math.isfinite(model_args.hard_negative_weight):
@@ -282,7 +291,7 @@ def build_encoder(model_args, data_args, objective_args=None, prompt_args=None) 
     if model_args.fast_dropout:  # the cheaper CPU dropout mask (modeling/dropout.py)
         use_cpu_dropout(encoder.backbone)
     if model_args.packed_linear:  # non-pad tokens only through the linear layers (modeling/packing.py)
-        enable_packed_linear(encoder.backbone)
+        enable_packed_linear(encoder.backbone, attention=model_args.packed_attention)
     if prompt_args is not None:
         attach_prompt(encoder, prompt_args, data_args.max_seq_length)  # template tokens + max_seq_length must fit
     encoder.pooling.check(encoder, data_args.max_seq_length)
@@ -431,6 +440,9 @@ def build_run(argv: list[str] | None = None, *, parsed: tuple | None = None, sen
         max_length=data_args.max_seq_length if data_args.pad_to_max_length else None,
         batch_transform=objective.batch_transform(encoder.tokenizer),
         sentence_keys=model_args.mask_duplicates,
+        packing_layout=is_packed(encoder.backbone),
+        pad_to_multiple_of=8 if (training_args.device.type == "cuda" and not data_args.pad_to_max_length
+                                 and objective.padding_invariant()) else None,
         extra_transforms=(() if masked_lm is None else (MLMBatchMasking.from_tokenizer(
             encoder.tokenizer, mlm_args.mlm_probability, mlm_args.mlm_clone_inputs, seed=training_args.seed),)),
     )

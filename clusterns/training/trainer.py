@@ -108,6 +108,10 @@ class ContrastiveTrainer(Trainer):
         """HF's, with the shuffled order drawn as before but never held as one Python list (training/sampler.py)."""
         dataloader = super().get_train_dataloader()
         use_chunked_order(dataloader)
+        # accelerate's even_batches (its default) completes the last batch of every rank from the epoch's start, so all
+        # ranks hold equal batches: the model's gathers skip their size exchange. Batches dispatched from rank 0
+        # (an iterable dataset) are split without that guarantee.
+        self.contrastive_model.equal_rank_batches = bool(self.accelerator.even_batches) and not self.accelerator.dispatch_batches
         return dataloader
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -137,7 +141,9 @@ class ContrastiveTrainer(Trainer):
         if self._bypasses_ddp and self.accelerator.sync_gradients:
             # once per optimizer step, as DDP would after the last micro-batch (before clipping and the step)
             average_gradients(self.contrastive_model.parameters())
-        return loss
+        # HF sums what this returns into its logged loss: a non-finite loss is counted as 0 there (without a host sync,
+        # unlike HF's --logging_nan_inf_filter), and log() reports the applied updates' mean instead.
+        return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
 
     def _get_grad_norm(self, model, grad_norm=None):
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
@@ -146,13 +152,15 @@ class ContrastiveTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log: the objective's logs averaged over the window's applied updates
+            self.nan_guard.settle_pending()  # --nan_check deferred: this window's verdicts (stop raises here)
             sums, count, skipped = self.nan_guard.pop_window_logs()
+            applied_loss = self.nan_guard.pop_window_loss()
             for key, total in sums.items():
                 logs[key] = round((total / count).item(), 6)
             if skipped:
                 logs["nonfinite/skipped"] = skipped
-                if not count:  # only dropped steps: HF's nan filter would report 0
-                    logs["loss"] = float("nan")
+                # HF's sum counted the dropped updates as 0: the applied ones' mean (NaN when all were dropped)
+                logs["loss"] = round(applied_loss, 4) if applied_loss is not None else float("nan")
         super().log(logs, start_time)
 
     # ---- evaluation -----------------------------------------------------------------------------
@@ -339,6 +347,7 @@ class ContrastiveTrainer(Trainer):
         else:
             check_finite(self.contrastive_model, f"the initial weights of {self.contrastive_model.encoder.config.base_model}")
         output = super().train(resume_from_checkpoint, *args, **kwargs)
+        self.nan_guard.settle_pending()
         loss = self.nan_guard.applied_mean_loss()
         if loss is not None:  # the applied updates' mean (HF's counts dropped updates)
             output.metrics["train_loss"] = loss
@@ -426,6 +435,7 @@ class ContrastiveTrainer(Trainer):
     def _write_model_files(self, output_dir: str) -> None:
         """A model folder (encoder, sentence-transformers files) plus the objective state and the run's flags."""
         model = self.contrastive_model
+        self.nan_guard.settle_pending()  # --nan_check deferred: nothing is written past an unread verdict
         check_finite(model, f"at step {self.state.global_step}, before writing {output_dir}")
         write_model_folder(model.encoder, output_dir)
         objective_state = model.objective.state_dict()

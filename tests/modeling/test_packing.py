@@ -307,3 +307,100 @@ def test_diffcse_extra_passes_follow_packing(tiny_bert, reduction, discriminator
     for out in outs:
         out["loss"].backward()
     _assert_grads_close(models[0], models[1])
+
+
+# ---- attention on the packed tokens (--packed_attention jagged: CUDA's default) ------------------------------------
+@pytest.mark.parametrize("backbone", ["tiny_bert", "tiny_roberta"])
+def test_jagged_attention_equals_the_padded_layout(request, backbone):
+    """SDPA on nested jagged tensors of the packed tokens: the same vectors and gradients as the padded layout (eval and
+    train mode without dropout), the pads' hidden states zeros as before."""
+    model = request.getfixturevalue(backbone)
+    padded, _ = _build(model, "avg", True)
+    jagged = copy.deepcopy(padded)
+    assert enable_packed_linear(jagged.backbone, attention="jagged")
+    batch = _batch(padded)
+    length = batch["input_ids"].shape[-1]
+    ids, mask = batch["input_ids"].reshape(-1, length), batch["attention_mask"].reshape(-1, length)
+    for training in (False, True):
+        padded.train(training)
+        jagged.train(training)
+        a, b = padded(ids, mask), jagged(ids, mask)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        if training:
+            weights = torch.randn_like(a)
+            (a * weights).sum().backward()
+            (b * weights).sum().backward()
+            _assert_grads_close(padded, jagged)
+    hidden = jagged.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert not hidden[mask == 0].any()
+
+
+def test_jagged_attention_each_sentence_and_dropout():
+    """(On the CPU, torch's nested-tensor SDPA loops over the sentences, with host syncs; on CUDA it calls the
+    variable-length kernels with the offsets as they are: scripts/bench_gpu.py counts the syncs there.)"""
+    from clusterns.modeling.packing import jagged_attention
+
+    q, k, v = (torch.randn(9, 2, 8, requires_grad=True) for _ in range(3))
+    offsets = torch.tensor([0, 4, 5, 9])
+    out = jagged_attention(q, k, v, offsets, 4, 0.0, 0.5)
+    assert out.shape == (9, 2, 8)
+    for start, end in ((0, 4), (4, 5), (5, 9)):  # each sentence attends to its own tokens only
+        ref = torch.nn.functional.scaled_dot_product_attention(*(t[start:end].transpose(0, 1) for t in (q, k, v)), scale=0.5)
+        torch.testing.assert_close(out[start:end], ref.transpose(0, 1))
+    torch.manual_seed(0)
+    dropped = jagged_attention(q, k, v, offsets, 4, 0.5, 0.5)
+    dropped.sum().backward()
+    assert torch.isfinite(q.grad).all() and not torch.allclose(dropped, out)
+
+
+def test_packed_attention_auto_is_padded_on_the_cpu_and_falls_back(tiny_bert, monkeypatch, caplog):
+    from clusterns.modeling import packing
+
+    encoder, _ = _build(tiny_bert, "avg", True)
+    controller = encoder.backbone._clusterns_packing
+    assert controller.attention == "auto" and not controller.jagged_for(torch.device("cpu"))
+    assert controller.jagged_for(torch.device("cuda"))
+    batch = _batch(encoder)
+    length = batch["input_ids"].shape[-1]
+    ids, mask = batch["input_ids"].reshape(-1, length), batch["attention_mask"].reshape(-1, length)
+    encoder.eval()
+    expected = encoder(ids, mask)
+    monkeypatch.setattr(controller, "jagged_for", lambda device: True)  # as on CUDA ...
+
+    def no_kernel(*args, **kwargs):
+        raise NotImplementedError("no kernel for this build")
+
+    monkeypatch.setattr(packing, "jagged_attention", no_kernel)  # ... with a torch build lacking the kernel
+    with caplog.at_level("WARNING"):
+        torch.testing.assert_close(encoder(ids, mask), expected)
+    assert "no kernel for this build" in controller.jagged_failed and "padded layout is used from now on" in caplog.text
+    controller.attention = "jagged"  # asked for explicitly: the error is not swallowed
+    with pytest.raises(NotImplementedError):
+        encoder(ids, mask)
+
+
+def test_packed_attention_flag(tiny_bert, capsys):
+    from clusterns.cli.train import train_main
+    from clusterns.training.run import build_encoder, parse_args
+
+    model_args, data_args, _, _ = parse_args(_argv(tiny_bert, "cls", ["--packed_attention", "jagged"]))
+    assert build_encoder(model_args, data_args, None).backbone._clusterns_packing.attention == "jagged"
+    with pytest.raises(SystemExit) as info:
+        train_main(_argv(tiny_bert, "cls", ["--packed_attention", "ragged", "--train_file", "x.txt"]))
+    assert info.value.code == 2 and "--packed_attention must be one of auto, padded, jagged" in capsys.readouterr().err
+
+
+def test_a_deep_copy_of_a_packed_encoder_runs_packed_with_its_own_state(tiny_bert):
+    """The hooks read the controller of the module they run on: a copy's forward runs packed on its own stack (a hook
+    bound to the original's controller would leave the copy's layers without a state and without their mask)."""
+    encoder, _ = _build(tiny_bert, "avg", True)
+    plain, _ = _build(tiny_bert, "avg", False)
+    copied = copy.deepcopy(encoder)
+    batch = _batch(encoder)
+    length = batch["input_ids"].shape[-1]
+    ids, mask = batch["input_ids"].reshape(-1, length), batch["attention_mask"].reshape(-1, length)
+    for model in (encoder, copied, plain):
+        model.eval()
+    before = copied.backbone._clusterns_packing.calls, encoder.backbone._clusterns_packing.calls
+    torch.testing.assert_close(copied(ids, mask), plain(ids, mask), atol=1e-5, rtol=1e-5)
+    assert copied.backbone._clusterns_packing.calls == before[0] + 1 and encoder.backbone._clusterns_packing.calls == before[1]

@@ -38,6 +38,8 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
+from clusterns.training.host_syncs import CountHostSyncsCallback  # noqa: E402
+
 WORLD = 2
 LOCAL_BATCH = 4
 LR = 0.1
@@ -80,6 +82,8 @@ def recording():
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
         record["trainer"] = self
+        record["host_syncs"] = CountHostSyncsCallback()  # per optimizer step (saved as its counts)
+        self.add_callback(record["host_syncs"])
         if self.eval_dataset is not None:
             evaluator = self.eval_dataset
 
@@ -95,8 +99,9 @@ def recording():
             record["initial"] = {k: v.detach().clone() for k, v in self.contrastive_model.state_dict().items()}
         record["ids"].append(inputs["input_ids"].detach().cpu().clone())
         loss, outputs = original_loss(self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        record["loss"].append(float(outputs["loss"].detach()))
-        record["logs"].append({k: float(v) for k, v in outputs["logs"].items()})
+        with record["host_syncs"].counter.pause():  # the recorder's own reads are not the step's
+            record["loss"].append(float(outputs["loss"].detach()))
+            record["logs"].append({k: float(v) for k, v in outputs["logs"].items()})
         return (loss, outputs) if return_outputs else loss
 
     T.ContrastiveTrainer.__init__, T.ContrastiveTrainer.compute_loss = init, compute_loss
@@ -112,6 +117,9 @@ def run_recorded(argv: list[str]) -> dict:
     with recording() as record:
         train_main([str(a) for a in argv])
     trainer = record.pop("trainer")
+    counter = record.pop("host_syncs")
+    record["host_syncs"], record["host_sync_counts"] = counter.per_step, dict(counter.counter.counts)
+    record["host_sync_where"] = [w for _, w in counter.counter.where[:4]]
     state = trainer.state
     record["final"] = {k: v.detach().clone() for k, v in trainer.contrastive_model.state_dict().items()}
     record["global_step"] = state.global_step
@@ -261,6 +269,11 @@ if __name__ != "__main__":
         spec.append({"argv": [str(a) for a in [*common_argv(assets, out / "run", LOCAL_BATCH, ddp=True), *OBJECTIVE_FLAGS["infonce"],
                                                  "--max_steps", "1", "--ddp_gradient", "original"]], "out": str(out)})
         outs["ddp-gradient-original"] = out
+        out = root / "infonce-deferred"  # the non-finite verdicts read at logging steps: no host sync per step
+        out.mkdir()
+        spec.append({"argv": [str(a) for a in [*common_argv(assets, out / "run", LOCAL_BATCH, ddp=True), *OBJECTIVE_FLAGS["infonce"],
+                                                 "--max_steps", "3", "--nan_check", "deferred", "--optim", "adamw_torch_fused"]], "out": str(out)})
+        outs["infonce-deferred"] = out
         out = root / "diffcse-recipe"
         out.mkdir()
         spec.append({"argv": [str(a) for a in diffcse_recipe_argv(assets, out / "run")], "out": str(out)})
@@ -333,6 +346,17 @@ if __name__ != "__main__":
         # DDP keeps the ranks' weights identical.
         for key, value in float_items(ranks[0]["final"]).items():
             torch.testing.assert_close(float_items(ranks[1]["final"])[key], value, rtol=0, atol=0)
+
+    def test_no_host_sync_per_step_under_ddp(ddp_runs):
+        """The gathers skip their size exchange (equal batches on every rank) and the packing index comes from the
+        collator: the per-step host syncs are the non-finite verdict's alone (one, every_step: the CPU's default),
+        none with --nan_check deferred."""
+        for name in ("infonce", "mixcse"):
+            for rank in ddp_runs[name]:
+                assert rank["host_syncs"] and all(n == 1 for n in rank["host_syncs"]), (name, rank["host_syncs"], rank["host_sync_counts"], rank["host_sync_where"])
+        for rank in ddp_runs["infonce-deferred"]:
+            assert len(rank["host_syncs"]) == 3 and all(n == 0 for n in rank["host_syncs"]), rank["host_sync_counts"]
+            assert rank["global_step"] == 3 and all(math.isfinite(x) for x in rank["logged_loss"])
 
     def test_ddp_gradient_original_is_one_over_world_size(assets, ddp_runs, tmp_path):
         """--ddp_gradient original (SimCSE's gather, no world-size factor): the first update of every parameter is

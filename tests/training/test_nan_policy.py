@@ -197,3 +197,55 @@ def test_train_loss_is_the_mean_of_the_applied_updates(tiny_bert, tiny_corpus, t
     assert len(applied) == 3 and results["skipped_steps"] == 1
     assert results["train_loss"] == pytest.approx(sum(applied) / 3, rel=1e-5)
     assert "train_loss = 0.0" not in (out / "train_results.txt").read_text()
+
+
+# ---- --nan_check deferred: the verdict stays on the device until a logging step, a save or the end ---------------
+def test_deferred_skip_drops_the_update_on_the_device(tiny_bert, tiny_corpus, tmp_path, monkeypatch):
+    """The fused AdamW skips the bad update itself (found_inf): weights, moments and step count unchanged, as with
+    every_step; the LR schedule advances (the one difference); the dropped step is logged when its window is."""
+    from clusterns.objectives.infonce import InfoNCEObjective
+
+    inject(monkeypatch, InfoNCEObjective, 3, "nan")
+    out = tmp_path / "run"
+    results = train_main(argv(tiny_bert, tiny_corpus, out, "--nan_policy", "skip", "--nan_check", "deferred", "--logging_steps", 2))
+    c2, c3, c4 = (out / f"checkpoint-{s}" for s in (2, 3, 4))
+    assert same(weights(c2), weights(c3)) and not same(weights(c3), weights(c4))
+    assert adam_steps(c2) == adam_steps(c3) == {2.0} and adam_steps(c4) == {3.0}
+    assert scheduler_epoch(c3) == 3 and scheduler_epoch(c4) == 4
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert [h["step"] for h in state["log_history"] if "nonfinite" in h] == [3]
+    logged = {h["step"]: h for h in state["log_history"] if "loss" in h}
+    assert logged[4]["nonfinite/skipped"] == 1 and math.isfinite(logged[4]["loss"]) and math.isfinite(logged[4]["sim/pos"])
+    assert results["skipped_steps"] == 1 and math.isfinite(results["train_loss"])
+
+
+def test_deferred_stop_raises_at_the_next_read_naming_the_step(tiny_bert, tiny_corpus, tmp_path, monkeypatch):
+    from clusterns.objectives.infonce import InfoNCEObjective
+
+    inject(monkeypatch, InfoNCEObjective, 2, "inf")
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 2 .*--nan_check deferred: read at step 3"):
+        train_main(argv(tiny_bert, tiny_corpus, out, "--nan_check", "deferred", "--logging_steps", 3, "--save_steps", 3))
+    assert not list(out.glob("checkpoint-*")) and not (out / "model.safetensors").exists()
+
+
+def test_deferred_needs_the_fused_optimizer(tiny_bert, tiny_corpus, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        train_main(argv(tiny_bert, tiny_corpus, tmp_path / "run", "--nan_check", "deferred", "--optim", "sgd"))
+    assert info.value.code == 2 and "--nan_check deferred needs --optim adamw_torch_fused" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        train_main(argv(tiny_bert, tiny_corpus, tmp_path / "run", "--nan_check", "sometimes"))
+    assert info.value.code == 2 and "--nan_check must be one of auto, every_step, deferred" in capsys.readouterr().err
+
+
+def test_deferred_skip_puts_back_the_clusterns_state(tiny_bert, tiny_corpus, tmp_path, monkeypatch):
+    """The dropped step's forward updated the centroids and the forward counter: put back on the device (a where)."""
+    from clusterns.objectives.clusterns.objective import ClusterNSObjective
+
+    inject(monkeypatch, ClusterNSObjective, 3, "nan")
+    out = tmp_path / "run"
+    train_main(argv(tiny_bert, tiny_corpus, out, "--nan_policy", "skip", "--nan_check", "deferred", "--objective", "clusterns",
+                    "--kmeans", 4, "--kmean_cosine", 1.0, "--kmeans_lr", 0.1, "--logging_steps", 4))
+    s2, s3, s4 = (load_file(str(out / f"checkpoint-{s}" / "objective.safetensors")) for s in (2, 3, 4))
+    assert same(s2, s3) and int(s3["cluster.num_forwards"]) == 2 and bool(s3["cluster.started"])
+    assert not torch.equal(s3["cluster.centroids"], s4["cluster.centroids"])

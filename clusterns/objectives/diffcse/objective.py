@@ -42,7 +42,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 from clusterns.grad_cache import chunk_slices, chunked_sum
 from clusterns.objectives.diffcse.discriminator import ConditionalDiscriminator, splice_cls_input
 from clusterns.objectives.diffcse.masking import SCHEMES, MLMMasking
-from clusterns.modeling.packing import enable_packed_linear, is_packed
+from clusterns.modeling.packing import enable_packed_linear, is_packed, keeping_token_layouts, known_index
 from clusterns.objectives.base import EncodedViews, Objective, ObjectiveOutput
 from clusterns.objectives.functional import at_least_fp32, infonce_logits, infonce_loss, similarity_logs
 from clusterns.precision import fp32_region
@@ -442,6 +442,9 @@ class DiffCSEObjective(Objective):
         gen.train(self.training and self.args.generator_dropout)
         return gen
 
+    def padding_invariant(self) -> bool:
+        return self.args.rtd_reduction != "all_positions"  # the original's RTD mean counts pad positions
+
     @torch.no_grad()
     def corrupt(self, mlm_input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Generator replacement ids [N, L] for the masked inputs (no gradient)."""
@@ -452,7 +455,7 @@ class DiffCSEObjective(Objective):
         # Packed: the MLM head (a [tokens, vocab] product) on the non-pad tokens only; pads get id 0,
         # which rtd_inputs' mask would give them anyway.
         hidden = self.generator_base(input_ids=mlm_input_ids, attention_mask=attention_mask)[0]
-        keep = attention_mask.reshape(-1).nonzero().squeeze(1)
+        keep = known_index(attention_mask.reshape(-1, attention_mask.shape[-1]))  # the collator's, when it has it
         logits = self.packed_generator_head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep))
         ids = mlm_input_ids.new_zeros(mlm_input_ids.numel())
         ids[keep] = generator_replacement(logits, self.args.generator_replace, self.vocab_limit)
@@ -523,6 +526,6 @@ class DiffCSEObjective(Objective):
                 term = rtd_loss_sum(rtd_logits, replaced[piece], attn[piece], self.args.rtd_reduction)
             return term, rtd_logits.detach().argmax(dim=-1)
 
-        total, preds = chunked_sum(chunk_term, slices, cond, anchor=self.rtd_head.weight)
+        total, preds = chunked_sum(keeping_token_layouts(chunk_term), slices, cond, anchor=self.rtd_head.weight)
         rtd = total / rtd_loss_normaliser(attn, self.args.rtd_reduction, num_views)
         return rtd, torch.cat(preds), replaced
