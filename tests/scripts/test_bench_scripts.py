@@ -14,6 +14,7 @@ SCRIPT = REPO / "scripts" / "bench_train.py"
 sys.path.insert(0, str(REPO / "scripts"))
 
 import bench_data  # noqa: E402
+import bench_encode  # noqa: E402
 import bench_gpu  # noqa: E402
 import profile_step  # noqa: E402
 import bench_train  # noqa: E402
@@ -218,7 +219,9 @@ def test_bench_gpu_smoke_runs_every_configuration(tmp_path):
     assert report["runs"]["clusterns/b8/fp32"]["clustering_active"] is True
     assert report["ratios"]["infonce_vs_st/b8/fp32"] > 0
     assert "skipped" in report["sts_suite"] and report["cuda_tests"] == {"skipped": "no CUDA device"}
+    assert report["host_syncs"]["per_step"] == [0, 0, 0], report["host_syncs"]  # --nan_check deferred on the CPU
     assert "<!-- bench_gpu:start -->" in md.read_text() and "CPU (smoke)" in md.read_text()
+    assert "host syncs per optimizer step (infonce, batch 64, outside the timed runs): [0, 0, 0]" in md.read_text()
 
 
 def test_profile_step_attributes_the_step(tiny_bert, tmp_path):
@@ -267,3 +270,22 @@ def test_bench_scaling_refuses_bad_lists(capsys):
     with pytest.raises(SystemExit) as err:
         bench_scaling.main(["--generator_layers", "0"])
     assert err.value.code == 2 and "--generator_layers must be >= 1" in capsys.readouterr().err
+
+
+def test_bench_encode_times_both_libraries_on_both_sets(tiny_bert, tmp_path, capsys):
+    """scripts/bench_encode.py on a tiny BERT: both sets built (long lines joined from short ones when the source has
+    none), the three encoders timed, their vectors equal, the section written; bad flags exit 2."""
+    source = tmp_path / "lines.txt"
+    source.write_text("\n".join(["a man is playing a guitar .", "two dogs run in the park .", "the cat sleeps ."] * 10) + "\n")
+    out, md = tmp_path / "encode.json", tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n")
+    assert bench_encode.main(["--model_name_or_path", str(tiny_bert), "--source", str(source), "--count", "12",
+                              "--batch_size", "4", "--repeat", "1", "--json", str(out), "--update_md", str(md)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["sets"]) == {"short", "long"}
+    long_set = report["sets"]["long"]
+    assert long_set["sentences"] == 12 and 50 <= long_set["mean_tokens"] <= 100
+    assert all(r["st_s"] > 0 and r["plain_s"] > 0 and r["packed_s"] > 0 and r["max_abs_diff"] < 1e-4 for r in report["sets"].values())
+    assert "<!-- bench_encode:start -->" in md.read_text() and "packed vs ST" in md.read_text()
+    assert bench_encode.main(["--count", "0"]) == 2 and "must be positive" in capsys.readouterr().err
+    assert bench_encode.main(["--source", str(tmp_path)]) == 2 and "is not a file" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from clusterns.modeling.backbones import conditioning_module, pooling_layer_kwargs, ready_padding_mask
+from clusterns.modeling.packing import is_packed
 
 
 def splice_cls_input(embedding_output: Tensor, cls_input: Tensor) -> Tensor:
@@ -74,7 +75,10 @@ class ConditionalDiscriminator(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, cls_input: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
         """Last hidden states [N, L, H] of the discriminator on ``input_ids`` with row 0 := ``cls_input``."""
-        kwargs = {"attention_mask": ready_padding_mask(self.backbone, attention_mask)}  # no host sync in its builder
+        # A padded discriminator (the original RTD loss counts pad positions) gets its mask ready-made (transformers'
+        # builder would ask the device whether it is all ones: a host sync); a packed one reads the 2-D mask itself.
+        ready = attention_mask if is_packed(self.backbone) else ready_padding_mask(self.backbone, attention_mask)
+        kwargs = {"attention_mask": ready}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         with self.conditioned_on(cls_input):
