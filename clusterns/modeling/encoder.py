@@ -89,6 +89,28 @@ class EncoderConfig:
         write_json(Path(folder, CONFIG_NAME), self.to_dict(), sort_keys=True)
 
 
+# encode() on the CPU: padded tokens per forward pass. The layers' activations of a larger pass spill out of the CPU's
+# caches: MiniLM on the 2-core machine encoded 1000 sentences of 50-100 tokens in 8.3 s in passes of 32 sentences
+# (~2,300 tokens) and 10.2 s in passes of 128 (scripts/bench_encode.py measures the default).
+CPU_TOKENS_PER_FORWARD = 2048
+
+
+def forward_bounds(lengths: list[int], batch_size: int, tokens_per_forward: int | None = None) -> list[tuple[int, int]]:
+    """[start, end) of each forward pass over sentences sorted longest first (`lengths`): at most batch_size
+    sentences, and at most tokens_per_forward padded tokens (the first sentence's length times the rows; at least
+    one sentence)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    bounds, start = [], 0
+    while start < len(lengths):
+        rows = batch_size
+        if tokens_per_forward is not None:
+            rows = max(1, min(batch_size, tokens_per_forward // max(1, lengths[start])))
+        bounds.append((start, min(len(lengths), start + rows)))
+        start += rows
+    return bounds
+
+
 class SentenceEncoder(nn.Module):
     def __init__(self, backbone: nn.Module, tokenizer, config: EncoderConfig):
         super().__init__()
@@ -320,6 +342,7 @@ class SentenceEncoder(nn.Module):
         normalize: bool | None = None,
         autocast_precision: str = "fp32",
         precision: str = "float32",
+        tokens_per_forward: int | None = None,
         **kwargs: Any,
     ) -> np.ndarray | Tensor:
         """Embed sentences in input order, sentence-transformers' signature (MTEB can call it).
@@ -327,7 +350,10 @@ class SentenceEncoder(nn.Module):
         Batches are formed over length-sorted inputs so padding is minimal; the model is put in
         eval mode for the call and restored afterwards. autocast_precision: `fp32` (default), `bf16`, `fp16` (CUDA)
         or `auto` (bf16 / fp16 on a CUDA GPU, fp32 on the CPU): the encoder runs under autocast, the returned
-        vectors are fp32. precision: sentence-transformers' output quantization; only `float32` (what MTEB passes)."""
+        vectors are fp32. precision: sentence-transformers' output quantization; only `float32` (what MTEB passes).
+        tokens_per_forward: at most this many padded tokens per forward pass (a batch of long sentences is split;
+        each sentence's vector is the same whatever its batch): default CPU_TOKENS_PER_FORWARD on the CPU, whose
+        caches hold a smaller batch's activations (bench_encode.py), none on a GPU."""
         if normalize is not None:
             normalize_embeddings = normalize
         single = isinstance(sentences, str)
@@ -345,10 +371,12 @@ class SentenceEncoder(nn.Module):
             ids = features["input_ids"]
             order = np.argsort([-len(x) for x in ids], kind="stable")
             out: list[Tensor] = []
-            starts = range(0, len(order), batch_size)
+            budget = tokens_per_forward if tokens_per_forward is not None else (
+                CPU_TOKENS_PER_FORWARD if self.device.type == "cpu" else None)
+            bounds = forward_bounds([len(ids[i]) for i in order], batch_size, budget)
             show = show_progress_bar if show_progress_bar is not None else False
-            for start in tqdm(starts, desc="Encoding", disable=not show):
-                idx = order[start : start + batch_size]
+            for start, end in tqdm(bounds, desc="Encoding", disable=not show):
+                idx = order[start:end]
                 batch = self.tokenizer.pad({k: [features[k][i] for i in idx] for k in features}, return_tensors="pt")
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 with inference_autocast(autocast_precision, self.device.type):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from clusterns.modeling.encoder import CONFIG_NAME, EncoderConfig, SentenceEncoder
+from clusterns.modeling.encoder import CONFIG_NAME, EncoderConfig, SentenceEncoder, forward_bounds
 
 SENTENCES = [
     "a man is playing a guitar .",
@@ -31,6 +31,33 @@ def test_encode_shape_dtype_and_input_order(encoder):
     # one at a time (no padding at all) gives the same vectors: order restored, padding masked
     single = np.stack([encoder.encode(s) for s in SENTENCES])
     np.testing.assert_allclose(emb, single, atol=1e-5)
+
+
+def test_forward_bounds_respect_the_batch_and_the_token_budget():
+    lengths = [40, 30, 30, 10, 10, 10, 5]  # sorted longest first, as encode() sorts
+    assert forward_bounds(lengths, 4) == [(0, 4), (4, 7)]
+    assert forward_bounds(lengths, 4, tokens_per_forward=60) == [(0, 1), (1, 3), (3, 7)]  # 60 // 40, 60 // 30, 4 rows
+    assert forward_bounds(lengths, 100, tokens_per_forward=10) == [(i, i + 1) for i in range(7)]
+    assert forward_bounds([10, 5, 5, 5], 100, tokens_per_forward=10) == [(0, 1), (1, 3), (3, 4)]
+    assert forward_bounds([500], 8, tokens_per_forward=100) == [(0, 1)]  # at least one sentence per pass
+    assert forward_bounds([], 8, 100) == []
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        forward_bounds([3], 0)
+
+
+def test_encode_token_budget_gives_the_same_vectors(encoder):
+    """A budget of a few tokens per pass (one sentence each) and none (every sentence in one pass): equal vectors."""
+    calls = []
+    handle = encoder.backbone.register_forward_hook(lambda module, args, out: calls.append(1))
+    try:
+        split = encoder.encode(SENTENCES, batch_size=8, tokens_per_forward=4)
+        assert len(calls) == len(SENTENCES)
+        whole = encoder.encode(SENTENCES, batch_size=8, tokens_per_forward=10**6)
+        assert len(calls) == len(SENTENCES) + 1
+    finally:
+        handle.remove()
+    np.testing.assert_allclose(split, whole, atol=1e-5)
+    np.testing.assert_allclose(encoder.encode(SENTENCES, batch_size=8), whole, atol=1e-5)  # the CPU default
 
 
 def test_encode_tensor_and_normalize(encoder):
