@@ -24,7 +24,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 from bench.sentences import BUILTIN_SENTENCES, default_model  # noqa: E402
-from benchmarks_md import command_line, machine, publish, short_model_name, utc_now  # noqa: E402
+from benchmarks_md import command_line, machine, publish, section_start, short_model_name, utc_now  # noqa: E402
 
 TARGET = 1.5  # issue 23: encode at least 1.5x sentence-transformers on both sets
 DEFAULT_SOURCE = os.path.join(REPO, "..", "shared", "data", "corpus", "en_sentences.txt")
@@ -50,15 +50,10 @@ def sentence_sets(path: str | None, tokenizer, count: int, seed: int = 0) -> dic
 
 
 def markdown(out: dict) -> str:
-    m = out["machine"]
-    lines = [
-        "## Encoding: encode() vs sentence-transformers (CPU)",
-        "",
-        f"`{out['command']}` ({out['measured_at']})",
-        "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({out['torch_threads']} threads), Python {m['python']}; "
+    lines = section_start(
+        "Encoding: encode() vs sentence-transformers (CPU)", out, out["torch_threads"],
         f"model `{short_model_name(out['model'])}` (mean pooling in both), batch {out['batch_size']}, fastest of "
-        f"{out['repeat']} interleaved runs, tokenization included; load average during the runs {out['load']}.",
+        f"{out['repeat']} interleaved runs, tokenization included; load average during the runs {out['load']}.") + [
         "",
         "| set | sentences | mean tokens | sentence-transformers (s) | ours, plain forward (s) | ours, packed (s) | plain vs ST | packed vs ST |",
         "|---|---|---|---|---|---|---|---|",

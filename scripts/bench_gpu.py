@@ -10,6 +10,7 @@ tokenizer, which is bert-base-uncased's vocabulary; the shared English corpus or
   framework's Trainer path, and of sentence-transformers' MultipleNegativesRankingLoss through its own trainer
   (which tokenizes inside its step), at batch 64 and 256, length 32, in bf16 and fp32/TF32;
   model FLOP utilisation of infonce from the encoder's matmul FLOPs and the GPU's dense bf16 peak (--peak_tflops);
+- the host syncs per optimizer step of an infonce run (training/host_syncs.py; expected 0 on CUDA);
 - the STS suite (evaluation.py --task_set sts) with --precision fp32 and auto, when SentEval data is found;
 - the project's CUDA tests (pytest -m cuda).
 The framework (and sentence-transformers' trainer) need `datasets`: if it is missing, wheels placed in

@@ -45,6 +45,15 @@ def publish(report: dict, md: str, section: str, show: bool = False, update_md: 
             json.dump(report, f, indent=2)
 
 
+def section_start(title: str, report: dict, threads: int, what: str) -> list[str]:
+    """A section's first lines: its title, the command that produced it with the time, and a line naming the machine
+    (machine(): CPU, cores, torch and Python versions; `threads` torch threads) followed by `what` was measured."""
+    m = report["machine"]
+    return [f"## {title}", "", f"`{report['command']}` ({report['measured_at']})", "",
+            f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')} ({threads} threads), "
+            f"Python {m.get('python', '?')}; {what}"]
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 

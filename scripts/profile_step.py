@@ -24,7 +24,7 @@ from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench.sentences import default_model, load_sentences  # noqa: E402
-from benchmarks_md import command_line, machine, publish, utc_now  # noqa: E402
+from benchmarks_md import command_line, machine, publish, section_start, utc_now  # noqa: E402
 
 SECTION = "profile_step"
 LABEL_PREFIX = "clusterns::"
@@ -186,18 +186,14 @@ def _profile(a) -> dict:
 
 def markdown(report: dict) -> str:
     step = report["step_ms"]
-    lines = [
-        "## Where the training step's time goes (CPU profile)",
-        "",
-        f"`{report['command']}` ({report['measured_at']})",
-        "",
-        f"Machine: {report['machine'].get('cpu', '?')}, {report['machine'].get('cores', '?')} cores, torch "
-        f"{report['machine'].get('torch', '?')} ({report['threads']} threads); model `{os.path.basename(report['model'].rstrip('/'))}`, "
+    lines = section_start(
+        "Where the training step's time goes (CPU profile)", report, report["threads"],
+        f"model `{os.path.basename(report['model'].rstrip('/'))}`, "
         f"--objective {report['objective']}, batch {report['batch_size']}, max length {report['max_seq_length']}, "
         f"{report['steps']} profiled steps after {report['warmup']} warm-up; step {step:.0f} ms under the profiler, "
         f"{report['unprofiled_step_ms']:.0f} ms in the {report['steps']} steps after it without (the profiler's bookkeeping "
         "and its slower operators: the shares below are of the profiled step). Self time per category "
-        "(scripts/profile_step.py docstring):",
+        "(scripts/profile_step.py docstring):") + [
         "",
         "| category | ms per step | share of the step |",
         "|---|---|---|",
