@@ -2,8 +2,8 @@
 logging steps (clusterns/training/host_syncs.py counts them on the CPU, where they are the same operators).
 
 The step's parts that used to wait: the packing index (`nonzero` on the device: now the collator's, host-computed),
-transformers 5's check whether the padding mask is all ones (the packed backbone and DiffCSE's discriminator get
-their masks ready-made), HF's --logging_nan_inf_filter (off by default), the non-finite verdict (--nan_check
+transformers 5's check whether the padding mask is all ones (the packed backbone runs without it; DiffCSE's padded
+discriminator and PromptBERT's template-delta pass get their masks ready-made), HF's --logging_nan_inf_filter (off by default), the non-finite verdict (--nan_check
 deferred: read at logging steps), the MLM head's selected tokens (the collator's). The DDP gathers' size exchange is
 tested under torchrun in test_ddp_equivalence.py. ClusterNS reads its start decision once per step until clustering
 starts (the original's rule, kept)."""
@@ -57,6 +57,7 @@ CONFIGS = {
     "diffcse": ["--objective", "diffcse", "--generator_name", "{generator}", "--batchnorm"],
     "diffcse-cached": ["--objective", "diffcse", "--generator_name", "{generator}", "--batchnorm", "--mini_batch_size", 4],
     "prompt": ["--objective", "infonce", "--pooler_type", "mask"],
+    "prompt-delta": ["--objective", "infonce", "--pooler_type", "mask", "--mask_embedding_sentence_delta"],
     "skip-policy": ["--objective", "infonce", "--nan_policy", "skip"],
 }
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from clusterns.modeling.backbones import max_positions, space_marking_prompts
+from clusterns.modeling.backbones import max_positions, ready_padding_mask, space_marking_prompts
 from clusterns.modeling.pooling import Pooler
 from clusterns.modeling.prompt.settings import (
     DELTA_COPIES_EVAL,
@@ -155,10 +155,12 @@ def template_delta(backbone, template: Template, copies: int, shift_start: int, 
     As the original, the position ids are passed explicitly starting at 0 (also for RoBERTa) and no token types
     are given. The original gives no attention mask either (every token attends to every token); an all-ones mask
     says the same explicitly, because transformers >= 5.25 reads position ids that jump (the shifted copies) without
-    a mask as several packed sequences and would let each part attend only to itself."""
+    a mask as several packed sequences and would let each part attend only to itself. (Made ready as 4-D where
+    transformers takes it so: its own builder would ask the device whether the mask is all ones, a host sync.)"""
     device = next(backbone.parameters()).device
     ids, positions = delta_inputs(template, copies, shift_start, no_position, device)
-    out = backbone(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions, return_dict=True)
+    mask = ready_padding_mask(backbone, torch.ones_like(ids))
+    out = backbone(input_ids=ids, attention_mask=mask, position_ids=positions, return_dict=True)
     return out.last_hidden_state[:, template.empty_mask_index]
 
 
