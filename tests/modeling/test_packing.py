@@ -69,8 +69,9 @@ def _assert_grads_close(a: nn.Module, b: nn.Module, rtol=1e-4):
             assert pb.grad is None or not pb.grad.abs().any(), name
             continue
         scale = pa.grad.abs().max().clamp_min(1e-6)
-        # key biases have a zero true gradient (softmax shift invariance): compare on the parameter scale
-        assert (pa.grad - pb.grad).abs().max() <= rtol * scale + 1e-6, name
+        # key biases have a zero true gradient (softmax shift invariance): compare on the parameter scale; the floor
+        # covers float32 noise between attention kernels (the CPU flash kernel vs the math path: up to ~2e-6)
+        assert (pa.grad - pb.grad).abs().max() <= rtol * scale + 5e-6, (name, float((pa.grad - pb.grad).abs().max()), float(scale))
 
 
 # ---- the gather / scatter functions ---------------------------------------------------------------
