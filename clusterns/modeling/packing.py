@@ -62,13 +62,16 @@ logger = logging.getLogger(__name__)
 PACKING_ATTR = "_clusterns_packing"
 
 
-def _layers_return_tuples() -> bool:
+def _transformers_major() -> int:
     import transformers
 
-    return int(transformers.__version__.split(".")[0]) < 5
+    return int(transformers.__version__.split(".")[0])
 
 
-LAYERS_RETURN_TUPLES = _layers_return_tuples()
+LAYERS_RETURN_TUPLES = _transformers_major() < 5
+# transformers 5 builds a backbone's 4-D mask with a host sync and reads no mask as "attend everywhere"; 4.x warns
+# about padding without a mask (itself a sync), so there the packed backbone keeps its 2-D mask.
+DROPS_UNREAD_MASK = _transformers_major() >= 5
 
 
 # ---- gather / scatter of token rows with cheap backward passes ----------------------------------
@@ -302,7 +305,8 @@ def _pre_hook(controller: PackingController, module: nn.Module, args: tuple, kwa
     # The backbone need not build its 4-D mask (which in transformers 5 also asks the device whether the mask is all
     # ones: a host sync per forward) when every layer runs packed and reads the key mask from `state`, or when no token
     # is padding (explicit position ids keep the mask: transformers reads jumps in them as packed sequences without one).
-    keeps_mask = kwargs.get("output_attentions") or getattr(getattr(module, "config", None), "output_attentions", False)
+    keeps_mask = (not DROPS_UNREAD_MASK or kwargs.get("output_attentions")
+                  or getattr(getattr(module, "config", None), "output_attentions", False))
     if not keeps_mask and (state is not None or (all_attended and kwargs.get("position_ids") is None)):
         if "attention_mask" in kwargs:
             kwargs = dict(kwargs, attention_mask=None)

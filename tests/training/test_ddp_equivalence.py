@@ -347,6 +347,8 @@ if __name__ != "__main__":
         for key, value in float_items(ranks[0]["final"]).items():
             torch.testing.assert_close(float_items(ranks[1]["final"])[key], value, rtol=0, atol=0)
 
+    @pytest.mark.skipif(int(__import__("transformers").__version__.split(".")[0]) < 5,
+                        reason="the sync-free step is transformers 5's (4.x syncs in its own mask preparation)")
     def test_no_host_sync_per_step_under_ddp(ddp_runs):
         """The gathers skip their size exchange (equal batches on every rank) and the packing index comes from the
         collator: the per-step host syncs are the non-finite verdict's alone (one, every_step: the CPU's default),

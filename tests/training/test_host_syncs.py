@@ -14,7 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 
 from clusterns.modeling.backbones import ready_padding_mask
-from clusterns.modeling.packing import (TokenLayout, host_token_layout, keeping_token_layouts, known_index,
+from clusterns.modeling.packing import (LAYERS_RETURN_TUPLES, TokenLayout, host_token_layout, keeping_token_layouts, known_index,
                                         known_token_layouts, token_layouts)
 from clusterns.training.host_syncs import CountHostSyncsCallback, HostSyncCounter
 from clusterns.training.run import build_run
@@ -22,6 +22,8 @@ from clusterns.training.data import ContrastiveCollator, TOKEN_LAYOUTS
 from clusterns.objectives.masked_lm import IGNORE_INDEX, MLM_LABELS
 
 STEPS = 4
+# The counts are transformers 5's: 4.x has syncs of its own in the backbone (its mask preparation, its padding warning).
+needs_transformers_5 = pytest.mark.skipif(LAYERS_RETURN_TUPLES, reason="the sync-free step is transformers 5's")
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +64,7 @@ CONFIGS = {
 }
 
 
+@needs_transformers_5
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_no_host_sync_per_step_with_deferred_check(name, tiny_bert, tiny_corpus, generator, tmp_path):
     flags = [str(generator) if f == "{generator}" else f for f in CONFIGS[name]]
@@ -69,6 +72,7 @@ def test_no_host_sync_per_step_with_deferred_check(name, tiny_bert, tiny_corpus,
     assert counter.per_step == [0] * STEPS, where(counter)
 
 
+@needs_transformers_5
 def test_every_step_check_is_the_one_sync(tiny_bert, tiny_corpus, tmp_path):
     """The CPU's default (--nan_check auto: every_step off CUDA): the verdict read before each update, nothing else."""
     counter = train_counting(tiny_bert, tiny_corpus, tmp_path / "out")
@@ -76,6 +80,7 @@ def test_every_step_check_is_the_one_sync(tiny_bert, tiny_corpus, tmp_path):
     assert dict(counter.counter.counts) == {"_local_scalar_dense": STEPS}
 
 
+@needs_transformers_5
 def test_clusterns_reads_only_its_start_decision(tiny_bert, tiny_corpus, tmp_path):
     """ClusterNS decides on the host whether clustering starts (the original's rule), once per step until it does;
     clustering itself (assignments, centroid updates) adds none."""
@@ -182,6 +187,9 @@ def test_ready_padding_mask_equals_the_models_own(tiny_bert, implementation):
     mask[0, 4:] = 0
     mask[2, 2:] = 0
     ready = ready_padding_mask(model, mask)
+    if LAYERS_RETURN_TUPLES:  # transformers 4.x builds its own mask kind: the 2-D mask is handed on unchanged
+        assert ready is mask
+        return
     assert ready.shape == (3, 1, 1, 7)
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids, attention_mask=ready).last_hidden_state,
