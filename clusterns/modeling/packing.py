@@ -71,7 +71,7 @@ def _transformers_major() -> int:
 LAYERS_RETURN_TUPLES = _transformers_major() < 5
 # transformers 5 builds a backbone's 4-D mask with a host sync and reads no mask as "attend everywhere"; 4.x warns
 # about padding without a mask (itself a sync), so there the packed backbone keeps its 2-D mask.
-DROPS_UNREAD_MASK = _transformers_major() >= 5
+DROPS_UNREAD_MASK = not LAYERS_RETURN_TUPLES
 
 
 # ---- gather / scatter of token rows with cheap backward passes ----------------------------------
@@ -517,14 +517,24 @@ def packed_layer(layer: nn.Module, hidden_states: Tensor, state: PackedBatch, sh
     dropout = shape.attention_dropout(layer) if layer.training else 0.0
     scale = getattr(sa, "scaling", head_dim ** -0.5)  # transformers 4.x has no `scaling` attribute
     packed_qkv = _qkv(sa, x, shape.qkv_names)
+    attn = None
     if state.jagged and attention_bias is None:
         attn = _jagged_or_none(layer, state, packed_qkv.view(-1, 3, heads, head_dim), dropout, scale)
-        if attn is not None:
-            y = shape.after_attention(layer, attn.reshape(-1, heads * head_dim), x)
-            out = unpack_rows(y, index, rows).view(n, length, y.shape[-1])
-            state.last_out, state.last_packed = out, y
-            return out
-    qkv = unpack_rows(packed_qkv, index, rows).view(n, length, 3, heads, head_dim)
+    if attn is None:
+        attn = _padded_attention(sa, state, packed_qkv.view(-1, 3, heads, head_dim), attention_bias, dropout, scale)
+    y = shape.after_attention(layer, attn.reshape(-1, heads * head_dim), x)
+    out = unpack_rows(y, index, rows).view(n, length, y.shape[-1])
+    state.last_out, state.last_packed = out, y
+    return out
+
+
+def _padded_attention(sa: nn.Module, state: PackedBatch, qkv: Tensor, attention_bias: Tensor | None,
+                      dropout: float, scale: float) -> Tensor:
+    """Packed q/k/v [T, 3, heads, d] -> the packed attention output [T, heads * d], computed on the padded layout
+    (scattered to [N, L], pads masked as keys)."""
+    n, length, index = state.batch, state.length, state.index
+    rows, (_, _, heads, head_dim) = n * length, qkv.shape
+    qkv = unpack_rows(qkv.reshape(qkv.shape[0], -1), index, rows).view(n, length, 3, heads, head_dim)
     q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [N, heads, L, d]
     mask = state.key_mask
     if attention_bias is not None:  # MPNet's relative position bias, pads as keys masked out
@@ -536,11 +546,7 @@ def packed_layer(layer: nn.Module, hidden_states: Tensor, state: PackedBatch, sh
         attn = attention_with_dropout(q, k, v, state.key_bias(q.dtype) if attention_bias is None else mask, dropout, scale)
     else:
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
-    attn = pack_rows(attn.transpose(1, 2).reshape(rows, heads * head_dim), index)
-    y = shape.after_attention(layer, attn, x)
-    out = unpack_rows(y, index, rows).view(n, length, y.shape[-1])
-    state.last_out, state.last_packed = out, y
-    return out
+    return pack_rows(attn.transpose(1, 2).reshape(rows, heads * head_dim), index)
 
 
 def _jagged_or_none(layer: nn.Module, state: PackedBatch, qkv: Tensor, dropout: float, scale: float) -> Tensor | None:

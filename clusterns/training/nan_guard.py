@@ -132,7 +132,7 @@ class NonFiniteGuard:
                     self.pending.append(update)
                     self.check_seconds.append(time.perf_counter() - started)
                     return out
-                self.update_skipped = self.settle(self.evaluate())
+                self.update_skipped = self.check()
                 self.check_seconds.append(time.perf_counter() - started)
                 if self.update_skipped:
                     optimizer.zero_grad(set_to_none=True)
@@ -250,24 +250,26 @@ class NonFiniteGuard:
     def pop_window_loss(self) -> float | None:
         """The mean loss of the applied updates since the last call, averaged over ranks (HF's logged loss, without
         the dropped updates); None when there was none on any rank."""
-        total = self.window_loss_sum
-        device = total.device if total is not None else self.trainer.args.device
-        pair = torch.stack([total.detach().double().reshape(()) if total is not None else torch.zeros((), dtype=torch.float64, device=device),
-                            torch.tensor(float(self.window_updates), dtype=torch.float64, device=device)])
+        total, count = self.window_loss_sum, self.window_updates
         self.window_loss_sum, self.window_updates = None, 0
-        if is_distributed():
-            dist.all_reduce(pair)
-        return float(pair[0] / pair[1]) if float(pair[1]) else None
+        return mean_over_ranks(total, count, self.trainer.args.device)
 
     def applied_mean_loss(self) -> float | None:
         """The mean loss of the updates applied in this process (averaged over ranks), or None before any."""
         if self.applied_loss_sum is None:
             return None
-        total = torch.stack([self.applied_loss_sum.detach().double().reshape(()), torch.tensor(float(self.applied_updates), dtype=torch.float64,
-                                                                                             device=self.applied_loss_sum.device)])
-        if is_distributed():
-            dist.all_reduce(total)
-        return float(total[0] / total[1])
+        return mean_over_ranks(self.applied_loss_sum, self.applied_updates, self.trainer.args.device)
+
+
+def mean_over_ranks(total: torch.Tensor | None, count: int, device: torch.device) -> float | None:
+    """sum(total) / sum(count) over the ranks (one all-reduce of the pair); None when the counts sum to 0.
+    total: a device scalar (None: 0)."""
+    device = total.device if total is not None else device
+    pair = torch.stack([total.detach().double().reshape(()) if total is not None else torch.zeros((), dtype=torch.float64, device=device),
+                        torch.tensor(float(count), dtype=torch.float64, device=device)])
+    if is_distributed():
+        dist.all_reduce(pair)
+    return float(pair[0] / pair[1]) if float(pair[1]) else None
 
 
 class NonFiniteWeightsError(RuntimeError):
