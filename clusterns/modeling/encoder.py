@@ -101,6 +101,8 @@ def forward_bounds(lengths: list[int], batch_size: int, tokens_per_forward: int 
     one sentence)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if tokens_per_forward is not None and tokens_per_forward < 1:
+        raise ValueError(f"tokens_per_forward must be at least 1 (None: the device's default), got {tokens_per_forward}")
     bounds, start = [], 0
     while start < len(lengths):
         rows = batch_size

@@ -207,8 +207,9 @@ class ContrastiveTrainingArguments(TrainingArguments):
     )
     logging_nan_inf_filter: bool = field(
         default=False,
-        metadata={"help": "HF's filter of non-finite losses from the logged loss (two host syncs per step). Off: "
-                          "--nan_policy already keeps dropped updates out of the logged loss and train_loss."},
+        metadata={"help": "HF's filter of non-finite losses from the logged loss (two host syncs per step). Off and "
+                          "refused when given: --nan_policy already keeps dropped updates out of the logged loss and "
+                          "train_loss."},
     )
     max_consecutive_skips: int = field(
         default=5,

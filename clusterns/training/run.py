@@ -194,6 +194,12 @@ def check_arguments(model_args, data_args, objective_cls: type[Objective], objec
                          "update on the device) and no --fp16 (its loss scaler decides itself); use --nan_check every_step")
     if model_args.packed_attention not in ATTENTION_LAYOUTS:
         raise UsageError(f"--packed_attention must be one of {', '.join(ATTENTION_LAYOUTS)}, got {model_args.packed_attention!r}")
+    if model_args.packed_attention != "auto" and not model_args.packed_linear:
+        raise UsageError(f"--packed_attention {model_args.packed_attention} applies to the packed layers, which "
+                         "--no_packed_linear turns off; drop one of the two")
+    if training_args.logging_nan_inf_filter:
+        raise UsageError("--logging_nan_inf_filter would change nothing here (and cost two host syncs per step): the "
+                         "logged loss and train_loss already leave out the updates --nan_policy drops; drop the flag")
     if not (math.isfinite(model_args.temp) and model_args.temp > 0):
         raise UsageError(f"--temp must be a positive number (SimCSE: 0.05), got {model_args.temp}")
     if not math.isfinite(model_args.hard_negative_weight):

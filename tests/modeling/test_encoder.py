@@ -43,6 +43,8 @@ def test_forward_bounds_respect_the_batch_and_the_token_budget():
     assert forward_bounds([], 8, 100) == []
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         forward_bounds([3], 0)
+    with pytest.raises(ValueError, match="tokens_per_forward must be at least 1"):
+        forward_bounds([3], 4, tokens_per_forward=0)
 
 
 def test_encode_token_budget_gives_the_same_vectors(encoder):

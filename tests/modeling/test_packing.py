@@ -392,6 +392,9 @@ def test_packed_attention_flag(tiny_bert, capsys):
     with pytest.raises(SystemExit) as info:
         train_main(_argv(tiny_bert, "cls", ["--packed_attention", "ragged", "--train_file", "x.txt"]))
     assert info.value.code == 2 and "--packed_attention must be one of auto, padded, jagged" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # the layout of layers that are not packed: refused, not ignored
+        train_main(_argv(tiny_bert, "cls", ["--packed_attention", "jagged", "--no_packed_linear", "--train_file", "x.txt"]))
+    assert info.value.code == 2 and "--packed_attention jagged applies to the packed layers" in capsys.readouterr().err
 
 
 def test_a_deep_copy_of_a_packed_encoder_runs_packed_with_its_own_state(tiny_bert):

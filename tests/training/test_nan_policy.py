@@ -238,6 +238,15 @@ def test_deferred_needs_the_fused_optimizer(tiny_bert, tiny_corpus, tmp_path, ca
     assert info.value.code == 2 and "--nan_check must be one of auto, every_step, deferred" in capsys.readouterr().err
 
 
+def test_logging_nan_inf_filter_is_refused_not_ignored(tiny_bert, tiny_corpus, tmp_path, capsys):
+    """HF's filter would see only finite losses here (the guard keeps dropped updates out of the logged loss): asking
+    for it stops at start-up instead of doing nothing."""
+    with pytest.raises(SystemExit) as info:
+        train_main(argv(tiny_bert, tiny_corpus, tmp_path / "run", "--logging_nan_inf_filter", "true"))
+    assert info.value.code == 2 and "--logging_nan_inf_filter would change nothing here" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_deferred_skip_puts_back_the_clusterns_state(tiny_bert, tiny_corpus, tmp_path, monkeypatch):
     """The dropped step's forward updated the centroids and the forward counter: put back on the device (a where)."""
     from clusterns.objectives.clusterns.objective import ClusterNSObjective
