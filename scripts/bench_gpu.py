@@ -82,6 +82,14 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def trainer_argv(a, model_dir: str, batch: int, steps: int, flags: list[str]) -> list[str]:
+    """train.py's flags of a measured run: no saving, evaluation or logging inside it, a fresh output folder."""
+    return ["--model_name_or_path", model_dir, "--output_dir", tempfile.mkdtemp(prefix="bench_gpu_"), "--overwrite_output_dir",
+            "--max_seq_length", str(a.max_seq_length), "--per_device_train_batch_size", str(batch), "--max_steps", str(steps),
+            "--learning_rate", "3e-5", "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none",
+            "--disable_tqdm", "true", "--logging_steps", "1000000", "--dataloader_drop_last", "--seed", "42", *flags]
+
+
 def time_ours(config: str, a, model_dir: str, batch: int, precision: str, sentences: list[str]) -> dict:
     """Sentences/s of --steps Trainer steps after --warmup, peak GPU memory, through build_run."""
     from transformers import AutoConfig, AutoTokenizer, TrainerCallback
@@ -97,11 +105,7 @@ def time_ours(config: str, a, model_dir: str, batch: int, precision: str, senten
 
     k = min(128 if batch >= 128 else 32, batch)  # ClusterNS's K: the published 128 at large batches
     flags = [f.format(k=k) for f in CONFIG_FLAGS[config]]
-    out = tempfile.mkdtemp(prefix="bench_gpu_")
-    argv = ["--model_name_or_path", model_dir, "--output_dir", out, "--overwrite_output_dir", "--max_seq_length", str(a.max_seq_length),
-            "--per_device_train_batch_size", str(batch), "--max_steps", str(a.warmup + a.steps), "--learning_rate", "3e-5",
-            "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
-            "--logging_steps", "1000000", "--dataloader_drop_last", "--seed", "42", *flags]
+    argv = trainer_argv(a, model_dir, batch, a.warmup + a.steps, flags)
     argv += ["--use_cpu"] if a.device == "cpu" else (["--bf16"] if precision == "bf16" else ["--auto_mixed_precision", "false"])
     objective_kwargs = {}
     if config == "diffcse":
@@ -199,11 +203,8 @@ def host_syncs_per_step(a, model_dir: str, sentences: list[str], config: str = "
     from clusterns.training.run import build_run
 
     counter = CountHostSyncsCallback()
-    out = tempfile.mkdtemp(prefix="bench_gpu_syncs_")
-    argv = ["--model_name_or_path", model_dir, "--output_dir", out, "--overwrite_output_dir", "--max_seq_length", str(a.max_seq_length),
-            "--per_device_train_batch_size", "64", "--max_steps", str(steps), "--save_strategy", "no", "--eval_strategy", "no",
-            "--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "1000000", "--seed", "42",
-            *CONFIG_FLAGS[config], *(["--use_cpu", "--nan_check", "deferred"] if a.device == "cpu" else ["--bf16"])]
+    argv = trainer_argv(a, model_dir, 64, steps, CONFIG_FLAGS[config])
+    argv += ["--use_cpu", "--nan_check", "deferred"] if a.device == "cpu" else ["--bf16"]
     run = build_run(argv, sentences=sentences, callbacks=[counter])
     run.trainer.train()
     return {"config": config, "per_step": counter.per_step, "operators": dict(counter.counter.counts),
