@@ -16,6 +16,8 @@ cls pooler + MLP projector, with the given batch / length / lr):
   infonce         SimCSE (--objective infonce), packed linear layers per the --packed_linear default
   infonce-nopack  the same with --no_packed_linear (infonce-pack: with --packed_linear)
   infonce-torchdropout  the same with --no_fast_dropout (torch's CPU dropout kernel)
+  infonce-noprune the same with --prune_last_layer false (every token through the last layer; infonce runs its
+                  query side, attention output and feed-forward on the [CLS] tokens only, all the cls pooler reads)
   clusterns       ClusterNS (K=--clusterns_k, 128) with clustering already started: one no-grad training forward on
                   a dedicated init batch of K sentences with --kmean_cosine 1.0 starts it before the timing
   mixcse          MixCSE (--lambdas 0.2)
@@ -54,14 +56,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
-from bench.flops import encoder_flops, flops_report  # noqa: E402,F401  (encoder_flops: tests read it here)
+from bench.flops import encoder_flops, flops_report, read_saving_per_step  # noqa: E402,F401  (encoder_flops: tests read it here)
 from bench.harness import run_worker, summarise, worker_main  # noqa: E402
 from bench.memory import memory_search, parse_memory_max, rss_sweep  # noqa: E402
 from bench.report import markdown, targets  # noqa: E402,F401
 from bench.sentences import default_model  # noqa: E402
 from benchmarks_md import command_line, machine, publish, utc_now  # noqa: E402
 
-DEFAULT_CONFIGS = ("infonce", "infonce-nopack", "clusterns", "mixcse", "diffcse", "prompt", "st")
+DEFAULT_CONFIGS = ("infonce", "infonce-noprune", "infonce-nopack", "clusterns", "mixcse", "diffcse", "prompt", "st")
 KNOWN_CONFIGS = DEFAULT_CONFIGS + ("infonce-pack", "infonce-compile", "infonce-torchdropout", "clusterns-nopack", "mixcse-nopack", "diffcse-nopack",
                                    "infonce-cached", "diffcse-cached")
 
@@ -204,6 +206,7 @@ def main(argv=None) -> int:
         gen_tokens = s_inf["tokens_per_step"] if parts.get("generator_packed") else padded
         disc_tokens = s_inf["tokens_per_step"] if parts.get("discriminator_packed") else padded
         f_enc = encoder_flops(shapes, enc_tokens, []) + encoder_flops(shapes, 0, sequences) / n_steps
+        f_enc -= read_saving_per_step(s_inf, enc_tokens)  # the cls pooler's last layer (the discriminator reads every token)
         f_disc = encoder_flops(shapes, disc_tokens, []) + encoder_flops(shapes, 0, sequences) / n_steps
         f_disc += 2 * padded * shapes["hidden"] * 2  # RTD head (every position)
         gen_shapes = dict(shapes, layers=parts["generator_layers"])

@@ -37,6 +37,14 @@ from the packed q/k/v, so no pad position is computed or masked and no scatter/g
 CUDA it runs the flash / memory-efficient variable-length kernels, attention dropout included. Where the torch
 build has no kernel for it, ``auto`` falls back to ``padded`` once, with a warning.
 
+The last layer for the read tokens only (``--prune_last_layer``, on by default): a pooler that reads one last-layer
+state per sentence (cls, cls_before_pooler: the first token; PromptBERT's mask: the mask token) declares its positions
+(Pooler.read_positions -> reading_positions). The last layer then computes keys and values for every token, since
+the read token attends to all of them, but its query, attention output, feed-forward and LayerNorms for the read
+tokens only: for MiniLM at batch 64 / length 32 that is about 1/8 of the step's matrix FLOPs not spent on states
+nobody reads. Those states equal the full layer's to float tolerance, gradients included; a forward asking for its
+hidden states or attentions runs every token.
+
 The index of the non-pad tokens comes from the collator (host_token_layout, passed through the batch and looked up
 by known_index), so no forward runs a ``nonzero`` on the device; and the backbone is called without its 2-D mask
 whenever its layers do not need it (packed, or no padding), which spares transformers' own mask building (its
@@ -60,6 +68,7 @@ from clusterns.modeling.dropout import dropout as cpu_dropout
 logger = logging.getLogger(__name__)
 
 PACKING_ATTR = "_clusterns_packing"
+LAST_LAYER_ATTR = "_clusterns_last_layer"  # set on the encoder's last layer (read_positions)
 
 
 def _transformers_major() -> int:
@@ -128,6 +137,7 @@ class PackedBatch:
 
     biases: dict = field(default_factory=dict)  # key_mask as an additive bias, per dtype (made once per forward)
     jagged: bool = False  # attention on the packed tokens (jagged_attention) instead of the padded layout
+    read_positions: Tensor | None = None  # [N]: the only last-layer position the caller reads per sentence
     offsets: Tensor | None = None  # [N + 1] where each sentence starts in the packed rows (jagged attention)
 
     @property
@@ -270,8 +280,11 @@ class PackingController:
     enabled: bool = True
     stack: list = field(default_factory=list)
     calls: int = 0  # backbone forwards that ran packed (diagnostics / tests)
+    read_position_calls: int = 0  # ... of which with the last layer at the read positions only (reading_positions)
     attention: str = "auto"  # ATTENTION_LAYOUTS: auto = jagged on CUDA, padded elsewhere
     jagged_failed: str | None = None  # why the jagged attention was given up (auto: once, then padded)
+    prune_last_layer: bool = True  # honour reading_positions (--prune_last_layer)
+    read_positions: Tensor | None = None  # for the next forward (reading_positions), then taken by its PackedBatch
 
     def jagged_for(self, device: torch.device) -> bool:
         if self.attention == "auto":
@@ -280,6 +293,24 @@ class PackingController:
 
     def current(self) -> PackedBatch | None:
         return self.stack[-1] if self.enabled and self.stack else None
+
+
+@contextlib.contextmanager
+def reading_positions(backbone: nn.Module, positions: Tensor | None) -> Iterator[None]:
+    """Declare that the next forward of `backbone` inside is read at its last layer only at `positions` ([N] long,
+    one position per sentence: what the cls and mask poolers read) and returns no other state (no hidden states,
+    no attentions). A packed backbone then computes the last layer's query side for those tokens only
+    (_read_positions_layer); its last_hidden_state holds zeros elsewhere. Nothing changes for a backbone that is
+    not packed, a forward that does not run packed (no padding) or one that asks for its hidden states."""
+    controller = getattr(backbone, PACKING_ATTR, None)
+    if positions is None or not isinstance(controller, PackingController):
+        yield
+        return
+    previous, controller.read_positions = controller.read_positions, positions
+    try:
+        yield
+    finally:
+        controller.read_positions = previous
 
 
 def _checkpointing(module: nn.Module) -> bool:
@@ -301,6 +332,12 @@ def _pre_hook(controller: PackingController, module: nn.Module, args: tuple, kwa
         state = packed_batch(mask, index, jagged=controller.jagged_for(mask.device))
         if state is not None:
             controller.calls += 1
+    positions, controller.read_positions = controller.read_positions, None  # for this forward only, not nested ones
+    if state is not None and positions is not None and controller.prune_last_layer and not _returns_every_state(module, kwargs):
+        if positions.shape != (state.batch,):
+            raise ValueError(f"read positions must be one per sentence, shape ({state.batch},); got {tuple(positions.shape)}")
+        state.read_positions = positions
+        controller.read_position_calls += 1
     controller.stack.append(state)
     # The backbone need not build its 4-D mask (which in transformers 5 also asks the device whether the mask is all
     # ones: a host sync per forward) when every layer runs packed and reads the key mask from `state`, or when no token
@@ -314,6 +351,13 @@ def _pre_hook(controller: PackingController, module: nn.Module, args: tuple, kwa
             args = args[:1] + (None,) + args[2:]
         return args, kwargs
     return None
+
+
+def _returns_every_state(module: nn.Module, kwargs: dict) -> bool:
+    """Whether this forward returns hidden states or attentions beyond the last layer's (asked, or the config's default)."""
+    config = getattr(module, "config", None)
+    return any(kwargs.get(key) if kwargs.get(key) is not None else getattr(config, key, False)
+               for key in ("output_hidden_states", "output_attentions"))
 
 
 def _post_hook(controller: PackingController, module: nn.Module, args: tuple, kwargs: dict, output: Any):
@@ -477,16 +521,20 @@ def _supported_layer(layer: nn.Module, shape: LayerShape | None = None) -> str |
     return (shape or LAYER_SHAPES[0]).unsupported(layer)
 
 
-def _qkv(sa: nn.Module, x: Tensor, names: tuple[str, str, str] = ("query", "key", "value")) -> Tensor:
-    """[T, H] -> [T, 3 * all_head_size]: one matmul when query/key/value are plain nn.Linear."""
-    q, k, v = (getattr(sa, name) for name in names)
-    if type(q) is nn.Linear and type(k) is nn.Linear and type(v) is nn.Linear:
-        weight = torch.cat([q.weight, k.weight, v.weight], dim=0)
-        bias = torch.cat([q.bias, k.bias, v.bias]) if q.bias is not None and k.bias is not None and v.bias is not None else None
-        if bias is None and (q.bias is not None or k.bias is not None or v.bias is not None):
-            return torch.cat([q(x), k(x), v(x)], dim=-1)
-        return F.linear(x, weight, bias)
-    return torch.cat([q(x), k(x), v(x)], dim=-1)
+def _project(sa: nn.Module, x: Tensor, names: tuple[str, ...] = ("query", "key", "value")) -> Tensor:
+    """[T, H] -> the projections `names` of `sa` side by side, [T, len(names) * all_head_size]: one matmul when they
+    are plain nn.Linear."""
+    projections = [getattr(sa, name) for name in names]
+    if len(projections) == 1:
+        return projections[0](x)
+    if all(type(p) is nn.Linear for p in projections):
+        weight = torch.cat([p.weight for p in projections], dim=0)
+        biases = [p.bias for p in projections]
+        if all(b is None for b in biases):
+            return F.linear(x, weight)
+        if all(b is not None for b in biases):
+            return F.linear(x, weight, torch.cat(biases))
+    return torch.cat([p(x) for p in projections], dim=-1)
 
 
 # Without dropout on the CPU, sentences up to this length take the math path (two batched matmuls and a softmax)
@@ -516,7 +564,10 @@ def packed_layer(layer: nn.Module, hidden_states: Tensor, state: PackedBatch, sh
     heads, head_dim = shape.heads(layer)
     dropout = shape.attention_dropout(layer) if layer.training else 0.0
     scale = getattr(sa, "scaling", head_dim ** -0.5)  # transformers 4.x has no `scaling` attribute
-    packed_qkv = _qkv(sa, x, shape.qkv_names)
+    if state.read_positions is not None and getattr(layer, LAST_LAYER_ATTR, False):
+        state.last_out = state.last_packed = None
+        return _read_positions_layer(layer, x, state, shape, attention_bias, dropout, scale)
+    packed_qkv = _project(sa, x, shape.qkv_names)
     attn = None
     if state.jagged and attention_bias is None:
         attn = _jagged_or_none(layer, state, packed_qkv.view(-1, 3, heads, head_dim), dropout, scale)
@@ -536,17 +587,51 @@ def _padded_attention(sa: nn.Module, state: PackedBatch, qkv: Tensor, attention_
     rows, (_, _, heads, head_dim) = n * length, qkv.shape
     qkv = unpack_rows(qkv.reshape(qkv.shape[0], -1), index, rows).view(n, length, 3, heads, head_dim)
     q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [N, heads, L, d]
+    attn = _attend(sa, state, q, k, v, attention_bias, dropout, scale)
+    return pack_rows(attn.transpose(1, 2).reshape(rows, heads * head_dim), index)
+
+
+def _attend(sa: nn.Module, state: PackedBatch, q: Tensor, k: Tensor, v: Tensor, attention_bias: Tensor | None,
+            dropout: float, scale: float) -> Tensor:
+    """q [N, heads, Lq, d] over k, v [N, heads, L, d], the pad keys masked -> [N, heads, Lq, d]. attention_bias:
+    MPNet's relative position bias [N, heads, Lq, L], or None."""
     mask = state.key_mask
     if attention_bias is not None:  # MPNet's relative position bias, pads as keys masked out
         mask = attention_bias.to(q.dtype).masked_fill(~state.key_mask, float("-inf"))
     fast_dropout = dropout and isinstance(getattr(sa, "dropout", None), CpuDropout)
-    if q.device.type == "cpu" and (fast_dropout or (not dropout and length <= CPU_MATH_ATTENTION_MAX_LENGTH)):
+    if q.device.type == "cpu" and (fast_dropout or (not dropout and state.length <= CPU_MATH_ATTENTION_MAX_LENGTH)):
         # --fast_dropout: SDPA's CPU path (the math one: dropout rules out the flash kernel) with the cheaper mask;
         # without dropout, on short sentences, the math path too: faster than the CPU flash kernel there
-        attn = attention_with_dropout(q, k, v, state.key_bias(q.dtype) if attention_bias is None else mask, dropout, scale)
-    else:
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
-    return pack_rows(attn.transpose(1, 2).reshape(rows, heads * head_dim), index)
+        return attention_with_dropout(q, k, v, state.key_bias(q.dtype) if attention_bias is None else mask, dropout, scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
+
+
+def _read_positions_layer(layer: nn.Module, x: Tensor, state: PackedBatch, shape: LayerShape,
+                          attention_bias: Tensor | None, dropout: float, scale: float) -> Tensor:
+    """The last layer when the caller reads its output at one position per sentence (state.read_positions, e.g. the
+    cls pooler's first token): keys and values of every token, but the query, the attention output, the feed-forward
+    and the LayerNorms of those tokens only (no other token's last-layer state is read; for MiniLM that is 5/6 of
+    the last layer's matrix work). Returns [N, L, H], zeros but at the read positions (and zeros there too where the
+    position is a pad, as the packed layers' pads)."""
+    n, length = state.batch, state.length
+    sa = shape.attention(layer)
+    heads, head_dim = shape.heads(layer)
+    positions = state.read_positions
+    flat = torch.arange(n, device=x.device) * length + positions  # [N] flat ids read
+    attended = state.key_mask.reshape(-1)
+    valid = attended[flat]
+    # their packed rows: the index is sorted, so a flat id's row is the number of attended ids before it
+    rows = (attended.cumsum(0)[flat] - 1).clamp_(min=0)
+    x_read = x.index_select(0, rows)  # not pack_rows: an invalid (pad) position may repeat a row
+    q = _project(sa, x_read, shape.qkv_names[:1]).view(n, heads, 1, head_dim)
+    kv = unpack_rows(_project(sa, x, shape.qkv_names[1:]), state.index, n * length).view(n, length, 2, heads, head_dim)
+    k, v = (t.transpose(1, 2) for t in kv.unbind(2))  # [N, heads, L, d]
+    if attention_bias is not None:  # the read position's row of MPNet's bias: [N, heads, 1, L]
+        attention_bias = attention_bias.expand(n, -1, -1, -1)[torch.arange(n, device=x.device), :, positions].unsqueeze(2)
+    attn = _attend(sa, state, q, k, v, attention_bias, dropout, scale).reshape(n, heads * head_dim)
+    y = shape.after_attention(layer, attn, x_read)
+    y = torch.where(valid.unsqueeze(1), y, y.new_zeros(()))
+    return unpack_rows(y, flat, n * length).view(n, length, y.shape[-1])
 
 
 def _jagged_or_none(layer: nn.Module, state: PackedBatch, qkv: Tensor, dropout: float, scale: float) -> Tensor | None:
@@ -593,16 +678,18 @@ def _encoder_layers(backbone: nn.Module) -> tuple[LayerShape | None, list[nn.Mod
     return first or (None, [])
 
 
-def enable_packed_linear(backbone: nn.Module, attention: str = "auto") -> bool:
+def enable_packed_linear(backbone: nn.Module, attention: str = "auto", prune_last_layer: bool = True) -> bool:
     """Run `backbone`'s layers on packed non-pad tokens (see the module doc). Returns False, leaving the
     model unchanged, when it is not a BERT/RoBERTa-style encoder. Idempotent; parameters, state_dict
-    keys and saved checkpoints are unchanged. attention: ATTENTION_LAYOUTS (auto: jagged on CUDA, padded elsewhere)."""
+    keys and saved checkpoints are unchanged. attention: ATTENTION_LAYOUTS (auto: jagged on CUDA, padded elsewhere).
+    prune_last_layer: honour reading_positions (the last layer for the read tokens only)."""
     if attention not in ATTENTION_LAYOUTS:
         raise ValueError(f"attention must be one of {', '.join(ATTENTION_LAYOUTS)}, got {attention!r}")
     controller = getattr(backbone, PACKING_ATTR, None)
     if isinstance(controller, PackingController):
         controller.enabled = True
         controller.attention = attention
+        controller.prune_last_layer = prune_last_layer
         return True
     shape, layers = _encoder_layers(backbone)
     reasons = [r for r in (shape.unsupported(layer) for layer in layers) if r] if shape else []
@@ -612,12 +699,13 @@ def enable_packed_linear(backbone: nn.Module, attention: str = "auto") -> bool:
         why = reasons[0] if reasons else "no encoder.layer (BERT) or transformer.layer (DistilBERT) list"
         logger.info("packed linear layers not used for %s: %s", type(backbone).__name__, why)
         return False
-    controller = PackingController(attention=attention)
+    controller = PackingController(attention=attention, prune_last_layer=prune_last_layer)
     for layer in layers:
         layer._clusterns_unpacked_forward = layer.forward
         layer._clusterns_layer_shape = shape
         setattr(layer, PACKING_ATTR, controller)
         layer.forward = types.MethodType(_layer_forward, layer)
+    layers[-1].__dict__[LAST_LAYER_ATTR] = True
     backbone.__dict__[PACKING_ATTR] = controller
     # The hooks read the controller from the module they run on, so a deep copy of the backbone uses its own (the
     # copied layers read the copied controller: one stack for both).
@@ -642,6 +730,7 @@ def disable_packed_linear(backbone: nn.Module) -> None:
             del layer.__dict__["_clusterns_unpacked_forward"]
             layer.__dict__.pop("_clusterns_layer_shape", None)
             layer.__dict__.pop(PACKING_ATTR, None)
+            layer.__dict__.pop(LAST_LAYER_ATTR, None)
 
 
 def is_packed(backbone: nn.Module) -> bool:
@@ -651,4 +740,4 @@ def is_packed(backbone: nn.Module) -> bool:
 
 __all__ = ["ATTENTION_LAYOUTS", "PackedBatch", "PackingController", "TokenLayout", "disable_packed_linear", "enable_packed_linear",
            "host_token_layout", "is_packed", "jagged_attention", "keeping_token_layouts", "known_index", "known_token_layouts", "pack_rows",
-           "packed_batch", "packed_layer", "token_layouts", "unpack_rows"]
+           "packed_batch", "packed_layer", "reading_positions", "token_layouts", "unpack_rows"]

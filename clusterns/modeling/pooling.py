@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
 from torch import Tensor
 
 from clusterns.modeling.backbones import max_positions
+from clusterns.modeling.packing import reading_positions
 
 # How a pooler is written as sentence-transformers modules (export/sentence_transformers.py):
 #   cls              Transformer -> Pooling(cls)
@@ -51,12 +53,20 @@ class Pooler:
         """[N, H] from the backbone's outputs (`hidden_states[0]` is the embedding output)."""
         raise NotImplementedError
 
+    def read_positions(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor | None:
+        """[N] long: the one last-layer position per sentence that `pool` reads, when it reads nothing else (the
+        packed backbone then runs its last layer's query side for those tokens only: packing.reading_positions);
+        None: it reads every token."""
+        return None
+
     def pooled(self, encoder: Any, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
                num_views: int | None = None) -> Tensor:
         """The encoder's pooled output before the projector. `num_views`: rows are flattened [B, V] views."""
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        out = encoder.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                               output_hidden_states=self.needs_hidden_states, return_dict=True, **kwargs)
+        positions = None if self.needs_hidden_states else self.read_positions(input_ids, attention_mask)
+        with reading_positions(encoder.backbone, positions):
+            out = encoder.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                                   output_hidden_states=self.needs_hidden_states, return_dict=True, **kwargs)
         return self.pool(attention_mask, out.last_hidden_state, out.hidden_states if self.needs_hidden_states else None,
                          encoder.config.first_layer_index)
 
@@ -106,6 +116,9 @@ class ClsPooler(Pooler):
     def __init__(self, name: str, description: str, auto_projector: str = "none", uses_checkpoint_pooler: bool = False):
         self.name, self.description = name, description
         self.auto_projector, self.uses_checkpoint_pooler = auto_projector, uses_checkpoint_pooler
+
+    def read_positions(self, input_ids, attention_mask):
+        return torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
 
     def pool(self, attention_mask, last_hidden_state, hidden_states, first_layer_index):
         return last_hidden_state[:, 0]

@@ -92,6 +92,16 @@ class ModelArguments:
             "Hugging Face forward over every padded position (clusterns/modeling/packing.py)."
         },
     )
+    prune_last_layer: bool = field(
+        default=True,
+        metadata={
+            "help": "With --packed_linear and a pooler that reads one token of the last layer (cls, cls_before_pooler, "
+            "PromptBERT's mask): the last layer computes keys and values for every token but its query, attention "
+            "output and feed-forward for that token only (no other token's last-layer state is read; the same vectors "
+            "to float tolerance; MiniLM: 1/8 fewer matrix FLOPs per step). Default: on with --packed_linear. "
+            "--prune_last_layer false: every token through the last layer."
+        },
+    )
     packed_attention: str = field(
         default="auto",
         metadata={

@@ -99,6 +99,8 @@ def parse_args(argv: list[str] | None = None):
     for extra in extra_args:
         if isinstance(extra, MaskedLMArguments) and not {"mlm_clone_inputs", "no_mlm_clone_inputs"} & set(given):
             extra.mlm_clone_inputs = None  # the objective's original (build_run)
+    if "prune_last_layer" not in given:
+        model_args.prune_last_layer = None  # on wherever the layers are packed
     if "log_on_each_node" not in given:
         # One log for the whole run: the global rank 0's (HF's default prints the training log on every node).
         training_args.log_on_each_node = False
@@ -197,6 +199,8 @@ def check_arguments(model_args, data_args, objective_cls: type[Objective], objec
     if model_args.packed_attention != "auto" and not model_args.packed_linear:
         raise UsageError(f"--packed_attention {model_args.packed_attention} applies to the packed layers, which "
                          "--no_packed_linear turns off; drop one of the two")
+    if model_args.prune_last_layer and not model_args.packed_linear:
+        raise UsageError("--prune_last_layer applies to the packed layers, which --no_packed_linear turns off; drop one of the two")
     if training_args.logging_nan_inf_filter:
         raise UsageError("--logging_nan_inf_filter would change nothing here (and cost two host syncs per step): the "
                          "logged loss and train_loss already leave out the updates --nan_policy drops; drop the flag")
@@ -297,7 +301,8 @@ def build_encoder(model_args, data_args, objective_args=None, prompt_args=None) 
     if model_args.fast_dropout:  # the cheaper CPU dropout mask (modeling/dropout.py)
         use_cpu_dropout(encoder.backbone)
     if model_args.packed_linear:  # non-pad tokens only through the linear layers (modeling/packing.py)
-        enable_packed_linear(encoder.backbone, attention=model_args.packed_attention)
+        enable_packed_linear(encoder.backbone, attention=model_args.packed_attention,
+                             prune_last_layer=model_args.prune_last_layer is not False)
     if prompt_args is not None:
         attach_prompt(encoder, prompt_args, data_args.max_seq_length)  # template tokens + max_seq_length must fit
     encoder.pooling.check(encoder, data_args.max_seq_length)

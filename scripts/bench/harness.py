@@ -138,6 +138,7 @@ def summarise(runs: list[dict]) -> dict:
         "tokens_per_step": statistics.mean(best["tokens"]),
         "padded_tokens_per_step": statistics.mean(best["padded_tokens"]),
         "packed_linear": best["packed_linear"],
+        "last_layer_reads": best.get("last_layer_reads", False),
         "load_average": [round(x, 2) for r in runs for x in r["load_average"]],
         "foreign_cores": best.get("foreign_cores"),
         "foreign_cores_all": [r.get("foreign_cores") for r in runs],

@@ -82,6 +82,7 @@ OURS_FLAGS = {
     "infonce-nopack": ["--objective", "infonce", "--no_packed_linear"],
     "infonce-compile": ["--objective", "infonce", "--torch_compile"],
     "infonce-torchdropout": ["--objective", "infonce", "--no_fast_dropout"],
+    "infonce-noprune": ["--objective", "infonce", "--prune_last_layer", "false"],
     "clusterns": ["--objective", "clusterns", "--kmeans", "{clusterns_k}", "--kmean_cosine", "1.0"],
     "clusterns-nopack": ["--objective", "clusterns", "--kmeans", "{clusterns_k}", "--kmean_cosine", "1.0", "--no_packed_linear"],
     "mixcse": ["--objective", "mixcse", "--lambdas", "0.2"],
@@ -182,13 +183,15 @@ def run_ours(name: str, a, sentences: list[str], init_sentences: list[str]) -> d
         raise SystemExit("error: ClusterNS clustering was not active during the timing")
     wall, cpu = _durations(timer.marks, a.warmup, a.steps)
     stats = recorder.stats[a.warmup:a.warmup + a.steps]
-    from clusterns.modeling.packing import is_packed
+    from clusterns.modeling.packing import PACKING_ATTR, is_packed
 
     result = {
         "config": name, "wall_per_step": wall, "cpu_per_step": cpu, "peak_rss_mb": rss,
         "tokens": [s[0] for s in stats], "padded_tokens": [s[1] for s in stats],
         "rows": [s[2] for s in stats], "lengths": [s[3] for s in stats],
         "packed_linear": bool(is_packed(encoder.backbone)), "shapes": encoder_shapes(encoder.backbone.config),
+        # the last layer ran for the pooler's read tokens only (packing.reading_positions), counted in the FLOPs
+        "last_layer_reads": bool(getattr(getattr(encoder.backbone, PACKING_ATTR, None), "read_position_calls", 0)),
         "optim": str(getattr(training_args.optim, "value", training_args.optim)),
         "torch_threads": torch.get_num_threads(), **extra,
         "guard_ms_per_step": 1000 * statistics.mean(guard_times[a.warmup:a.warmup + a.steps]) if guard_times[a.warmup:] else None,

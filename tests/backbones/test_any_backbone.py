@@ -122,13 +122,15 @@ def test_every_pooler_exports(arch, pooler, tiny_models, tmp_path):
     assert (pooler_slot(encoder.backbone.config) is not None) == (arch in WITH_POOLER_SLOT)
 
 
+@pytest.mark.parametrize("pooler", ["avg_first_last", "cls_before_pooler"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_packed_linear_equals_the_plain_forward(arch, tiny_models, caplog, monkeypatch):
+def test_packed_linear_equals_the_plain_forward(arch, pooler, tiny_models, caplog, monkeypatch):
     """--packed_linear where the layer shape allows it, else the plain forward with one log line; either way the
-    pooled outputs and the gradients equal the plain backbone's."""
+    pooled outputs and the gradients equal the plain backbone's. The cls pooler reads the last layer at one token
+    per sentence: its last layer runs the query side for those tokens only (MPNet: its position bias row)."""
     torch.manual_seed(0)
-    plain = SentenceEncoder.from_backbone(str(tiny_models[arch]), EncoderConfig(pooler_type="avg_first_last"))
-    packed = SentenceEncoder.from_backbone(str(tiny_models[arch]), EncoderConfig(pooler_type="avg_first_last"))
+    plain = SentenceEncoder.from_backbone(str(tiny_models[arch]), EncoderConfig(pooler_type=pooler))
+    packed = SentenceEncoder.from_backbone(str(tiny_models[arch]), EncoderConfig(pooler_type=pooler))
     with caplog.at_level(logging.INFO, logger="clusterns.modeling.packing"):
         used = enable_packed_linear(packed.backbone)
     assert used == is_packed(packed.backbone) == (arch in PACKED)
@@ -143,6 +145,8 @@ def test_packed_linear_equals_the_plain_forward(arch, tiny_models, caplog, monke
     monkeypatch.setattr(packing, "packed_layer", lambda *a, **k: calls.append(1) or original(*a, **k))
     b = packed.pooled(batch["input_ids"], batch["attention_mask"])
     assert len(calls) == (2 if used else 0)  # the packed forward really ran, in each of the 2 layers
+    if used:
+        assert packed.backbone._clusterns_packing.read_position_calls == (pooler == "cls_before_pooler")
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
     a.pow(2).sum().backward(), b.pow(2).sum().backward()
     for (name, p), (_, q) in zip(plain.backbone.named_parameters(), packed.backbone.named_parameters()):

@@ -14,6 +14,7 @@ from clusterns.modeling.packing import (
     is_packed,
     pack_rows,
     packed_batch,
+    reading_positions,
     unpack_rows,
 )
 
@@ -106,6 +107,7 @@ def test_pooled_equal_eval_and_train_with_grads(request, backbone, pooler):
     ids, mask = batch["input_ids"].reshape(-1, batch["input_ids"].shape[-1]), batch["attention_mask"].reshape(-1, batch["input_ids"].shape[-1])
     assert (mask == 0).any()  # the batch is padded
     calls = packed.backbone._clusterns_packing.calls
+    reads = packed.backbone._clusterns_packing.read_position_calls
     for training in (False, True):
         plain.train(training)
         packed.train(training)
@@ -118,9 +120,47 @@ def test_pooled_equal_eval_and_train_with_grads(request, backbone, pooler):
             (b * weights).sum().backward()
             _assert_grads_close(plain, packed)
     assert packed.backbone._clusterns_packing.calls == calls + 2  # both forwards ran packed
+    # the cls poolers read one last-layer state per sentence: the last layer ran for those tokens only
+    assert packed.backbone._clusterns_packing.read_position_calls == reads + (2 if pooler.startswith("cls") else 0)
     # eval-mode encode() (length-sorted batches) gives the same vectors
     assert torch.allclose(torch.as_tensor(plain.encode(SENTENCES, batch_size=2)),
                           torch.as_tensor(packed.encode(SENTENCES, batch_size=2)), atol=1e-5)
+
+
+def test_reading_positions_runs_the_last_layer_for_those_tokens_only(tiny_bert):
+    """reading_positions: the last layer's output at the read positions equals the plain forward's (any position, the
+    rows in any order of lengths); a read position that is a pad gives zeros, as the packed layers' pads; every other
+    position is zeros. A forward asking for its hidden states, or one outside the context, runs every token."""
+    plain, packed, _ = _pair(tiny_bert, "avg")
+    plain.eval(), packed.eval()
+    controller = packed.backbone._clusterns_packing
+    ids = plain.tokenizer(SENTENCES, padding=True, return_tensors="pt")["input_ids"]
+    mask = (ids != plain.tokenizer.pad_token_id).long()
+    mask[1, :2] = 0  # a row whose first tokens are pads (left padding)
+    n, length = ids.shape
+    expected = plain.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+    positions = torch.tensor([0, 0, 5, 2, 1])
+    reads = controller.read_position_calls
+    with reading_positions(packed.backbone, positions):
+        got = packed.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert controller.read_position_calls == reads + 1
+    rows = torch.arange(n)
+    read = got[rows, positions]
+    valid = mask[rows, positions].bool()
+    assert not valid[1] and valid[[0, 2, 3, 4]].all()
+    torch.testing.assert_close(read[valid], expected[rows, positions][valid], atol=1e-5, rtol=1e-5)
+    assert not read[~valid].any()
+    others = torch.ones(n, length, dtype=torch.bool)
+    others[rows, positions] = False
+    assert not got[others].any()
+    with reading_positions(packed.backbone, positions):  # hidden states asked: every token, nothing taken
+        full = packed.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True).last_hidden_state
+    torch.testing.assert_close(full[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
+    assert controller.read_position_calls == reads + 1 and controller.read_positions is None
+    with pytest.raises(ValueError, match="one per sentence"), reading_positions(packed.backbone, positions[:2]):
+        packed.backbone(input_ids=ids, attention_mask=mask)
+    with reading_positions(plain.backbone, positions):  # a backbone that is not packed: the plain forward
+        torch.testing.assert_close(plain.backbone(input_ids=ids, attention_mask=mask).last_hidden_state, expected)
 
 
 @pytest.mark.parametrize("backbone", ["tiny_bert", "tiny_roberta"])
@@ -133,11 +173,14 @@ def test_prompt_mask_pooler_with_delta_equal(request, backbone):
     batch = _batch(plain)
     n, v, length = batch["input_ids"].shape
     ids, mask = batch["input_ids"].reshape(-1, length), batch["attention_mask"].reshape(-1, length)
+    reads = packed.backbone._clusterns_packing.read_position_calls
     for training in (False, True):
         plain.train(training)
         packed.train(training)
         a = plain.pooled(ids, mask, num_views=v)
         b = packed.pooled(ids, mask, num_views=v)
+        # the mask tokens' last-layer states only (the delta pass has no padding: not packed)
+        assert packed.backbone._clusterns_packing.read_position_calls == reads + 1 + training
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (training, (a - b).abs().max())
         if training:
             a.sum().backward()
@@ -314,12 +357,12 @@ def test_diffcse_extra_passes_follow_packing(tiny_bert, reduction, discriminator
 
 
 # ---- attention on the packed tokens (--packed_attention jagged: CUDA's default) ------------------------------------
-@pytest.mark.parametrize("backbone", ["tiny_bert", "tiny_roberta"])
-def test_jagged_attention_equals_the_padded_layout(request, backbone):
+@pytest.mark.parametrize("backbone,pooler", [("tiny_bert", "avg"), ("tiny_roberta", "avg"), ("tiny_bert", "cls")])
+def test_jagged_attention_equals_the_padded_layout(request, backbone, pooler):
     """SDPA on nested jagged tensors of the packed tokens: the same vectors and gradients as the padded layout (eval and
-    train mode without dropout), the pads' hidden states zeros as before."""
+    train mode without dropout), the pads' hidden states zeros as before (cls: the last layer at the first tokens)."""
     model = request.getfixturevalue(backbone)
-    padded, _ = _build(model, "avg", True)
+    padded, _ = _build(model, pooler, True)
     jagged = copy.deepcopy(padded)
     assert enable_packed_linear(jagged.backbone, attention="jagged")
     batch = _batch(padded)
@@ -395,6 +438,29 @@ def test_packed_attention_flag(tiny_bert, capsys):
     with pytest.raises(SystemExit) as info:  # the layout of layers that are not packed: refused, not ignored
         train_main(_argv(tiny_bert, "cls", ["--packed_attention", "jagged", "--no_packed_linear", "--train_file", "x.txt"]))
     assert info.value.code == 2 and "--packed_attention jagged applies to the packed layers" in capsys.readouterr().err
+
+
+def test_prune_last_layer_flag(tiny_bert, capsys):
+    """--prune_last_layer: on by default with packed layers; false runs every token through the last layer (same
+    vectors); asked for with --no_packed_linear it is refused, not ignored."""
+    from clusterns.cli.train import train_main
+    from clusterns.training.run import build_encoder, parse_args
+
+    vectors = []
+    for flags, prunes in (([], True), (["--prune_last_layer", "false"], False), (["--prune_last_layer"], True)):
+        encoder = _build(tiny_bert, "cls", True, flags)[0].eval()  # seeded: the same projector
+        controller = encoder.backbone._clusterns_packing
+        assert controller.prune_last_layer is prunes
+        batch = _batch(encoder)
+        length = batch["input_ids"].shape[-1]
+        vectors.append(encoder(batch["input_ids"].reshape(-1, length), batch["attention_mask"].reshape(-1, length)))
+        assert controller.read_position_calls == int(prunes)
+    torch.testing.assert_close(vectors[0], vectors[1], atol=1e-5, rtol=1e-5)
+    with pytest.raises(SystemExit) as info:
+        train_main(_argv(tiny_bert, "cls", ["--prune_last_layer", "--no_packed_linear", "--train_file", "x.txt"]))
+    assert info.value.code == 2 and "--prune_last_layer applies to the packed layers" in capsys.readouterr().err
+    model_args, data_args, _, _ = parse_args(_argv(tiny_bert, "cls", ["--no_packed_linear"]))  # the default: no complaint
+    assert model_args.prune_last_layer is None and not is_packed(build_encoder(model_args, data_args, None).backbone)
 
 
 def test_a_deep_copy_of_a_packed_encoder_runs_packed_with_its_own_state(tiny_bert):

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from clusterns.modeling.backbones import max_positions, ready_padding_mask, space_marking_prompts
+from clusterns.modeling.packing import reading_positions
 from clusterns.modeling.pooling import Pooler
 from clusterns.modeling.prompt.settings import (
     DELTA_COPIES_EVAL,
@@ -286,8 +287,6 @@ class PromptPooler(Pooler):
                                                      spec.shift_start(template), settings.delta_no_position))
         else:
             use_delta = eval_settings(settings, self.convention).delta
-        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        out = backbone(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         two = encoder.training and spec.t2 is not None and num_views is not None and num_views > 1
         if two:
@@ -301,6 +300,9 @@ class PromptPooler(Pooler):
             positions = mask_positions(input_ids, spec.mask_id, spec.t1.mask_in_suffix)
             if not encoder.training and not bool((input_ids == spec.mask_id).any(dim=1).all()):
                 raise ValueError("a prompt input has no mask token (was it built with this encoder's template?)")
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        with reading_positions(backbone, positions):  # only the mask tokens' last-layer states are read
+            out = backbone(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
         hidden = out.last_hidden_state[rows, positions]
         if not use_delta:
             return hidden
