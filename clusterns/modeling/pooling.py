@@ -42,6 +42,8 @@ class Pooler:
     auto_projector: str = "none"  # --projector auto in training (SimCSE: the MLP for cls only)
     # Choosing this name at evaluation applies the checkpoint's pooler weights (SimCSE's `cls`: dense + tanh).
     uses_checkpoint_pooler: bool = False
+    # `pooled` reads one last-layer token per sentence and declares it (reading_positions): --prune_last_layer applies
+    reads_one_token: bool = False
 
     def bind(self, config: Any) -> "Pooler":
         """The pooler for one encoder (config: its EncoderConfig). Stateless poolers are shared."""
@@ -112,6 +114,7 @@ class ClsPooler(Pooler):
     """The first token's last-layer state ([CLS] / <s>); `cls` also applies the MLP projector at evaluation."""
 
     st_layout = "cls"
+    reads_one_token = True
 
     def __init__(self, name: str, description: str, auto_projector: str = "none", uses_checkpoint_pooler: bool = False):
         self.name, self.description = name, description

@@ -99,7 +99,8 @@ class ModelArguments:
             "PromptBERT's mask): the last layer computes keys and values for every token but its query, attention "
             "output and feed-forward for that token only (no other token's last-layer state is read; the same vectors "
             "to float tolerance; MiniLM: 1/8 fewer matrix FLOPs per step). Default: on with --packed_linear. "
-            "--prune_last_layer false: every token through the last layer."
+            "--prune_last_layer false: every token through the last layer. Given with --no_packed_linear or an avg-type pooler "
+            "it stops at start-up (it would do nothing)."
         },
     )
     packed_attention: str = field(

@@ -29,6 +29,7 @@ from clusterns.modeling.backbones import max_positions
 from clusterns.modeling.dropout import use_cpu_dropout
 from clusterns.modeling.encoder import EncoderConfig, SentenceEncoder
 from clusterns.modeling.packing import ATTENTION_LAYOUTS, enable_packed_linear, is_packed
+from clusterns.modeling.poolers import get_pooler
 from clusterns.modeling.projectors import resolve_projector
 from clusterns.modeling.prompt import PromptArguments, attach_prompt, enable_prompt
 from clusterns.objectives import (
@@ -271,6 +272,9 @@ def build_encoder(model_args, data_args, objective_args=None, prompt_args=None) 
         raise UsageError("--model_name_or_path is required (a Hugging Face encoder folder or hub name)")
     objective_cls = get_objective_class(model_args.objective)
     prompt_args = enable_prompt(model_args, prompt_args)  # --mask_embedding_sentence: pooler_type -> mask
+    if model_args.prune_last_layer and not get_pooler(model_args.pooler_type).reads_one_token:
+        raise UsageError(f"--prune_last_layer applies to poolers that read one token of the last layer (cls, "
+                         f"cls_before_pooler, mask); --pooler_type {model_args.pooler_type} reads every token: drop the flag")
     required = objective_cls.required_projector(objective_args)
     config = EncoderConfig(
         pooler_type=model_args.pooler_type,

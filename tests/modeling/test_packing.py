@@ -459,6 +459,11 @@ def test_prune_last_layer_flag(tiny_bert, capsys):
     with pytest.raises(SystemExit) as info:
         train_main(_argv(tiny_bert, "cls", ["--prune_last_layer", "--no_packed_linear", "--train_file", "x.txt"]))
     assert info.value.code == 2 and "--prune_last_layer applies to the packed layers" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # a pooler that reads every token: nothing to prune, refused
+        train_main(_argv(tiny_bert, "avg", ["--prune_last_layer", "--train_file", "x.txt"]))
+    assert info.value.code == 2 and "--pooler_type avg reads every token" in capsys.readouterr().err
+    model_args, data_args, _, _ = parse_args(_argv(tiny_bert, "avg"))  # the default with avg: no complaint
+    assert not build_encoder(model_args, data_args, None).pooling.reads_one_token
     model_args, data_args, _, _ = parse_args(_argv(tiny_bert, "cls", ["--no_packed_linear"]))  # the default: no complaint
     assert model_args.prune_last_layer is None and not is_packed(build_encoder(model_args, data_args, None).backbone)
 

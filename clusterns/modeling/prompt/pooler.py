@@ -195,6 +195,7 @@ class PromptPooler(Pooler):
     test, as evaluation.py), and an exported sentence-transformers model test unless one was chosen."""
 
     name = "mask"
+    reads_one_token = True  # the mask token's state (pooled declares it)
     description = "PromptBERT: the last-layer state at the template's [MASK] token (--mask_embedding_sentence)"
     st_layout = "custom"
     auto_projector = "simcse_mlp"  # PromptBERT applies its MLPLayer (Linear + tanh) in training
