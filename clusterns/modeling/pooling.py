@@ -58,7 +58,7 @@ class Pooler:
     def read_positions(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor | None:
         """[N] long: the one last-layer position per sentence that `pool` reads, when it reads nothing else (the
         packed backbone then runs its last layer's query side for those tokens only: packing.reading_positions);
-        None: it reads every token."""
+        None: it reads every token. A pooler that returns positions sets reads_one_token (--prune_last_layer's check)."""
         return None
 
     def pooled(self, encoder: Any, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
@@ -114,13 +114,19 @@ class ClsPooler(Pooler):
     """The first token's last-layer state ([CLS] / <s>); `cls` also applies the MLP projector at evaluation."""
 
     st_layout = "cls"
-    reads_one_token = True
 
     def __init__(self, name: str, description: str, auto_projector: str = "none", uses_checkpoint_pooler: bool = False):
         self.name, self.description = name, description
         self.auto_projector, self.uses_checkpoint_pooler = auto_projector, uses_checkpoint_pooler
 
+    @property
+    def reads_one_token(self) -> bool:
+        # a subclass with a pool() of its own may read other tokens: it declares its positions itself
+        return type(self).pool is ClsPooler.pool
+
     def read_positions(self, input_ids, attention_mask):
+        if not self.reads_one_token:
+            return None
         return torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
 
     def pool(self, attention_mask, last_hidden_state, hidden_states, first_layer_index):

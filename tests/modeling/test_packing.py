@@ -440,6 +440,29 @@ def test_packed_attention_flag(tiny_bert, capsys):
     assert info.value.code == 2 and "--packed_attention jagged applies to the packed layers" in capsys.readouterr().err
 
 
+def test_a_cls_subclass_reading_other_tokens_is_not_pruned(tiny_bert):
+    """A pooler derived from the cls one with a pool() of its own (here: first + last real token) gets every token's
+    last-layer state: the inherited read_positions does not apply to it."""
+    from clusterns.modeling.pooling import ClsPooler
+
+    class FirstAndLast(ClsPooler):
+        def pool(self, attention_mask, last_hidden_state, hidden_states, first_layer_index):
+            last = attention_mask.sum(1) - 1
+            return last_hidden_state[:, 0] + last_hidden_state[torch.arange(len(last)), last]
+
+    plain, packed, _ = _pair(tiny_bert, "cls_before_pooler")
+    plain.eval(), packed.eval()
+    for encoder in (plain, packed):
+        encoder.pooling = FirstAndLast("first_and_last", "test")
+    assert not packed.pooling.reads_one_token
+    batch = _batch(plain)
+    length = batch["input_ids"].shape[-1]
+    ids, mask = batch["input_ids"].reshape(-1, length), batch["attention_mask"].reshape(-1, length)
+    reads = packed.backbone._clusterns_packing.read_position_calls
+    torch.testing.assert_close(packed.pooled(ids, mask), plain.pooled(ids, mask), atol=1e-5, rtol=1e-5)
+    assert packed.backbone._clusterns_packing.read_position_calls == reads
+
+
 def test_prune_last_layer_flag(tiny_bert, capsys):
     """--prune_last_layer: on by default with packed layers; false runs every token through the last layer (same
     vectors); asked for with --no_packed_linear it is refused, not ignored."""
