@@ -583,12 +583,19 @@ def _padded_attention(sa: nn.Module, state: PackedBatch, qkv: Tensor, attention_
                       dropout: float, scale: float) -> Tensor:
     """Packed q/k/v [T, 3, heads, d] -> the packed attention output [T, heads * d], computed on the padded layout
     (scattered to [N, L], pads masked as keys)."""
-    n, length, index = state.batch, state.length, state.index
-    rows, (_, _, heads, head_dim) = n * length, qkv.shape
-    qkv = unpack_rows(qkv.reshape(qkv.shape[0], -1), index, rows).view(n, length, 3, heads, head_dim)
-    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [N, heads, L, d]
+    heads, head_dim = qkv.shape[2:]
+    q, k, v = _padded_heads(state, qkv)
     attn = _attend(sa, state, q, k, v, attention_bias, dropout, scale)
-    return pack_rows(attn.transpose(1, 2).reshape(rows, heads * head_dim), index)
+    return pack_rows(attn.transpose(1, 2).reshape(state.batch * state.length, heads * head_dim), state.index)
+
+
+def _padded_heads(state: PackedBatch, packed: Tensor) -> tuple[Tensor, ...]:
+    """Packed projections [T, parts, heads, d] -> one [N, heads, L, d] tensor per part, on the padded layout (zeros
+    at the pads)."""
+    parts, heads, head_dim = packed.shape[1:]
+    n, length = state.batch, state.length
+    full = unpack_rows(packed.reshape(packed.shape[0], -1), state.index, n * length).view(n, length, parts, heads, head_dim)
+    return tuple(t.transpose(1, 2) for t in full.unbind(2))
 
 
 def _attend(sa: nn.Module, state: PackedBatch, q: Tensor, k: Tensor, v: Tensor, attention_bias: Tensor | None,
@@ -617,17 +624,17 @@ def _read_positions_layer(layer: nn.Module, x: Tensor, state: PackedBatch, shape
     sa = shape.attention(layer)
     heads, head_dim = shape.heads(layer)
     positions = state.read_positions
-    flat = torch.arange(n, device=x.device) * length + positions  # [N] flat ids read
+    sentences = torch.arange(n, device=x.device)
+    flat = sentences * length + positions  # [N] flat ids read
     attended = state.key_mask.reshape(-1)
     valid = attended[flat]
     # their packed rows: the index is sorted, so a flat id's row is the number of attended ids before it
     rows = (attended.cumsum(0)[flat] - 1).clamp_(min=0)
     x_read = x.index_select(0, rows)  # not pack_rows: an invalid (pad) position may repeat a row
     q = _project(sa, x_read, shape.qkv_names[:1]).view(n, heads, 1, head_dim)
-    kv = unpack_rows(_project(sa, x, shape.qkv_names[1:]), state.index, n * length).view(n, length, 2, heads, head_dim)
-    k, v = (t.transpose(1, 2) for t in kv.unbind(2))  # [N, heads, L, d]
+    k, v = _padded_heads(state, _project(sa, x, shape.qkv_names[1:]).view(-1, 2, heads, head_dim))
     if attention_bias is not None:  # the read position's row of MPNet's bias: [N, heads, 1, L]
-        attention_bias = attention_bias.expand(n, -1, -1, -1)[torch.arange(n, device=x.device), :, positions].unsqueeze(2)
+        attention_bias = attention_bias.expand(n, -1, -1, -1)[sentences, :, positions].unsqueeze(2)
     attn = _attend(sa, state, q, k, v, attention_bias, dropout, scale).reshape(n, heads * head_dim)
     y = shape.after_attention(layer, attn, x_read)
     y = torch.where(valid.unsqueeze(1), y, y.new_zeros(()))
