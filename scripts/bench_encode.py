@@ -6,8 +6,10 @@ One model (the offline all-MiniLM-L6-v2, mean pooling: the same network and pool
 CPU threads as torch sets them. Sets, drawn from --source (default: the shared English corpus, else the built-in
 sentences joined): `short` (sentences of at most 32 subword tokens) and `long` (50-100 tokens: --source lines, or
 built-in sentences joined until they are that long). Each set is encoded by sentence-transformers (its encode(),
-which sorts by character length and tokenizes per batch), by our encode() on the plain Hugging Face forward, and by
-our encode() with the packed linear layers (--packed_linear, modeling/packing.py), interleaved, fastest of --repeat.
+which sorts by character length and tokenizes per batch), by our encode() on the plain Hugging Face forward, by
+our encode() with the packed linear layers (--packed_linear, modeling/packing.py), and by the packed one with
+torch's F.linear instead of oneDNN's (encode(fast_linear=False), modeling/cpu_linear.py), interleaved, fastest of
+--repeat.
 Tokenization is inside the timing for all (and normalization where the sentence-transformers model has a
 Normalize module). The unit vectors are compared (they must agree to 1e-4).
 """
@@ -26,6 +28,7 @@ sys.path.insert(0, os.path.join(REPO, "scripts"))
 from bench.sentences import BUILTIN_SENTENCES, default_model  # noqa: E402
 from benchmarks_md import command_line, machine, publish, section_start, short_model_name, utc_now  # noqa: E402
 
+KINDS = ("st", "plain", "packed", "torch_linear")
 TARGET = 1.5  # issue 23: encode at least 1.5x sentence-transformers on both sets
 DEFAULT_SOURCE = os.path.join(REPO, "..", "shared", "data", "corpus", "en_sentences.txt")
 
@@ -55,12 +58,14 @@ def markdown(out: dict) -> str:
         f"model `{short_model_name(out['model'])}` (mean pooling in both), batch {out['batch_size']}, fastest of "
         f"{out['repeat']} interleaved runs, tokenization included; load average during the runs {out['load']}.") + [
         "",
-        "| set | sentences | mean tokens | sentence-transformers (s) | ours, plain forward (s) | ours, packed (s) | plain vs ST | packed vs ST |",
-        "|---|---|---|---|---|---|---|---|",
+        "| set | sentences | mean tokens | sentence-transformers (s) | ours, plain forward (s) | ours, packed (s) | "
+        "ours, packed, torch's F.linear (s) | plain vs ST | packed vs ST | packed, F.linear vs ST |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in out["sets"].items():
         lines.append(f"| {name} | {r['sentences']} | {r['mean_tokens']:.1f} | {r['st_s']:.2f} | {r['plain_s']:.2f} | "
-                     f"{r['packed_s']:.2f} | {r['plain_vs_st']:.2f}x | {r['packed_vs_st']:.2f}x |")
+                     f"{r['packed_s']:.2f} | {r['torch_linear_s']:.2f} | {r['plain_vs_st']:.2f}x | {r['packed_vs_st']:.2f}x | "
+                     f"{r['st_s'] / r['torch_linear_s']:.2f}x |")
     lines.append("")
     for name, r in out["sets"].items():
         best = max(r["plain_vs_st"], r["packed_vs_st"])
@@ -108,16 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     def encode(kind: str, sentences: list[str]):
         if kind == "st":
             return st.encode(sentences, batch_size=a.batch_size, convert_to_numpy=True)
-        (enable_packed_linear if kind == "packed" else disable_packed_linear)(ours.backbone)
-        return ours.encode(sentences, batch_size=a.batch_size, max_seq_length=st.max_seq_length, normalize_embeddings=normalized)
+        (disable_packed_linear if kind == "plain" else enable_packed_linear)(ours.backbone)
+        return ours.encode(sentences, batch_size=a.batch_size, max_seq_length=st.max_seq_length,
+                           normalize_embeddings=normalized, fast_linear=kind != "torch_linear")
 
     results = {}
     for name, sentences in sets.items():
         if not sentences:
             continue
-        for kind in ("st", "plain", "packed"):  # warm-up
+        for kind in KINDS:  # warm-up
             encode(kind, sentences[: a.batch_size])
-        times: dict[str, list[float]] = {"st": [], "plain": [], "packed": []}
+        times: dict[str, list[float]] = {kind: [] for kind in KINDS}
         vectors = {}
         for _ in range(a.repeat):
             for kind in times:
@@ -127,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
                 times[kind].append(time.perf_counter() - start)
         best = {kind: min(t) for kind, t in times.items()}
         unit = {k: v / np.linalg.norm(v, axis=1, keepdims=True) for k, v in vectors.items()}
-        diff = max(float(np.abs(unit["st"] - unit[kind]).max()) for kind in ("plain", "packed"))
+        diff = max(float(np.abs(unit["st"] - unit[kind]).max()) for kind in KINDS[1:])
         tokens = [len(ids) for ids in ours.tokenizer(sentences)["input_ids"]]
         results[name] = {"sentences": len(sentences), "mean_tokens": sum(tokens) / len(tokens), "st_s": best["st"],
-                         "plain_s": best["plain"], "packed_s": best["packed"], "plain_vs_st": best["st"] / best["plain"],
+                         "plain_s": best["plain"], "packed_s": best["packed"], "torch_linear_s": best["torch_linear"],
+                         "plain_vs_st": best["st"] / best["plain"],
                          "packed_vs_st": best["st"] / best["packed"], "max_abs_diff": diff, "runs": times}
         print(f"{name}: {len(sentences)} sentences, sentence-transformers {best['st']:.2f} s, ours {best['plain']:.2f} s "
               f"({best['st'] / best['plain']:.2f}x), packed {best['packed']:.2f} s ({best['st'] / best['packed']:.2f}x); "

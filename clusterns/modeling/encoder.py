@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from clusterns.io import (
     write_json,
 )
 from clusterns.precision import inference_autocast, resolve_precision
+from clusterns.modeling.cpu_linear import fast_linears
 from clusterns.modeling.backbones import pooler_slot, pooling_layer_kwargs, quiet_transformers, set_dropout, takes_token_type_ids
 from clusterns.modeling.poolers import get_pooler
 from clusterns.modeling.projectors import BNProjectionMLP, MLPProjector, build_projector
@@ -93,6 +95,9 @@ class EncoderConfig:
 # caches: MiniLM on the 2-core machine encoded 1000 sentences of 50-100 tokens in 8.3 s in passes of 32 sentences
 # (~2,300 tokens) and 10.2 s in passes of 128 (scripts/bench_encode.py measures the default).
 CPU_TOKENS_PER_FORWARD = 2048
+# encode() reorders each weight for oneDNN (0.2 ms a matrix, modeling/cpu_linear.py) from this many tokens on: below,
+# a call's few forwards would not pay it back.
+REORDER_MIN_TOKENS = 1024
 
 
 def forward_bounds(lengths: list[int], batch_size: int, tokens_per_forward: int | None = None) -> list[tuple[int, int]]:
@@ -345,6 +350,7 @@ class SentenceEncoder(nn.Module):
         autocast_precision: str = "fp32",
         precision: str = "float32",
         tokens_per_forward: int | None = None,
+        fast_linear: bool = True,
         **kwargs: Any,
     ) -> np.ndarray | Tensor:
         """Embed sentences in input order, sentence-transformers' signature (MTEB can call it).
@@ -355,7 +361,9 @@ class SentenceEncoder(nn.Module):
         vectors are fp32. precision: sentence-transformers' output quantization; only `float32` (what MTEB passes).
         tokens_per_forward: at most this many padded tokens per forward pass (a batch of long sentences is split;
         each sentence's vector is the same whatever its batch): default CPU_TOKENS_PER_FORWARD on the CPU, whose
-        caches hold a smaller batch's activations (bench_encode.py), none on a GPU."""
+        caches hold a smaller batch's activations (bench_encode.py), none on a GPU. fast_linear: on the CPU in fp32,
+        the linear layers through oneDNN (modeling/cpu_linear.py: the same product to float rounding, ~1.1x
+        faster); False: torch's F.linear."""
         if normalize is not None:
             normalize_embeddings = normalize
         single = isinstance(sentences, str)
@@ -377,13 +385,15 @@ class SentenceEncoder(nn.Module):
                 CPU_TOKENS_PER_FORWARD if self.device.type == "cpu" else None)
             bounds = forward_bounds([len(ids[i]) for i in order], batch_size, budget)
             show = show_progress_bar if show_progress_bar is not None else False
-            for start, end in tqdm(bounds, desc="Encoding", disable=not show):
-                idx = order[start:end]
-                batch = self.tokenizer.pad({k: [features[k][i] for i in idx] for k in features}, return_tensors="pt")
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                with inference_autocast(autocast_precision, self.device.type):
-                    pooled = self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-                out.append(pooled.float())
+            linears = fast_linears(self, reorder=sum(map(len, ids)) >= REORDER_MIN_TOKENS) if fast_linear else nullcontext()
+            with linears:
+                for start, end in tqdm(bounds, desc="Encoding", disable=not show):
+                    idx = order[start:end]
+                    batch = self.tokenizer.pad({k: [features[k][i] for i in idx] for k in features}, return_tensors="pt")
+                    batch = {k: v.to(self.device) for k, v in batch.items()}
+                    with inference_autocast(autocast_precision, self.device.type):
+                        pooled = self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+                    out.append(pooled.float())
             if not out:
                 emb = torch.empty(0, self.hidden_size)
             else:

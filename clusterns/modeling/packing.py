@@ -61,7 +61,13 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers.models.bert.modeling_bert import BertIntermediate
+from transformers.models.electra.modeling_electra import ElectraIntermediate
+from transformers.models.mpnet.modeling_mpnet import MPNetIntermediate
+from transformers.models.roberta.modeling_roberta import RobertaIntermediate
+from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaIntermediate
 
+from clusterns.modeling.cpu_linear import PLAIN_LINEARS, is_exact_gelu, linear
 from clusterns.modeling.dropout import CpuDropout
 from clusterns.modeling.dropout import dropout as cpu_dropout
 
@@ -405,6 +411,19 @@ class LayerShape:
         return None, args, kwargs
 
 
+# Hugging Face's feed-forward input modules whose forward is exactly intermediate_act_fn(dense(x)).
+DENSE_THEN_ACTIVATION = (BertIntermediate, RobertaIntermediate, XLMRobertaIntermediate, ElectraIntermediate, MPNetIntermediate)
+
+
+def feed_forward_in(intermediate: nn.Module, y: Tensor) -> Tensor:
+    """intermediate(y): the feed-forward's first linear layer and its activation; one oneDNN call with the GELU inside
+    it where cpu_linear allows (encode() on the CPU)."""
+    if (type(intermediate) in DENSE_THEN_ACTIVATION and type(intermediate.dense) in PLAIN_LINEARS
+            and is_exact_gelu(intermediate.intermediate_act_fn)):
+        return linear(y, intermediate.dense.weight, intermediate.dense.bias, gelu=True)
+    return intermediate(y)
+
+
 class BertLayerShape(LayerShape):
     """BERT, RoBERTa, XLM-R, ELECTRA: encoder.layer[i].attention.self.{query,key,value}, attention.output,
     intermediate, output."""
@@ -439,7 +458,7 @@ class BertLayerShape(LayerShape):
 
     def after_attention(self, layer, attn, x):
         y = layer.attention.output(attn, x)  # dense, dropout, LayerNorm(. + x)
-        return layer.output(layer.intermediate(y), y)
+        return layer.output(feed_forward_in(layer.intermediate, y), y)
 
 
 class DistilBertLayerShape(LayerShape):
@@ -502,7 +521,7 @@ class MPNetLayerShape(BertLayerShape):
 
     def after_attention(self, layer, attn, x):
         y = layer.attention.LayerNorm(layer.attention.dropout(layer.attention.attn.o(attn)) + x)
-        return layer.output(layer.intermediate(y), y)
+        return layer.output(feed_forward_in(layer.intermediate, y), y)
 
     def split_extra(self, args, kwargs):
         kwargs = dict(kwargs)
@@ -527,13 +546,14 @@ def _project(sa: nn.Module, x: Tensor, names: tuple[str, ...] = ("query", "key",
     projections = [getattr(sa, name) for name in names]
     if len(projections) == 1:
         return projections[0](x)
-    if all(type(p) is nn.Linear for p in projections):
+    if all(type(p) in PLAIN_LINEARS for p in projections):
         weight = torch.cat([p.weight for p in projections], dim=0)
         biases = [p.bias for p in projections]
+        key = tuple(id(p.weight) for p in projections)  # the concatenation is new each call; its sources are not
         if all(b is None for b in biases):
-            return F.linear(x, weight)
+            return linear(x, weight, key=key)
         if all(b is not None for b in biases):
-            return F.linear(x, weight, torch.cat(biases))
+            return linear(x, weight, torch.cat(biases), key=key)
     return torch.cat([p(x) for p in projections], dim=-1)
 
 

@@ -306,7 +306,7 @@ def test_bench_encode_times_both_libraries_on_both_sets(tiny_bert, tmp_path, cap
     assert set(report["sets"]) == {"short", "long"}
     long_set = report["sets"]["long"]
     assert long_set["sentences"] == 12 and 50 <= long_set["mean_tokens"] <= 100
-    assert all(r["st_s"] > 0 and r["plain_s"] > 0 and r["packed_s"] > 0 and r["max_abs_diff"] < 1e-4 for r in report["sets"].values())
-    assert "<!-- bench_encode:start -->" in md.read_text() and "packed vs ST" in md.read_text()
+    assert all(r["st_s"] > 0 and r["plain_s"] > 0 and r["packed_s"] > 0 and r["torch_linear_s"] > 0 and r["max_abs_diff"] < 1e-4 for r in report["sets"].values())
+    assert "<!-- bench_encode:start -->" in md.read_text() and "packed, F.linear vs ST" in md.read_text()
     assert bench_encode.main(["--count", "0"]) == 2 and "must be positive" in capsys.readouterr().err
     assert bench_encode.main(["--source", str(tmp_path)]) == 2 and "is not a file" in capsys.readouterr().err

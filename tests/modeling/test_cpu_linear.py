@@ -1,0 +1,158 @@
+"""Inference linear layers through oneDNN (clusterns/modeling/cpu_linear.py): F.linear's product, used only where
+nothing is trained, falling back to F.linear everywhere else."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN, GELUActivation
+from transformers.models.bert.modeling_bert import BertIntermediate
+
+from clusterns.modeling import cpu_linear, packing
+from clusterns.modeling.cpu_linear import FastLinear, fast_linears, is_exact_gelu, linear, onednn_available
+from clusterns.modeling.encoder import SentenceEncoder
+
+needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN linear ops")
+
+SENTENCES = ["a man is playing a guitar .", "two dogs run .", "a child .",
+             "the woman is slicing a tomato on the table with a big knife near the window ."]
+
+
+def _weights(out_features=24, in_features=16, rows=40, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(rows, in_features, generator=generator), torch.randn(out_features, in_features, generator=generator),
+            torch.randn(out_features, generator=generator))
+
+
+def test_outside_a_block_it_is_f_linear_exactly():
+    x, w, b = _weights()
+    assert torch.equal(linear(x, w, b), F.linear(x, w, b))
+    assert torch.equal(linear(x, w, b, gelu=True), F.gelu(F.linear(x, w, b)))
+
+
+@needs_onednn
+@pytest.mark.parametrize("reorder", [True, False])
+def test_inside_a_block_same_product_to_float_rounding(reorder):
+    x, w, b = _weights()
+    module = nn.Linear(16, 24)
+    with torch.no_grad(), fast_linears(module, reorder=reorder):
+        for gelu in (False, True):
+            expected = F.gelu(F.linear(x, w, b)) if gelu else F.linear(x, w, b)
+            got = linear(x, w, b, gelu=gelu)
+            assert got.shape == expected.shape
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+            assert not torch.equal(got, x.new_zeros(()))
+        three_d = x.view(4, 10, 16)  # leading dimensions kept
+        torch.testing.assert_close(linear(three_d, w, None), F.linear(three_d, w), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_block_reorders_each_weight_once_and_forgets_after():
+    x, w, b = _weights()
+    module = nn.Sequential(nn.Linear(16, 24), nn.Linear(24, 8))
+    with torch.no_grad(), fast_linears(module):
+        first = module(x)
+        cache = cpu_linear._ACTIVE.get()
+        assert len(cache) == 2  # one reordered weight per layer
+        second = module(x)
+        assert len(cache) == 2  # reused, not reordered again
+        torch.testing.assert_close(first, second, rtol=0, atol=0)
+        linear(x, w, b, key=("mine",))
+        assert ("mine",) in cache
+    assert cpu_linear._ACTIVE.get(None) is None  # outside: no cache left behind
+
+
+def test_block_swaps_plain_linears_only_and_restores_them():
+    class Custom(nn.Linear):
+        pass
+
+    module = nn.Sequential(nn.Linear(4, 4), Custom(4, 4), nn.Sequential(nn.Linear(4, 2)))
+    keys = list(module.state_dict())
+    with fast_linears(module):
+        assert [type(m) for m in (module[0], module[1], module[2][0])] == [FastLinear, Custom, FastLinear]
+        assert list(module.state_dict()) == keys
+    assert [type(m) for m in (module[0], module[1], module[2][0])] == [nn.Linear, Custom, nn.Linear]
+    with pytest.raises(RuntimeError, match="boom"), fast_linears(module):
+        raise RuntimeError("boom")
+    assert type(module[0]) is nn.Linear and cpu_linear._ACTIVE.get(None) is None
+
+
+@needs_onednn
+def test_falls_back_to_f_linear_where_it_must():
+    x, w, b = _weights()
+    module = nn.Linear(16, 24)
+    with fast_linears(module):
+        # gradients needed (training): F.linear exactly, and the gradient flows
+        wg = w.clone().requires_grad_()
+        out = linear(x, wg, b)
+        assert torch.equal(out, F.linear(x, w, b))
+        out.sum().backward()
+        torch.testing.assert_close(wg.grad, torch.ones(40, 24).t() @ x)
+        with torch.no_grad():
+            assert torch.equal(linear(x.double(), w.double(), b.double()), F.linear(x.double(), w.double(), b.double()))
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert linear(x, w, b).dtype == torch.bfloat16  # autocast's F.linear, not an fp32 oneDNN call
+            assert linear(x[:0], w, b).shape == (0, 24)
+
+
+def test_is_exact_gelu():
+    assert is_exact_gelu(F.gelu) and is_exact_gelu(nn.GELU()) and is_exact_gelu(GELUActivation()) and is_exact_gelu(ACT2FN["gelu"])
+    assert not is_exact_gelu(nn.GELU(approximate="tanh"))
+    assert not is_exact_gelu(GELUActivation(use_gelu_python=True))  # same maths, but not the call it replaces
+    assert not is_exact_gelu(ACT2FN["gelu_new"]) and not is_exact_gelu(nn.ReLU()) and not is_exact_gelu(torch.tanh)
+
+
+def test_feed_forward_in_fuses_known_dense_then_gelu_only(tiny_bert, monkeypatch):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_bert)
+    calls = []
+    real = packing.linear
+    monkeypatch.setattr(packing, "linear", lambda *a, **k: calls.append(k) or real(*a, **k))
+    y = torch.randn(7, config.hidden_size)
+    intermediate = BertIntermediate(config).eval()
+    expected = intermediate(y)
+    torch.testing.assert_close(packing.feed_forward_in(intermediate, y), expected, rtol=0, atol=0)
+    assert calls and calls[-1].get("gelu") is True
+
+    class OwnForward(BertIntermediate):  # a subclass may compute something else: left to its own forward
+        def forward(self, hidden_states):
+            return super().forward(hidden_states) * 2
+
+    own = OwnForward(config).eval()
+    own.load_state_dict(intermediate.state_dict())
+    calls.clear()
+    torch.testing.assert_close(packing.feed_forward_in(own, y), expected * 2)
+    assert not calls
+    other = BertIntermediate(config)
+    other.intermediate_act_fn = ACT2FN["gelu_new"]
+    torch.testing.assert_close(packing.feed_forward_in(other, y), other(y))
+    assert not calls
+
+
+def _onednn_calls(run) -> int:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        run()
+    return sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_linear_pointwise")
+
+
+@needs_onednn
+@pytest.mark.parametrize("packed", [False, True])
+def test_encode_fast_linear_same_vectors(tiny_bert, packed, monkeypatch):
+    encoder = SentenceEncoder.from_pretrained(str(tiny_bert), pooler="avg", device="cpu")
+    if packed:
+        packing.enable_packed_linear(encoder.backbone)
+    fused = []
+    real = cpu_linear.linear
+    monkeypatch.setattr(packing, "linear", lambda *a, **k: fused.append(k.get("gelu")) or real(*a, **k))
+    sentences = SENTENCES * 150  # past REORDER_MIN_TOKENS: the weights are reordered once for the call
+    assert _onednn_calls(lambda: encoder.encode(sentences, batch_size=32, fast_linear=False)) == 0
+    reference = encoder.encode(sentences, batch_size=32, fast_linear=False)
+    fused.clear()
+    assert _onednn_calls(lambda: encoder.encode(sentences, batch_size=32)) > 0
+    fast = encoder.encode(sentences, batch_size=32)
+    np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5)
+    assert (True in fused) == packed  # the packed layers take the GELU inside the oneDNN call
+    assert all(type(m) is not FastLinear for m in encoder.modules())  # restored after the call
