@@ -156,3 +156,6 @@ def test_encode_fast_linear_same_vectors(tiny_bert, packed, monkeypatch):
     np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5)
     assert (True in fused) == packed  # the packed layers take the GELU inside the oneDNN call
     assert all(type(m) is not FastLinear for m in encoder.modules())  # restored after the call
+    few = SENTENCES[:2]  # below REORDER_MIN_TOKENS: oneDNN on the weights as they are
+    assert _onednn_calls(lambda: encoder.encode(few)) > 0
+    np.testing.assert_allclose(encoder.encode(few), encoder.encode(few, fast_linear=False), rtol=1e-5, atol=1e-5)
