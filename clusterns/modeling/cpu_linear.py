@@ -4,11 +4,11 @@ torch computes a CPU F.linear in fp32 with MKL's sgemm. oneDNN (built into torch
 fp32 product with its inner-product kernel, faster at encoder shapes, and faster still with the weight reordered
 to its blocked layout (what torch.compile's CPU backend runs after freezing): at MiniLM's shapes on this project's
 2-core CPU, 2048 tokens x [384 -> 1536], MKL 12.1 ms, oneDNN 11.3 ms, oneDNN with the reordered weight 10.8 ms
-(reordering a weight: 0.2 ms). Results differ from F.linear by float rounding only (~1e-6 relative). A linear
-layer followed by exact GELU (BERT's feed-forward) can take the GELU inside the same oneDNN call (`gelu=True`).
+(reordering a weight: 0.2 ms). Results differ from F.linear by float rounding only (~1e-6 relative). BERT's
+feed-forward input (a linear layer, then the exact GELU) takes the GELU inside the same oneDNN call.
 
 Only where nothing is trained: `SentenceEncoder.encode()` (every evaluation goes through it) runs its forwards
-inside `fast_linears(backbone)`, which routes the backbone's nn.Linear layers here for the duration of the call
+inside `fast_linears(encoder)`, which routes the encoder's nn.Linear layers here for the duration of the call
 and reuses each reordered weight across the call's batches (the weights cannot change during it). Training keeps
 F.linear (its backward products dominate; measured: no gain, 0.2 GB more memory). Everything else falls back to
 F.linear: other devices and dtypes, autocast, a forward that needs gradients, torch.compile tracing, and a torch
@@ -24,6 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.activations import GELUActivation
+from transformers.models.bert.modeling_bert import BertIntermediate
+from transformers.models.electra.modeling_electra import ElectraIntermediate
+from transformers.models.mpnet.modeling_mpnet import MPNetIntermediate
+from transformers.models.roberta.modeling_roberta import RobertaIntermediate
+from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaIntermediate
 
 # The reordered weights of the innermost fast_linears() block: {key: (sources kept alive, reordered)}; None when the
 # block does not reorder; unset outside a block.
@@ -96,22 +101,43 @@ class FastLinear(nn.Linear):
 
 PLAIN_LINEARS = (nn.Linear, FastLinear)  # the classes whose forward is exactly F.linear(x, weight, bias)
 
+# Hugging Face's feed-forward input modules whose forward is exactly intermediate_act_fn(dense(x)).
+DENSE_THEN_ACTIVATION = (BertIntermediate, RobertaIntermediate, XLMRobertaIntermediate, ElectraIntermediate, MPNetIntermediate)
+
+
+class _DenseGelu:
+    """The forward a DENSE_THEN_ACTIVATION module with an exact GELU gets inside fast_linears(): one `linear` call
+    with the GELU inside it."""
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return linear(hidden_states, self.dense.weight, self.dense.bias, gelu=True)
+
+
+# one fused subclass per module class, made once: FusedBertIntermediate(_DenseGelu, BertIntermediate), ...
+FUSED_GELU = {cls: type(f"Fused{cls.__name__}", (_DenseGelu, cls), {}) for cls in DENSE_THEN_ACTIVATION}
+
+
+def _fusable(m: nn.Module) -> bool:
+    return type(m) in FUSED_GELU and type(m.dense) is nn.Linear and is_exact_gelu(m.intermediate_act_fn)
+
 
 @contextlib.contextmanager
 def fast_linears(module: nn.Module, reorder: bool = True) -> Iterator[None]:
     """Inside the block: `module`'s plain nn.Linear layers (and `linear` calls) run through oneDNN where _fast_path
-    allows. reorder: reorder each weight once for the block (worth it when the block runs more than a few hundred
-    tokens); the block must not change the weights."""
-    swapped = [m for m in module.modules() if type(m) is nn.Linear]
-    for m in swapped:
-        m.__class__ = FastLinear
+    allows, and BERT-style feed-forward inputs (dense then exact GELU) compute the GELU in the same call. reorder:
+    reorder each weight once for the block (worth it when the block runs more than a few hundred tokens); the block
+    must not change the weights."""
+    swapped = {m: type(m) for m in module.modules() if type(m) is nn.Linear or _fusable(m)}
+    for m, cls in swapped.items():
+        m.__class__ = FastLinear if cls is nn.Linear else FUSED_GELU[cls]
     token = _ACTIVE.set({} if reorder else None)
     try:
         yield
     finally:
         _ACTIVE.reset(token)
-        for m in swapped:
-            m.__class__ = nn.Linear
+        for m, cls in swapped.items():
+            m.__class__ = cls
 
 
-__all__ = ["FastLinear", "PLAIN_LINEARS", "fast_linears", "is_exact_gelu", "linear", "onednn_available"]
+__all__ = ["DENSE_THEN_ACTIVATION", "FastLinear", "PLAIN_LINEARS", "fast_linears", "is_exact_gelu", "linear",
+           "onednn_available"]

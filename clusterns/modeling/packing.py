@@ -61,13 +61,8 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers.models.bert.modeling_bert import BertIntermediate
-from transformers.models.electra.modeling_electra import ElectraIntermediate
-from transformers.models.mpnet.modeling_mpnet import MPNetIntermediate
-from transformers.models.roberta.modeling_roberta import RobertaIntermediate
-from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaIntermediate
 
-from clusterns.modeling.cpu_linear import PLAIN_LINEARS, is_exact_gelu, linear
+from clusterns.modeling.cpu_linear import PLAIN_LINEARS, linear
 from clusterns.modeling.dropout import CpuDropout
 from clusterns.modeling.dropout import dropout as cpu_dropout
 
@@ -145,6 +140,9 @@ class PackedBatch:
     jagged: bool = False  # attention on the packed tokens (jagged_attention) instead of the padded layout
     read_positions: Tensor | None = None  # [N]: the only last-layer position the caller reads per sentence
     offsets: Tensor | None = None  # [N + 1] where each sentence starts in the packed rows (jagged attention)
+    # without gradients, the padded q/k/v of one layer are dead once its attention is computed: the next layer
+    # reuses the buffer (per width and dtype), whose pad rows stay zeros
+    padded_buffers: dict = field(default_factory=dict)
 
     @property
     def tokens(self) -> int:
@@ -411,19 +409,6 @@ class LayerShape:
         return None, args, kwargs
 
 
-# Hugging Face's feed-forward input modules whose forward is exactly intermediate_act_fn(dense(x)).
-DENSE_THEN_ACTIVATION = (BertIntermediate, RobertaIntermediate, XLMRobertaIntermediate, ElectraIntermediate, MPNetIntermediate)
-
-
-def feed_forward_in(intermediate: nn.Module, y: Tensor) -> Tensor:
-    """intermediate(y): the feed-forward's first linear layer and its activation; one oneDNN call with the GELU inside
-    it where cpu_linear allows (encode() on the CPU)."""
-    if (type(intermediate) in DENSE_THEN_ACTIVATION and type(intermediate.dense) in PLAIN_LINEARS
-            and is_exact_gelu(intermediate.intermediate_act_fn)):
-        return linear(y, intermediate.dense.weight, intermediate.dense.bias, gelu=True)
-    return intermediate(y)
-
-
 class BertLayerShape(LayerShape):
     """BERT, RoBERTa, XLM-R, ELECTRA: encoder.layer[i].attention.self.{query,key,value}, attention.output,
     intermediate, output."""
@@ -458,7 +443,7 @@ class BertLayerShape(LayerShape):
 
     def after_attention(self, layer, attn, x):
         y = layer.attention.output(attn, x)  # dense, dropout, LayerNorm(. + x)
-        return layer.output(feed_forward_in(layer.intermediate, y), y)
+        return layer.output(layer.intermediate(y), y)
 
 
 class DistilBertLayerShape(LayerShape):
@@ -521,7 +506,7 @@ class MPNetLayerShape(BertLayerShape):
 
     def after_attention(self, layer, attn, x):
         y = layer.attention.LayerNorm(layer.attention.dropout(layer.attention.attn.o(attn)) + x)
-        return layer.output(feed_forward_in(layer.intermediate, y), y)
+        return layer.output(layer.intermediate(y), y)
 
     def split_extra(self, args, kwargs):
         kwargs = dict(kwargs)
@@ -614,7 +599,15 @@ def _padded_heads(state: PackedBatch, packed: Tensor) -> tuple[Tensor, ...]:
     at the pads)."""
     parts, heads, head_dim = packed.shape[1:]
     n, length = state.batch, state.length
-    full = unpack_rows(packed.reshape(packed.shape[0], -1), state.index, n * length).view(n, length, parts, heads, head_dim)
+    rows = packed.reshape(packed.shape[0], -1)
+    if torch.is_grad_enabled():
+        full = unpack_rows(rows, state.index, n * length)
+    else:  # no graph keeps the padded copy: one zeroed buffer per width serves every layer (the pads stay zeros)
+        key = (rows.shape[1], rows.dtype)
+        if key not in state.padded_buffers:
+            state.padded_buffers[key] = rows.new_zeros((n * length, rows.shape[1]))
+        full = state.padded_buffers[key].index_copy_(0, state.index, rows)
+    full = full.view(n, length, parts, heads, head_dim)
     return tuple(t.transpose(1, 2) for t in full.unbind(2))
 
 

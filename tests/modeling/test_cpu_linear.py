@@ -104,32 +104,33 @@ def test_is_exact_gelu():
     assert not is_exact_gelu(ACT2FN["gelu_new"]) and not is_exact_gelu(nn.ReLU()) and not is_exact_gelu(torch.tanh)
 
 
-def test_feed_forward_in_fuses_known_dense_then_gelu_only(tiny_bert, monkeypatch):
+def test_block_fuses_known_dense_then_gelu_only(tiny_bert, monkeypatch):
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(tiny_bert)
     calls = []
-    real = packing.linear
-    monkeypatch.setattr(packing, "linear", lambda *a, **k: calls.append(k) or real(*a, **k))
+    real = cpu_linear.linear
+    monkeypatch.setattr(cpu_linear, "linear", lambda *a, **k: calls.append(k.get("gelu", False)) or real(*a, **k))
     y = torch.randn(7, config.hidden_size)
     intermediate = BertIntermediate(config).eval()
-    expected = intermediate(y)
-    torch.testing.assert_close(packing.feed_forward_in(intermediate, y), expected, rtol=0, atol=0)
-    assert calls and calls[-1].get("gelu") is True
 
     class OwnForward(BertIntermediate):  # a subclass may compute something else: left to its own forward
         def forward(self, hidden_states):
             return super().forward(hidden_states) * 2
 
     own = OwnForward(config).eval()
-    own.load_state_dict(intermediate.state_dict())
-    calls.clear()
-    torch.testing.assert_close(packing.feed_forward_in(own, y), expected * 2)
-    assert not calls
-    other = BertIntermediate(config)
-    other.intermediate_act_fn = ACT2FN["gelu_new"]
-    torch.testing.assert_close(packing.feed_forward_in(other, y), other(y))
-    assert not calls
+    other = BertIntermediate(config).eval()
+    other.intermediate_act_fn = ACT2FN["gelu_new"]  # not the exact GELU: not fused
+    model = nn.ModuleList([intermediate, own, other])
+    expected = [m(y) for m in model]
+    with torch.no_grad(), fast_linears(model):
+        assert isinstance(intermediate, BertIntermediate) and type(intermediate).__name__ == "FusedBertIntermediate"
+        assert type(own) is OwnForward and type(other) is BertIntermediate
+        got = [m(y) for m in model]
+    assert [type(m) for m in model] == [BertIntermediate, OwnForward, BertIntermediate]  # restored
+    assert calls.count(True) == 1  # the fused call; the other two went through their dense layers
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
 
 
 def _onednn_calls(run) -> int:
@@ -146,7 +147,7 @@ def test_encode_fast_linear_same_vectors(tiny_bert, packed, monkeypatch):
         packing.enable_packed_linear(encoder.backbone)
     fused = []
     real = cpu_linear.linear
-    monkeypatch.setattr(packing, "linear", lambda *a, **k: fused.append(k.get("gelu")) or real(*a, **k))
+    monkeypatch.setattr(cpu_linear, "linear", lambda *a, **k: fused.append(k.get("gelu")) or real(*a, **k))
     sentences = SENTENCES * 150  # past REORDER_MIN_TOKENS: the weights are reordered once for the call
     assert _onednn_calls(lambda: encoder.encode(sentences, batch_size=32, fast_linear=False)) == 0
     reference = encoder.encode(sentences, batch_size=32, fast_linear=False)
@@ -154,7 +155,7 @@ def test_encode_fast_linear_same_vectors(tiny_bert, packed, monkeypatch):
     assert _onednn_calls(lambda: encoder.encode(sentences, batch_size=32)) > 0
     fast = encoder.encode(sentences, batch_size=32)
     np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5)
-    assert (True in fused) == packed  # the packed layers take the GELU inside the oneDNN call
+    assert True in fused  # the feed-forward takes its GELU inside the oneDNN call (plain and packed forwards)
     assert all(type(m) is not FastLinear for m in encoder.modules())  # restored after the call
     few = SENTENCES[:2]  # below REORDER_MIN_TOKENS: oneDNN on the weights as they are
     assert _onednn_calls(lambda: encoder.encode(few)) > 0

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from clusterns.modeling import packing
 from clusterns.modeling.poolers import POOLERS
 from clusterns.modeling.packing import (
     disable_packed_linear,
@@ -100,7 +101,7 @@ def test_packed_batch_none_without_padding():
 # ---- equivalence on BERT and RoBERTa, every pooler ------------------------------------------------
 @pytest.mark.parametrize("backbone", ["tiny_bert", "tiny_roberta"])
 @pytest.mark.parametrize("pooler", [p for p in POOLERS if p != "mask"])
-def test_pooled_equal_eval_and_train_with_grads(request, backbone, pooler):
+def test_pooled_equal_eval_and_train_with_grads(request, backbone, pooler, monkeypatch):
     model = request.getfixturevalue(backbone)
     plain, packed, _ = _pair(model, pooler)
     batch = _batch(plain)
@@ -122,6 +123,14 @@ def test_pooled_equal_eval_and_train_with_grads(request, backbone, pooler):
     assert packed.backbone._clusterns_packing.calls == calls + 2  # both forwards ran packed
     # the cls poolers read one last-layer state per sentence: the last layer ran for those tokens only
     assert packed.backbone._clusterns_packing.read_position_calls == reads + (2 if pooler.startswith("cls") else 0)
+    # without gradients one padded q/k/v buffer serves every layer (a second width for a pruned last layer's k/v)
+    plain.eval(), packed.eval()
+    states = []
+    real = packing.packed_batch
+    monkeypatch.setattr(packing, "packed_batch", lambda *a, **k: states.append(real(*a, **k)) or states[-1])
+    with torch.no_grad():
+        torch.testing.assert_close(packed(ids, mask), plain(ids, mask), atol=1e-5, rtol=1e-5)
+    assert len(states) == 1 and len(states[0].padded_buffers) == (2 if pooler.startswith("cls") else 1)
     # eval-mode encode() (length-sorted batches) gives the same vectors
     assert torch.allclose(torch.as_tensor(plain.encode(SENTENCES, batch_size=2)),
                           torch.as_tensor(packed.encode(SENTENCES, batch_size=2)), atol=1e-5)
