@@ -10,9 +10,9 @@ feed-forward input (a linear layer, then the exact GELU) takes the GELU inside t
 Only where nothing is trained: `SentenceEncoder.encode()` (every evaluation goes through it) runs its forwards
 inside `fast_linears(encoder)`, which routes the encoder's nn.Linear layers here for the duration of the call
 and reuses each reordered weight across the call's batches (the weights cannot change during it). Training keeps
-F.linear (its backward products dominate; measured: no gain, 0.2 GB more memory). Everything else falls back to
-F.linear: other devices and dtypes, autocast, a forward that needs gradients, torch.compile tracing, and a torch
-build without the oneDNN ops (checked once against F.linear).
+F.linear (its backward products dominate; a prototype with a oneDNN forward measured no gain per step and 0.2 GB
+more peak memory). Everything else falls back to F.linear: other devices and dtypes, autocast, a forward that
+needs gradients, torch.compile tracing, and a torch build without the oneDNN ops (checked once against F.linear).
 """
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, key: tuple | N
 
 
 class FastLinear(nn.Linear):
-    """nn.Linear whose forward goes through `linear` above (a class fast_linears() gives a backbone's nn.Linear
+    """nn.Linear whose forward goes through `linear` above (a class fast_linears() gives a module's nn.Linear
     layers for the duration of its block; parameters and state_dict unchanged)."""
 
     def forward(self, x: Tensor) -> Tensor:
