@@ -1,4 +1,4 @@
-"""Inference linear layers through oneDNN on the CPU: the fp32 product of F.linear, about 1.1x faster.
+"""Linear layers through oneDNN on the CPU: the fp32 product of F.linear, about 1.1x faster.
 
 torch computes a CPU F.linear in fp32 with MKL's sgemm. oneDNN (built into torch's x86 wheels) computes the same
 fp32 product with its inner-product kernel, faster at encoder shapes, and faster still with the weight reordered
@@ -7,12 +7,19 @@ to its blocked layout (what torch.compile's CPU backend runs after freezing): at
 (reordering a weight: 0.2 ms). Results differ from F.linear by float rounding only (~1e-6 relative). BERT's
 feed-forward input (a linear layer, then the exact GELU) takes the GELU inside the same oneDNN call.
 
-Only where nothing is trained: `SentenceEncoder.encode()` (every evaluation goes through it) runs its forwards
-inside `fast_linears(encoder)`, which routes the encoder's nn.Linear layers here for the duration of the call
-and reuses each reordered weight across the call's batches (the weights cannot change during it). Training keeps
-F.linear (its backward products dominate; a prototype with a oneDNN forward measured no gain per step and 0.2 GB
-more peak memory). Everything else falls back to F.linear: other devices and dtypes, autocast, a forward that
-needs gradients, torch.compile tracing, and a torch build without the oneDNN ops (checked once against F.linear).
+Inference: `SentenceEncoder.encode()` (every evaluation goes through it) runs its forwards inside
+`fast_linears(encoder)`, which routes the encoder's nn.Linear layers here for the duration of the call and reuses
+each reordered weight across the call's batches (the weights cannot change during it).
+
+Training (`--fast_linear`, CPU): the encoder's nn.Linear layers become FastLinear for good; with gradients their
+forward and input-gradient products run through oneDNN (the weight as it is: it changes every step) and the
+weight gradient through torch.mm (oneDNN's inner product has no faster form of it here: 2700 tokens x [384 ->
+1536], forward 16.8 -> 14.8 ms, input gradient 16.0 -> 14.8 ms, weight gradient 16.3 ms either way). oneDNN
+builds a kernel per row count (2-4 ms, kept in its cache): the packed layers round their row count
+(packing.CPU_ROUND_ROWS) so that a training run meets few of them.
+
+Everything else falls back to F.linear: other devices and dtypes, autocast, a forward that needs gradients
+outside FastLinear, torch.compile tracing, and a torch build without the oneDNN ops (checked once against F.linear).
 """
 from __future__ import annotations
 
@@ -55,10 +62,33 @@ def onednn_available() -> bool:
     return _available
 
 
-def _fast_path(x: Tensor, weight: Tensor) -> bool:
+def _onednn_fits(x: Tensor, weight: Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.numel() > 0
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling() and onednn_available())
+
+
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+class _TrainedLinear(torch.autograd.Function):
+    """F.linear on [T, in] rows with oneDNN's forward and input gradient; the weight gradient through torch.mm."""
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(rows, weight)
+        ctx.has_bias = bias is not None
+        return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        rows, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        # grad @ weight as oneDNN's inner product with weight^T as its [in, out] weight (a view: no copy)
+        grad_rows = torch.ops.mkldnn._linear_pointwise(grad, weight.t(), None, "none", [], "") if ctx.needs_input_grad[0] else None
+        grad_weight = grad.t().mm(rows) if ctx.needs_input_grad[1] else None
+        grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_rows, grad_weight, grad_bias
 
 
 def is_exact_gelu(fn: object) -> bool:
@@ -70,12 +100,21 @@ def is_exact_gelu(fn: object) -> bool:
     return type(fn) is GELUActivation and getattr(fn, "act", None) is F.gelu
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, key: tuple | None = None, gelu: bool = False) -> Tensor:
-    """F.linear(x, weight, bias) (then F.gelu if `gelu`); through oneDNN inside a fast_linears() block where
-    _fast_path allows, the GELU then computed in the same call. `key`: what identifies `weight` for the block's
-    reuse of reordered weights (default: the weight object itself)."""
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, key: tuple | None = None, gelu: bool = False,
+           trained: bool = False) -> Tensor:
+    """F.linear(x, weight, bias) (then F.gelu if `gelu`). Without gradients, through oneDNN inside a fast_linears()
+    block, the GELU then computed in the same call; `key`: what identifies `weight` for the block's reuse of
+    reordered weights (default: the weight object itself). With gradients, through oneDNN if `trained` (FastLinear's
+    layers: --fast_linear). Elsewhere, and where oneDNN does not fit (_onednn_fits), F.linear."""
+    if _needs_grad(x, weight, bias):
+        if trained and _onednn_fits(x, weight):
+            rows = x.reshape(-1, x.shape[-1]).contiguous()
+            out = _TrainedLinear.apply(rows, weight, bias).view(*x.shape[:-1], weight.shape[0])
+        else:
+            out = F.linear(x, weight, bias)
+        return F.gelu(out) if gelu else out
     reordered = _ACTIVE.get(_OUTSIDE)
-    if reordered is _OUTSIDE or not _fast_path(x, weight):
+    if reordered is _OUTSIDE or not _onednn_fits(x, weight):
         out = F.linear(x, weight, bias)
         return F.gelu(out) if gelu else out
     if reordered is not None:
@@ -92,11 +131,21 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, key: tuple | N
 
 
 class FastLinear(nn.Linear):
-    """nn.Linear whose forward goes through `linear` above (a class fast_linears() gives a module's nn.Linear
-    layers for the duration of its block; parameters and state_dict unchanged)."""
+    """nn.Linear whose forward goes through `linear` above, gradients included: the class fast_linears() gives a
+    module's nn.Linear layers for the duration of its block, and use_fast_linears() for good (--fast_linear);
+    parameters and state_dict unchanged."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, trained=True)
+
+
+def use_fast_linears(module: nn.Module) -> int:
+    """Give every plain nn.Linear inside `module` the class FastLinear (forward and backward through oneDNN on the
+    CPU in fp32; F.linear elsewhere); returns how many. Parameters, state_dict keys and checkpoints are unchanged."""
+    linears = [m for m in module.modules() if type(m) is nn.Linear]
+    for m in linears:
+        m.__class__ = FastLinear
+    return len(linears)
 
 
 PLAIN_LINEARS = (nn.Linear, FastLinear)  # the classes whose forward is exactly F.linear(x, weight, bias)
@@ -118,12 +167,12 @@ FUSED_GELU = {cls: type(f"Fused{cls.__name__}", (_DenseGelu, cls), {}) for cls i
 
 
 def _fusable(m: nn.Module) -> bool:
-    return type(m) in FUSED_GELU and type(m.dense) is nn.Linear and is_exact_gelu(m.intermediate_act_fn)
+    return type(m) in FUSED_GELU and type(m.dense) in PLAIN_LINEARS and is_exact_gelu(m.intermediate_act_fn)
 
 
 @contextlib.contextmanager
 def fast_linears(module: nn.Module, reorder: bool = True) -> Iterator[None]:
-    """Inside the block: `module`'s plain nn.Linear layers (and `linear` calls) run through oneDNN where _fast_path
+    """Inside the block: `module`'s plain nn.Linear layers (and `linear` calls) run through oneDNN where _onednn_fits
     allows, and BERT-style feed-forward inputs (dense then exact GELU) compute the GELU in the same call. reorder:
     reorder each weight once for the block (worth it when the block runs more than a few hundred tokens); the block
     must not change the weights."""
@@ -140,4 +189,4 @@ def fast_linears(module: nn.Module, reorder: bool = True) -> Iterator[None]:
 
 
 __all__ = ["DENSE_THEN_ACTIVATION", "FastLinear", "PLAIN_LINEARS", "fast_linears", "is_exact_gelu", "linear",
-           "onednn_available"]
+           "onednn_available", "use_fast_linears"]

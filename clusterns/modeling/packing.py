@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clusterns.modeling.cpu_linear import PLAIN_LINEARS, linear
+from clusterns.modeling.cpu_linear import PLAIN_LINEARS, FastLinear, linear
 from clusterns.modeling.dropout import CpuDropout
 from clusterns.modeling.dropout import dropout as cpu_dropout
 
@@ -101,17 +101,25 @@ class _Pack(torch.autograd.Function):
 
 
 class _Unpack(torch.autograd.Function):
-    """[T, D] -> [R, D]: zeros with the rows `index` filled. Backward gathers the rows."""
+    """[T', D] -> [R, D]: zeros with the rows `index` [T] filled from the first T packed rows (the rows after them are
+    dropped: their gradient is zero). Backward gathers the rows."""
 
     @staticmethod
     def forward(ctx, packed: Tensor, index: Tensor, rows: int) -> Tensor:
         ctx.save_for_backward(index)
-        return packed.new_zeros((rows, packed.shape[1])).index_copy_(0, index, packed)
+        ctx.packed_rows = packed.shape[0]
+        return packed.new_zeros((rows, packed.shape[1])).index_copy_(0, index, packed[:index.numel()])
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (index,) = ctx.saved_tensors
-        return grad.index_select(0, index), None, None
+        tokens = index.numel()
+        if ctx.packed_rows == tokens:
+            return grad.index_select(0, index), None, None
+        out = grad.new_empty((ctx.packed_rows, grad.shape[1]))
+        torch.index_select(grad, 0, index, out=out[:tokens])
+        out[tokens:].zero_()
+        return out, None, None
 
 
 def pack_rows(x: Tensor, index: Tensor) -> Tensor:
@@ -120,7 +128,7 @@ def pack_rows(x: Tensor, index: Tensor) -> Tensor:
 
 
 def unpack_rows(packed: Tensor, index: Tensor, rows: int) -> Tensor:
-    """packed [T, D] -> [rows, D] with zeros everywhere but the rows `index`."""
+    """packed [T', D] -> [rows, D] with zeros everywhere but the rows `index` [T], filled from packed[:T]."""
     return _Unpack.apply(packed, index, rows)
 
 
@@ -129,10 +137,13 @@ def unpack_rows(packed: Tensor, index: Tensor, rows: int) -> Tensor:
 class PackedBatch:
     """The non-pad layout of one backbone call."""
 
-    index: Tensor  # [T] flat ids (row * L + position) of the non-pad tokens
+    index: Tensor  # [T'] flat ids (row * L + position) of the rows the layers compute: the non-pad tokens, then filler
     key_mask: Tensor  # [N, 1, 1, L] bool, True = attend
     batch: int
     length: int
+    # T, the non-pad tokens (index[:T], in order); the T' - T filler rows after them are pad positions, computed only to
+    # give the linear layers a row count from a small set (round_rows) and dropped by every scatter
+    real_tokens: int = -1
     last_out: Tensor | None = None  # the previous layer's padded output ...
     last_packed: Tensor | None = None  # ... and the packed tensor it was scattered from
 
@@ -144,9 +155,14 @@ class PackedBatch:
     # reuses the buffer (per width and dtype), whose pad rows stay zeros
     padded_buffers: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        if self.real_tokens < 0:
+            self.real_tokens = int(self.index.numel())
+        self.token_index = self.index[:self.real_tokens]  # where the packed rows go back to (the filler is dropped)
+
     @property
     def tokens(self) -> int:
-        return int(self.index.numel())
+        return self.real_tokens
 
     def key_bias(self, dtype: torch.dtype) -> Tensor:
         """[N, 1, 1, L]: 0 where a key is attended, -inf at pads."""
@@ -245,24 +261,40 @@ def known_index(tensor: Tensor, selected: Callable[[Tensor], Tensor] = lambda ma
     return selected(tensor).reshape(-1).nonzero().squeeze(1)
 
 
-def packed_batch(attention_mask: Tensor, index: Tensor | None = None, jagged: bool = False) -> PackedBatch | None:
+def packed_batch(attention_mask: Tensor, index: Tensor | None = None, jagged: bool = False,
+                 round_rows: int = 1) -> PackedBatch | None:
     """The PackedBatch of a 2-D 0/1 mask, or None when packing cannot save anything (no padding). `index`: the mask's
     known_index, when the caller has it. jagged: attention on the packed tokens (each row's tokens are consecutive
-    packed rows wherever its pads are)."""
+    packed rows wherever its pads are). round_rows: the layers compute a multiple of this many rows (the non-pad
+    tokens, then as many of the first pad positions as needed, where the batch has them; ignored with jagged)."""
     if attention_mask.dim() != 2:
         return None
     n, length = attention_mask.shape
     index = known_index(attention_mask) if index is None else index
-    if index.numel() in (0, n * length):
+    tokens = index.numel()
+    if tokens in (0, n * length):
         return None
     keep = attention_mask.bool()
     offsets = None
     if jagged:  # on the device, no host sync
         offsets = F.pad(keep.sum(1).cumsum(0), (1, 0))
-    return PackedBatch(index=index, key_mask=keep[:, None, None, :], batch=n, length=length, jagged=jagged, offsets=offsets)
+    elif round_rows > 1 and 0 < -tokens % round_rows <= n * length - tokens:
+        # the first pad positions, in order, by a stable sort (a fixed output size: no nonzero(), no host sync)
+        pads_first = (~keep).reshape(-1).to(torch.uint8).argsort(descending=True, stable=True)
+        filler = pads_first[:-tokens % round_rows]
+        index = torch.cat([index, filler])
+    return PackedBatch(index=index, key_mask=keep[:, None, None, :], batch=n, length=length, jagged=jagged, offsets=offsets,
+                       real_tokens=tokens)
 
 
 ATTENTION_LAYOUTS = ("auto", "padded", "jagged")
+
+# On the CPU the packed layers compute a multiple of this many rows (a few pad positions as filler, dropped by every
+# scatter): oneDNN builds (JIT-compiles) a linear-layer kernel per row count, 2-4 ms and 1-2 MB each, kept in its
+# cache, and torch's allocator reuses blocks of equal sizes; with the raw token count every batch brings new sizes
+# (peak RSS of MiniLM training grew 1.4 -> 2.3 GB over 50 steps, flat at 1.8 GB with 64). The filler costs 32 rows
+# per batch on average, about 1% of MiniLM's batch of 64 x length 32.
+CPU_ROUND_ROWS = 64
 
 
 def jagged_attention(q: Tensor, k: Tensor, v: Tensor, offsets: Tensor, max_length: int, dropout: float, scale: float) -> Tensor:
@@ -289,6 +321,7 @@ class PackingController:
     jagged_failed: str | None = None  # why the jagged attention was given up (auto: once, then padded)
     prune_last_layer: bool = True  # honour reading_positions (--prune_last_layer)
     read_positions: Tensor | None = None  # for the next forward (reading_positions), then taken by its PackedBatch
+    round_rows: int = CPU_ROUND_ROWS  # on the CPU (packed_batch's round_rows); 1: the token count as it is
 
     def jagged_for(self, device: torch.device) -> bool:
         if self.attention == "auto":
@@ -333,7 +366,8 @@ def _pre_hook(controller: PackingController, module: nn.Module, args: tuple, kwa
     if controller.enabled and isinstance(mask, Tensor) and mask.dim() == 2 and not blocked and not _checkpointing(module):
         index = known_index(mask)
         all_attended = index.numel() == mask.numel()
-        state = packed_batch(mask, index, jagged=controller.jagged_for(mask.device))
+        state = packed_batch(mask, index, jagged=controller.jagged_for(mask.device),
+                             round_rows=controller.round_rows if mask.device.type == "cpu" else 1)
         if state is not None:
             controller.calls += 1
     positions, controller.read_positions = controller.read_positions, None  # for this forward only, not nested ones
@@ -535,10 +569,11 @@ def _project(sa: nn.Module, x: Tensor, names: tuple[str, ...] = ("query", "key",
         weight = torch.cat([p.weight for p in projections], dim=0)
         biases = [p.bias for p in projections]
         key = tuple(id(p.weight) for p in projections)  # the concatenation is new each call; its sources are not
+        trained = all(type(p) is FastLinear for p in projections)  # their own forward would use oneDNN in training
         if all(b is None for b in biases):
-            return linear(x, weight, key=key)
+            return linear(x, weight, key=key, trained=trained)
         if all(b is not None for b in biases):
-            return linear(x, weight, torch.cat(biases), key=key)
+            return linear(x, weight, torch.cat(biases), key=key, trained=trained)
     return torch.cat([p(x) for p in projections], dim=-1)
 
 
@@ -579,7 +614,7 @@ def packed_layer(layer: nn.Module, hidden_states: Tensor, state: PackedBatch, sh
     if attn is None:
         attn = _padded_attention(sa, state, packed_qkv.view(-1, 3, heads, head_dim), attention_bias, dropout, scale)
     y = shape.after_attention(layer, attn.reshape(-1, heads * head_dim), x)
-    out = unpack_rows(y, index, rows).view(n, length, y.shape[-1])
+    out = unpack_rows(y, state.token_index, rows).view(n, length, y.shape[-1])
     state.last_out, state.last_packed = out, y
     return out
 
@@ -601,12 +636,12 @@ def _padded_heads(state: PackedBatch, packed: Tensor) -> tuple[Tensor, ...]:
     n, length = state.batch, state.length
     rows = packed.reshape(packed.shape[0], -1)
     if torch.is_grad_enabled():
-        full = unpack_rows(rows, state.index, n * length)
+        full = unpack_rows(rows, state.token_index, n * length)
     else:  # no graph keeps the padded copy: one zeroed buffer per width serves every layer (the pads stay zeros)
         key = (rows.shape[1], rows.dtype)
         if key not in state.padded_buffers:
             state.padded_buffers[key] = rows.new_zeros((n * length, rows.shape[1]))
-        full = state.padded_buffers[key].index_copy_(0, state.index, rows)
+        full = state.padded_buffers[key].index_copy_(0, state.token_index, rows[:state.tokens])
     full = full.view(n, length, parts, heads, head_dim)
     return tuple(t.transpose(1, 2) for t in full.unbind(2))
 

@@ -84,6 +84,15 @@ class ModelArguments:
             "--no_fast_dropout: torch's dropout (clusterns/modeling/dropout.py)."
         },
     )
+    fast_linear: bool = field(
+        default=True,
+        metadata={
+            "help": "CPU training in fp32: the encoder's linear layers compute their forward and input-gradient products "
+            "with oneDNN instead of MKL's sgemm (about 1.1x faster at encoder shapes; the weight gradient stays torch.mm; "
+            "same values to float rounding). CUDA and autocast keep F.linear. --no_fast_linear: F.linear "
+            "(clusterns/modeling/cpu_linear.py)."
+        },
+    )
     packed_linear: bool = field(
         default=True,
         metadata={

@@ -26,6 +26,7 @@ from datasets import Dataset
 from transformers import EarlyStoppingCallback, HfArgumentParser, TrainerCallback, set_seed
 
 from clusterns.modeling.backbones import max_positions
+from clusterns.modeling.cpu_linear import use_fast_linears
 from clusterns.modeling.dropout import use_cpu_dropout
 from clusterns.modeling.encoder import EncoderConfig, SentenceEncoder
 from clusterns.modeling.packing import ATTENTION_LAYOUTS, enable_packed_linear, is_packed
@@ -304,6 +305,8 @@ def build_encoder(model_args, data_args, objective_args=None, prompt_args=None) 
         )
     if model_args.fast_dropout:  # the cheaper CPU dropout mask (modeling/dropout.py)
         use_cpu_dropout(encoder.backbone)
+    if model_args.fast_linear:  # oneDNN's products for the CPU linear layers (modeling/cpu_linear.py)
+        use_fast_linears(encoder.backbone)
     if model_args.packed_linear:  # non-pad tokens only through the linear layers (modeling/packing.py)
         enable_packed_linear(encoder.backbone, attention=model_args.packed_attention,
                              prune_last_layer=model_args.prune_last_layer is not False)

@@ -1,5 +1,5 @@
-"""Inference linear layers through oneDNN (clusterns/modeling/cpu_linear.py): F.linear's product, used only where
-nothing is trained, falling back to F.linear everywhere else."""
+"""Linear layers through oneDNN (clusterns/modeling/cpu_linear.py): F.linear's product and gradients, in encode()
+and (--fast_linear) in training, falling back to F.linear everywhere else."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +11,7 @@ from transformers.activations import ACT2FN, GELUActivation
 from transformers.models.bert.modeling_bert import BertIntermediate
 
 from clusterns.modeling import cpu_linear, packing
-from clusterns.modeling.cpu_linear import FastLinear, fast_linears, is_exact_gelu, linear, onednn_available
+from clusterns.modeling.cpu_linear import FastLinear, fast_linears, is_exact_gelu, linear, onednn_available, use_fast_linears
 from clusterns.modeling.encoder import SentenceEncoder
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN linear ops")
@@ -97,6 +97,68 @@ def test_falls_back_to_f_linear_where_it_must():
             assert linear(x[:0], w, b).shape == (0, 24)
 
 
+@needs_onednn
+@pytest.mark.parametrize("shape", [(40, 16), (4, 10, 16)])
+@pytest.mark.parametrize("grads", ["all", "weights only", "input only", "no bias"])
+def test_trained_linear_equals_f_linear_with_gradients(shape, grads):
+    x, w, b = _weights()
+    x = x.view(shape)
+    if grads == "no bias":
+        b = None
+    x, w = x.clone().requires_grad_(grads != "weights only"), w.clone().requires_grad_(grads != "input only")
+    if b is not None:
+        b = b.clone().requires_grad_(grads != "input only")
+    upstream = torch.randn(*shape[:-1], 24)
+    inputs = [t for t in (x, w, b) if t is not None and t.requires_grad]
+    expected = F.linear(x, w, b)
+    expected_grads = torch.autograd.grad(expected, inputs, upstream)
+    assert _onednn_calls(lambda: linear(x, w, b, trained=True).backward(upstream)) == (2 if x.requires_grad else 1)
+    got = linear(x, w, b, trained=True)
+    assert got.shape == expected.shape and got.grad_fn is not None
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    for g, e in zip(torch.autograd.grad(got, inputs, upstream), expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_trained_linear_falls_back_where_onednn_does_not_fit():
+    x, w, b = _weights()
+    w = w.requires_grad_()
+    assert _onednn_calls(lambda: linear(x, w, b).sum().backward()) == 0  # not a FastLinear layer: F.linear
+    assert torch.equal(linear(x, w, b), F.linear(x, w, b))
+    double = linear(x.double(), w.double(), b.double(), trained=True)
+    assert torch.equal(double, F.linear(x.double(), w.double(), b.double()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert linear(x, w, b, trained=True).dtype == torch.bfloat16  # autocast's F.linear
+    assert _onednn_calls(lambda: linear(x[:0], w, b, trained=True).sum().backward()) == 0
+
+
+def test_use_fast_linears_swaps_plain_linears_for_good():
+    class Custom(nn.Linear):
+        pass
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(16, 24), nn.GELU(), Custom(24, 24), nn.Linear(24, 8))
+    reference = [nn.Linear(16, 24), Custom(24, 24), nn.Linear(24, 8)]
+    for r, m in zip(reference, (module[0], module[2], module[3])):
+        r.load_state_dict(m.state_dict())
+    keys = list(module.state_dict())
+    assert use_fast_linears(module) == 2
+    assert [type(m) for m in module] == [FastLinear, nn.GELU, Custom, FastLinear] and list(module.state_dict()) == keys
+    x = torch.randn(40, 16)
+    out = module(x)
+    expected = reference[2](reference[1](F.gelu(reference[0](x))))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    for r, m in zip(reference, (module[0], module[2], module[3])):
+        torch.testing.assert_close(m.weight.grad, r.weight.grad, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(m.bias.grad, r.bias.grad, rtol=1e-4, atol=1e-5)
+    with torch.no_grad(), fast_linears(module):
+        torch.testing.assert_close(module(x), expected, rtol=1e-5, atol=1e-5)
+    assert type(module[0]) is FastLinear  # a block leaves a FastLinear layer as it found it
+
+
 def test_is_exact_gelu():
     assert is_exact_gelu(F.gelu) and is_exact_gelu(nn.GELU()) and is_exact_gelu(GELUActivation()) and is_exact_gelu(ACT2FN["gelu"])
     assert not is_exact_gelu(nn.GELU(approximate="tanh"))
@@ -160,3 +222,43 @@ def test_encode_fast_linear_same_vectors(tiny_bert, packed, monkeypatch):
     few = SENTENCES[:2]  # below REORDER_MIN_TOKENS: oneDNN on the weights as they are
     assert _onednn_calls(lambda: encoder.encode(few)) > 0
     np.testing.assert_allclose(encoder.encode(few), encoder.encode(few, fast_linear=False), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+@pytest.mark.parametrize("packed", ["true", "false"])
+def test_fast_linear_flag_trains_the_encoder_through_onednn_with_the_same_gradients(tiny_bert, packed):
+    """--fast_linear (default on): the encoder's linear layers are FastLinear; a training forward and backward run
+    oneDNN's products and give the loss and gradients of --no_fast_linear (F.linear) to float rounding."""
+    import copy
+
+    from clusterns.training.run import build_encoder, parse_args
+
+    encoders = {}
+    for fast in ("true", "false"):
+        model_args, data_args, _, _ = parse_args(["--model_name_or_path", str(tiny_bert), "--output_dir", "/tmp/unused", "--use_cpu",
+                                                  "--pooler_type", "avg", "--dropout_prob", "0.0", "--fast_linear", fast,
+                                                  "--packed_linear", packed])
+        torch.manual_seed(0)
+        encoders[fast] = build_encoder(model_args, data_args, None).train()
+    fast, plain = encoders["true"], encoders["false"]
+    linears = sum(type(m) is nn.Linear for m in plain.backbone.modules())
+    assert linears >= 6 * plain.backbone.config.num_hidden_layers  # q, k, v, attention output, intermediate, output
+    assert sum(type(m) is FastLinear for m in fast.backbone.modules()) == linears
+    assert not any(type(m) is FastLinear for m in plain.backbone.modules())
+    plain.load_state_dict(fast.state_dict())
+    tokenized = fast.tokenize(SENTENCES)["input_ids"]
+    width = max(map(len, tokenized))
+    ids = torch.tensor([t + [0] * (width - len(t)) for t in tokenized])
+    mask = (ids != 0).long()
+    weights = torch.randn(len(SENTENCES), fast.backbone.config.hidden_size)
+    calls = {}
+    for name, encoder in encoders.items():
+        calls[name] = _onednn_calls(lambda: (encoder(ids, mask) * weights).sum().backward())
+    assert calls["false"] == 0 and calls["true"] > 0
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters()):
+        if a.grad is None:
+            assert b.grad is None, name
+            continue
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
+    twin = copy.deepcopy(fast)  # a FastLinear model copies, saves and reloads as a plain one
+    assert list(twin.state_dict()) == list(plain.state_dict())

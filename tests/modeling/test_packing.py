@@ -92,6 +92,27 @@ def test_pack_unpack_roundtrip_and_gradcheck():
     torch.autograd.gradcheck(lambda t: unpack_rows(t, state.index, 12), (p,))
 
 
+def test_round_rows_adds_pad_positions_as_filler_dropped_by_the_scatter():
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    state = packed_batch(mask, round_rows=4)  # 7 tokens -> 8 rows: one pad position as filler
+    assert state.tokens == 7 and state.index.tolist() == [0, 1, 4, 5, 6, 7, 8, 2]
+    assert state.token_index.tolist() == [0, 1, 4, 5, 6, 7, 8]
+    x = torch.randn(12, 3, dtype=torch.float64, requires_grad=True)
+    packed = pack_rows(x, state.index)
+    assert packed.shape == (8, 3) and torch.equal(packed[7], x[2])
+    full = unpack_rows(packed, state.token_index, 12)
+    assert torch.equal(full[mask.reshape(-1).bool()], packed[:7]) and not full[~mask.reshape(-1).bool()].any()
+    p = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda t: unpack_rows(t, state.token_index, 12), (p,))
+    unpack_rows(p, state.token_index, 12).sum().backward()
+    assert p.grad[:7].eq(1).all() and not p.grad[7].any()  # the filler row's output is dropped: zero gradient
+    # a multiple already, more filler than pads, jagged attention: the tokens as they are
+    assert packed_batch(mask, round_rows=7).index.numel() == 7
+    assert packed_batch(mask, round_rows=16).index.numel() == 7  # 9 filler rows needed, 5 pads
+    assert packed_batch(mask, jagged=True, round_rows=4).index.numel() == 7
+    assert packed_batch(mask, round_rows=12).index.tolist() == [0, 1, 4, 5, 6, 7, 8, 2, 3, 9, 10, 11]
+
+
 def test_packed_batch_none_without_padding():
     assert packed_batch(torch.ones(2, 5, dtype=torch.long)) is None
     assert packed_batch(torch.zeros(2, 5, dtype=torch.long)) is None
@@ -101,12 +122,19 @@ def test_packed_batch_none_without_padding():
 # ---- equivalence on BERT and RoBERTa, every pooler ------------------------------------------------
 @pytest.mark.parametrize("backbone", ["tiny_bert", "tiny_roberta"])
 @pytest.mark.parametrize("pooler", [p for p in POOLERS if p != "mask"])
-def test_pooled_equal_eval_and_train_with_grads(request, backbone, pooler, monkeypatch):
+@pytest.mark.parametrize("round_rows", [1, packing.CPU_ROUND_ROWS])
+def test_pooled_equal_eval_and_train_with_grads(request, backbone, pooler, round_rows, monkeypatch):
     model = request.getfixturevalue(backbone)
     plain, packed, _ = _pair(model, pooler)
+    packed.backbone._clusterns_packing.round_rows = round_rows
     batch = _batch(plain)
     ids, mask = batch["input_ids"].reshape(-1, batch["input_ids"].shape[-1]), batch["attention_mask"].reshape(-1, batch["input_ids"].shape[-1])
     assert (mask == 0).any()  # the batch is padded
+    tokens = int(mask.sum())
+    state = packing.packed_batch(mask, round_rows=round_rows)
+    # the default rounding adds filler rows here (so the test covers them); 1 runs the tokens as they are
+    expected = tokens if round_rows == 1 else -(-tokens // round_rows) * round_rows
+    assert state.index.numel() == expected and (round_rows == 1 or expected > tokens)
     calls = packed.backbone._clusterns_packing.calls
     reads = packed.backbone._clusterns_packing.read_position_calls
     for training in (False, True):
