@@ -40,7 +40,8 @@ REGIONS = {
     "_UnpackBackward": "packing gathers/scatters",
     "EmbeddingBackward0": "embedding (incl. its dense gradient)",
 }
-LINEAR_OPS = ("aten::mm", "aten::addmm", "aten::linear", "aten::matmul", "aten::_addmm_activation")
+LINEAR_OPS = ("aten::mm", "aten::addmm", "aten::linear", "aten::matmul", "aten::_addmm_activation",
+              "mkldnn::_linear_pointwise")  # oneDNN's products: --fast_linear, encode()
 ATTENTION_OPS = ("aten::bmm", "aten::baddbmm", "aten::_softmax", "aten::_softmax_backward_data", "aten::_safe_softmax",
                  "aten::scaled_dot_product_attention", "aten::_scaled_dot_product", "aten::masked_fill")
 EMBEDDING_OPS = ("aten::embedding", "aten::embedding_backward", "aten::embedding_dense_backward")
@@ -53,7 +54,7 @@ ELEMENTWISE_OPS = ("aten::bernoulli_", "aten::native_layer_norm", "aten::layer_n
                    "aten::t", "aten::expand", "aten::slice", "aten::select", "aten::cat", "aten::split", "aten::unsqueeze",
                    "aten::squeeze", "aten::as_strided", "aten::detach", "aten::_unsafe_view", "aten::narrow")
 OVERHEAD = "Python and framework overhead (no operator)"
-ORDER = ["linear layers (mm/addmm)", "attention math (bmm, softmax, masking)", "layernorm/GELU/dropout/element-wise",
+ORDER = ["linear layers (mm/addmm/oneDNN)", "attention math (bmm, softmax, masking)", "layernorm/GELU/dropout/element-wise",
          "embedding (incl. its dense gradient)", "gradient clipping", "optimizer (AdamW)", "packing gathers/scatters",
          "loss (logits, cross-entropy)", "collation (padding the batch)", "other operators", OVERHEAD]
 
@@ -67,7 +68,7 @@ def category_of_op(name: str) -> str:
         return ORDER[3]
     if name in ELEMENTWISE_OPS or name.startswith(("aten::native_layer_norm", "aten::gelu", "aten::native_dropout", "aten::bernoulli")):
         return ORDER[2]
-    if name.startswith("aten::"):
+    if name.startswith(("aten::", "mkldnn::")):
         return ORDER[9]
     return OVERHEAD  # ProfilerStep, autograd engine, record_function bodies without a region
 

@@ -256,7 +256,7 @@ def test_profile_step_attributes_the_step(tiny_bert, tmp_path):
     report = json.loads(out.read_text())
     ms = report["ms_per_step"]
     assert sum(ms.values()) == pytest.approx(report["step_ms"], rel=1e-6)
-    for category in ("linear layers (mm/addmm)", "optimizer (AdamW)", "loss (logits, cross-entropy)", "gradient clipping"):
+    for category in ("linear layers (mm/addmm/oneDNN)", "optimizer (AdamW)", "loss (logits, cross-entropy)", "gradient clipping"):
         assert ms.get(category, 0) > 0, category
     assert "<!-- profile_step:start -->" in md.read_text()
     # the caller's thread count is restored (a test process left at 1 thread made later resume tests inexact)
