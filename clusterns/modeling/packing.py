@@ -18,7 +18,8 @@ DistilBERT's and MPNet's, the same computation under other module names: LAYER_S
     y   = layer.attention.output(a, x); y = layer.output(layer.intermediate(y), y)   (HF modules, on [T, *])
     h'  = y -> padded [N, L, H]                       one scatter (zeros at pads)
 
-so every Linear, LayerNorm, activation and dropout sees T rows instead of N*L. The real tokens'
+so every Linear, LayerNorm, activation and dropout sees T rows instead of N*L (on the CPU T rounded up to a
+multiple of CPU_ROUND_ROWS with a few pad positions as filler, which the scatters drop). The real tokens'
 states, and therefore every pooler's output (cls, avg, avg_top2, avg_first_last, mask), equal the
 unpacked backbone's to float tolerance (tests/test_packing.py), in eval and train mode, gradients
 included; the pad positions of the returned hidden states are zeros instead of values nobody reads.
@@ -290,7 +291,7 @@ def packed_batch(attention_mask: Tensor, index: Tensor | None = None, jagged: bo
 ATTENTION_LAYOUTS = ("auto", "padded", "jagged")
 
 # On the CPU the packed layers compute a multiple of this many rows (a few pad positions as filler, dropped by every
-# scatter): oneDNN builds (JIT-compiles) a linear-layer kernel per row count, 2-4 ms and 1-2 MB each, kept in its
+# scatter): oneDNN builds (JIT-compiles) a linear-layer kernel per row count, 2-4 ms and 0.7-2 MB each, kept in its
 # cache, and torch's allocator reuses blocks of equal sizes; with the raw token count every batch brings new sizes
 # (peak RSS of MiniLM training grew 1.4 -> 2.3 GB over 50 steps, flat at 1.8 GB with 64). The filler costs 32 rows
 # per batch on average, about 1% of MiniLM's batch of 64 x length 32.
