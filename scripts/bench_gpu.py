@@ -24,7 +24,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -51,6 +50,7 @@ ensure_datasets()
 import torch  # noqa: E402
 
 from bench.flops import encoder_flops, encoder_shapes  # noqa: E402
+from bench.scratch import scratch_dir  # noqa: E402
 from bench.sentences import default_model, load_sentences  # noqa: E402
 from bench.steps import tiny_generator_from_config  # noqa: E402
 from benchmarks_md import command_line, machine, publish, utc_now  # noqa: E402
@@ -84,7 +84,7 @@ def sync(device: str) -> None:
 
 def trainer_argv(a, model_dir: str, batch: int, steps: int, flags: list[str]) -> list[str]:
     """train.py's flags of a measured run: no saving, evaluation or logging inside it, a fresh output folder."""
-    return ["--model_name_or_path", model_dir, "--output_dir", tempfile.mkdtemp(prefix="bench_gpu_"), "--overwrite_output_dir",
+    return ["--model_name_or_path", model_dir, "--output_dir", scratch_dir("bench_gpu_"), "--overwrite_output_dir",
             "--max_seq_length", str(a.max_seq_length), "--per_device_train_batch_size", str(batch), "--max_steps", str(steps),
             "--learning_rate", "3e-5", "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none",
             "--disable_tqdm", "true", "--logging_steps", "1000000", "--dataloader_drop_last", "--seed", "42", *flags]
@@ -154,7 +154,7 @@ def time_sentence_transformers(a, model_dir: str, batch: int, precision: str, se
     model.max_seq_length = a.max_seq_length
     texts = sentences[:(a.warmup + a.steps) * batch]
     args = SentenceTransformerTrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="bench_gpu_st_"), use_cpu=a.device == "cpu", bf16=precision == "bf16",
+        output_dir=scratch_dir("bench_gpu_st_"), use_cpu=a.device == "cpu", bf16=precision == "bf16",
         per_device_train_batch_size=batch, max_steps=a.warmup + a.steps, learning_rate=3e-5, logging_steps=1000000,
         save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True, dataloader_drop_last=True, seed=42)
     if a.device == "cuda":
@@ -212,7 +212,7 @@ def host_syncs_per_step(a, model_dir: str, sentences: list[str], config: str = "
 
 
 def measure(a) -> dict:
-    model_dir = build_backbone(a.tokenizer, tempfile.mkdtemp(prefix="bench_gpu_model_"), a.smoke)
+    model_dir = build_backbone(a.tokenizer, scratch_dir("bench_gpu_model_"), a.smoke)
     needed = (a.warmup + a.steps) * max(a.batches) + 256
     sentences = load_sentences(a.train_file, needed)
     report: dict = {"device": a.device, "device_name": torch.cuda.get_device_name() if a.device == "cuda" else "CPU (smoke)",

@@ -18,11 +18,11 @@ import argparse
 import contextlib
 import os
 import sys
-import tempfile
 import time
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench.scratch import scratch_dir  # noqa: E402
 from bench.sentences import default_model, load_sentences  # noqa: E402
 from benchmarks_md import command_line, machine, publish, section_start, utc_now  # noqa: E402
 
@@ -130,7 +130,7 @@ def _profile(a) -> dict:
     from clusterns.training.run import build_run
 
     sentences = load_sentences(a.train_file, (a.warmup + 2 * a.steps) * a.batch_size)
-    out_dir = tempfile.mkdtemp(prefix="profile_step_")
+    out_dir = scratch_dir("profile_step_")
     argv = ["--model_name_or_path", a.model, "--objective", a.objective, "--max_seq_length", str(a.max_seq_length),
             "--output_dir", out_dir, "--overwrite_output_dir", "--use_cpu", "--per_device_train_batch_size", str(a.batch_size),
             "--max_steps", str(a.warmup + 2 * a.steps), "--learning_rate", "3e-5", "--save_strategy", "no", "--eval_strategy", "no",

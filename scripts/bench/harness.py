@@ -109,15 +109,18 @@ def run_worker(a, config: str, batch_size: int | None = None, steps: int | None 
     quiet = wait_for_quiet(a)
     load_before = load_average()
     busy0, child0, t0 = cpu_busy_seconds(), children_cpu_seconds(), time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wall = time.perf_counter() - t0
-    busy1, child1 = cpu_busy_seconds(), children_cpu_seconds()
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.splitlines()[-30:])
-        raise RuntimeError(f"configuration {config} (batch {batch_size or a.batch_size}) failed:\n{tail}")
-    with open(path) as f:
-        result = json.load(f)
-    os.unlink(path)
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wall = time.perf_counter() - t0
+        busy1, child1 = cpu_busy_seconds(), children_cpu_seconds()
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stdout.splitlines()[-30:])
+            raise RuntimeError(f"configuration {config} (batch {batch_size or a.batch_size}) failed:\n{tail}")
+        with open(path) as f:
+            result = json.load(f)
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
     result["load_average"] = [load_before, load_average()]
     # cores used by other processes while the worker ran (machine busy time minus the worker's CPU time)
     result["foreign_cores"] = None if busy0 is None else max(0.0, (busy1 - busy0 - (child1 - child0)) / wall)

@@ -3,11 +3,11 @@ callback, batches recorded by a collator wrapper), sentence-transformers' MNRL r
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 import resource
 
 from bench.flops import encoder_shapes, matmul_throughput
+from bench.scratch import scratch_dir
 
 
 CLUSTERNS_K = 128
@@ -144,7 +144,7 @@ def run_ours(name: str, a, sentences: list[str], init_sentences: list[str]) -> d
 
     from clusterns.training.run import build_run
 
-    out_dir = tempfile.mkdtemp(prefix="bench_train_")
+    out_dir = scratch_dir("bench_train_")
     argv = ["--model_name_or_path", a.model, "--max_seq_length", str(a.max_seq_length), "--pooler_type", "cls"]
     flags = [f.format(mini_batch_size=getattr(a, "mini_batch_size", 64), clusterns_k=getattr(a, "clusterns_k", CLUSTERNS_K))
              for f in OURS_FLAGS[name]]
@@ -290,7 +290,7 @@ def run_sentence_transformers(a, sentences: list[str]) -> dict:
     model.max_seq_length = a.max_seq_length
     loss = MultipleNegativesRankingLoss(model)  # scale 20 = 1 / temperature 0.05, in-batch negatives
     dataset = Dataset.from_dict({"anchor": sentences, "positive": sentences})
-    out_dir = tempfile.mkdtemp(prefix="bench_train_st_")
+    out_dir = scratch_dir("bench_train_st_")
     args = SentenceTransformerTrainingArguments(
         output_dir=out_dir, use_cpu=True, per_device_train_batch_size=a.batch_size, max_steps=a.warmup + a.steps,
         learning_rate=a.learning_rate, seed=42, logging_steps=1000000, save_strategy="no", eval_strategy="no",

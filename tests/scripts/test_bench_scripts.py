@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -157,15 +158,19 @@ def test_grad_cache_targets_table():
 
 @pytest.mark.slow
 def test_bench_train_subprocess_json(tiny_bert, tmp_path):
-    """The real mode: one fresh process per configuration and repeat, plus the memory search."""
+    """The real mode: one fresh process per configuration and repeat, plus the memory search; the runs' scratch
+    folders and the workers' result files are gone afterwards."""
     out = tmp_path / "bench.json"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--model_name_or_path", str(tiny_bert), "--batch_size", "8", "--max_seq_length", "16",
          "--warmup", "1", "--steps", "1", "--repeat", "1", "--threads", "1", "--json", str(out),
          "--memory_budget_mb", "100000", "--memory_start", "8", "--memory_max", "16", "--memory_resolution", "8"],
-        cwd=REPO, capture_output=True, text=True, timeout=1200,
+        cwd=REPO, capture_output=True, text=True, timeout=1200, env=dict(os.environ, TMPDIR=str(scratch)),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in scratch.iterdir()) == []
     report = json.loads(out.read_text())
     _check_report(report, list(bench_train.DEFAULT_CONFIGS))
     assert report["memory"]["infonce"]["largest_batch"] >= 16 and report["memory"]["diffcse"]["largest_batch"] >= 16
@@ -193,6 +198,17 @@ def test_bench_train_cached_configurations(tiny_bert, tmp_path):
     assert "issue 20: infonce-cached time per sentence vs infonce (batch 8)" in written
     assert "peak RSS (MB) of diffcse-cached (--mini_batch_size 3) by batch: 4: " in written
 
+
+
+def test_scratch_dir_is_removed_when_the_process_ends(tmp_path):
+    code = ("import sys; sys.path.insert(0, 'scripts'); from bench.scratch import scratch_dir; "
+            "p = scratch_dir('x_'); open(p + '/f', 'w').write('1'); print(p); raise SystemExit(sys.argv[1])")
+    for status in ("0", "boom"):  # a normal exit and an error
+        proc = subprocess.run([sys.executable, "-c", code, status], cwd=REPO, capture_output=True, text=True,
+                              env=dict(os.environ, TMPDIR=str(tmp_path)))
+        made = proc.stdout.strip()
+        assert made.startswith(str(tmp_path)) and not os.path.exists(made), (status, proc.stderr)
+    assert list(tmp_path.iterdir()) == []
 
 @pytest.mark.parametrize("flags, message", [
     (["--rss_batches", "64,x"], "--rss_batches must be comma-separated batch sizes"),
