@@ -13,8 +13,9 @@ each reordered weight across the call's batches (the weights cannot change durin
 
 Training (`--fast_linear`, CPU): the encoder's nn.Linear layers become FastLinear for good; with gradients their
 forward and input-gradient products run through oneDNN (the weight as it is: it changes every step) and the
-weight gradient through torch.mm (oneDNN's inner product has no faster form of it here: 2700 tokens x [384 ->
-1536], forward 16.8 -> 14.8 ms, input gradient 16.0 -> 14.8 ms, weight gradient 16.3 ms either way). oneDNN
+weight gradient through torch.mm (2700 tokens x [384 -> 1536], timed alone: forward 16.8 -> 14.8 ms, input
+gradient 16.0 -> 14.8 ms; the weight gradient takes 16.3 ms with torch.mm, 20.0 ms through oneDNN's inner product
+on transposed operands). oneDNN
 builds a kernel per row count (2-4 ms, kept in its cache): the packed layers round their row count
 (packing.CPU_ROUND_ROWS) so that a training run meets few of them.
 
