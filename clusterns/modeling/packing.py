@@ -293,9 +293,10 @@ ATTENTION_LAYOUTS = ("auto", "padded", "jagged")
 # On the CPU the packed layers compute a multiple of this many rows (a few pad positions as filler, dropped by every
 # scatter): oneDNN builds (JIT-compiles) a linear-layer kernel per row count, 2-4 ms and 0.7-2 MB each, kept in its
 # cache, and torch's allocator reuses blocks of equal sizes; with the raw token count every batch brings new sizes
-# (peak RSS of MiniLM training grew 1.4 -> 2.3 GB over 50 steps, flat at 1.8 GB with 64). The filler costs 32 rows
-# per batch on average, about 1% of MiniLM's batch of 64 x length 32.
-CPU_ROUND_ROWS = 64
+# (peak RSS of MiniLM training with F.linear grew 1.4 -> 2.3 GB over 50 steps, flat at 1.8 GB with 64 rows; with
+# oneDNN's products, 40 steps: 2.04-2.05 GB with 64 rows, 1.82 GB with 128, at the same step time). The filler costs
+# 64 rows per batch on average, about 2% of MiniLM's batch of 64 x length 32 (2,700 tokens).
+CPU_ROUND_ROWS = 128
 
 
 def jagged_attention(q: Tensor, k: Tensor, v: Tensor, offsets: Tensor, max_length: int, dropout: float, scale: float) -> Tensor:
