@@ -15,9 +15,8 @@ Training (`--fast_linear`, CPU): the encoder's nn.Linear layers become FastLinea
 forward and input-gradient products run through oneDNN (the weight as it is: it changes every step) and the
 weight gradient through torch.mm (2700 tokens x [384 -> 1536], timed alone: forward 16.8 -> 14.8 ms, input
 gradient 16.0 -> 14.8 ms; the weight gradient takes 16.3 ms with torch.mm, 20.0 ms through oneDNN's inner product
-on transposed operands). oneDNN
-builds a kernel per row count (2-4 ms, kept in its cache): the packed layers round their row count
-(packing.CPU_ROUND_ROWS) so that a training run meets few of them.
+on transposed operands). oneDNN builds a kernel per row count (2-4 ms, kept in its cache): the packed layers round
+their row count (packing.CPU_ROUND_ROWS) so that a training run meets few of them.
 
 Everything else falls back to F.linear: other devices and dtypes, autocast, a forward that needs gradients
 outside FastLinear, torch.compile tracing, and a torch build without the oneDNN ops (checked once against F.linear).
@@ -107,16 +106,15 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, key: tuple | N
     block, the GELU then computed in the same call; `key`: what identifies `weight` for the block's reuse of
     reordered weights (default: the weight object itself). With gradients, through oneDNN if `trained` (FastLinear's
     layers: --fast_linear). Elsewhere, and where oneDNN does not fit (_onednn_fits), F.linear."""
-    if _needs_grad(x, weight, bias):
-        if trained and _onednn_fits(x, weight):
+    reordered = _ACTIVE.get(_OUTSIDE)
+    grad = _needs_grad(x, weight, bias)
+    fits = _onednn_fits(x, weight)
+    if grad or reordered is _OUTSIDE or not fits:
+        if grad and trained and fits:
             rows = x.reshape(-1, x.shape[-1]).contiguous()
             out = _TrainedLinear.apply(rows, weight, bias).view(*x.shape[:-1], weight.shape[0])
         else:
             out = F.linear(x, weight, bias)
-        return F.gelu(out) if gelu else out
-    reordered = _ACTIVE.get(_OUTSIDE)
-    if reordered is _OUTSIDE or not _onednn_fits(x, weight):
-        out = F.linear(x, weight, bias)
         return F.gelu(out) if gelu else out
     if reordered is not None:
         key = key if key is not None else (id(weight),)

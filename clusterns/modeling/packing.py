@@ -279,11 +279,10 @@ def packed_batch(attention_mask: Tensor, index: Tensor | None = None, jagged: bo
     offsets = None
     if jagged:  # on the device, no host sync
         offsets = F.pad(keep.sum(1).cumsum(0), (1, 0))
-    elif round_rows > 1 and 0 < -tokens % round_rows <= n * length - tokens:
+    elif round_rows > 1 and 0 < -tokens % round_rows <= n * length - tokens:  # filler needed, and that many pads exist
         # the first pad positions, in order, by a stable sort (a fixed output size: no nonzero(), no host sync)
         pads_first = (~keep).reshape(-1).to(torch.uint8).argsort(descending=True, stable=True)
-        filler = pads_first[:-tokens % round_rows]
-        index = torch.cat([index, filler])
+        index = torch.cat([index, pads_first[:-tokens % round_rows]])
     return PackedBatch(index=index, key_mask=keep[:, None, None, :], batch=n, length=length, jagged=jagged, offsets=offsets,
                        real_tokens=tokens)
 
