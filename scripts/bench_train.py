@@ -17,6 +17,7 @@ cls pooler + MLP projector, with the given batch / length / lr):
   infonce-nopack  the same with --no_packed_linear (infonce-pack: with --packed_linear)
   infonce-torchdropout  the same with --no_fast_dropout (torch's CPU dropout kernel)
   infonce-mkl     the same with --no_fast_linear (torch's F.linear, MKL's sgemm, instead of oneDNN's products)
+  infonce-onednncache  the same with --onednn_primitive_cache (oneDNN keeps its primitives for reuse: its default)
   infonce-noprune the same with --prune_last_layer false (every token through the last layer; infonce runs its
                   query side, attention output and feed-forward on the [CLS] tokens only, all the cls pooler reads)
   clusterns       ClusterNS (K=--clusterns_k, 128) with clustering already started: one no-grad training forward on
@@ -65,7 +66,7 @@ from bench.sentences import default_model  # noqa: E402
 from benchmarks_md import command_line, machine, publish, utc_now  # noqa: E402
 
 DEFAULT_CONFIGS = ("infonce", "infonce-noprune", "infonce-nopack", "clusterns", "mixcse", "diffcse", "prompt", "st")
-KNOWN_CONFIGS = DEFAULT_CONFIGS + ("infonce-pack", "infonce-compile", "infonce-torchdropout", "infonce-mkl", "clusterns-nopack", "mixcse-nopack", "diffcse-nopack",
+KNOWN_CONFIGS = DEFAULT_CONFIGS + ("infonce-pack", "infonce-compile", "infonce-torchdropout", "infonce-mkl", "infonce-onednncache", "clusterns-nopack", "mixcse-nopack", "diffcse-nopack",
                                    "infonce-cached", "diffcse-cached")
 
 

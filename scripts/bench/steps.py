@@ -83,6 +83,7 @@ OURS_FLAGS = {
     "infonce-compile": ["--objective", "infonce", "--torch_compile"],
     "infonce-torchdropout": ["--objective", "infonce", "--no_fast_dropout"],
     "infonce-mkl": ["--objective", "infonce", "--no_fast_linear"],
+    "infonce-onednncache": ["--objective", "infonce", "--onednn_primitive_cache"],
     "infonce-noprune": ["--objective", "infonce", "--prune_last_layer", "false"],
     "clusterns": ["--objective", "clusterns", "--kmeans", "{clusterns_k}", "--kmean_cosine", "1.0"],
     "clusterns-nopack": ["--objective", "clusterns", "--kmeans", "{clusterns_k}", "--kmean_cosine", "1.0", "--no_packed_linear"],
