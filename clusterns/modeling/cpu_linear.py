@@ -15,8 +15,9 @@ Training (`--fast_linear`, CPU): the encoder's nn.Linear layers become FastLinea
 forward and input-gradient products run through oneDNN (the weight as it is: it changes every step) and the
 weight gradient through torch.mm (2700 tokens x [384 -> 1536], timed alone: forward 16.8 -> 14.8 ms, input
 gradient 16.0 -> 14.8 ms; the weight gradient takes 16.3 ms with torch.mm, 20.0 ms through oneDNN's inner product
-on transposed operands). oneDNN builds a kernel per row count (2-4 ms, kept in its cache): the packed layers round
-their row count (packing.CPU_ROUND_ROWS) so that a training run meets few of them.
+on transposed operands). oneDNN JIT-compiles kernels per row count (a first call at a new count: about 5 ms more;
+they stay cached with or without its primitive cache): the packed layers round their row count
+(packing.CPU_ROUND_ROWS) so that a training run meets few of them.
 
 Everything else falls back to F.linear: other devices and dtypes, autocast, a forward that needs gradients
 outside FastLinear, torch.compile tracing, and a torch build without the oneDNN ops (checked once against F.linear).

@@ -292,9 +292,10 @@ ATTENTION_LAYOUTS = ("auto", "padded", "jagged")
 # On the CPU the packed layers compute a multiple of this many rows (a few pad positions as filler, dropped by every
 # scatter): oneDNN JIT-compiles linear-layer kernels per row count (a first call at a new count: about 5 ms more,
 # with or without its primitive cache), and torch's allocator reuses blocks of equal sizes; with the raw token count
-# every batch brings new sizes (peak RSS of MiniLM training with F.linear grew 1.4 -> 2.3 GB over 50 steps, flat at 1.8 GB with 64 rows; with
-# oneDNN's products, 40 steps: 2.04-2.05 GB with 64 rows, 1.82 GB with 128, at the same step time). The filler costs
-# 64 rows per batch on average, about 2% of MiniLM's batch of 64 x length 32 (2,700 tokens).
+# every batch brings new sizes (peak RSS of MiniLM training with F.linear grew 1.4 -> 2.3 GB over 50 steps, flat at
+# 1.8 GB with 64 rows; with oneDNN's products, 40 steps: 2.04-2.05 GB with 64 rows, 1.82 GB with 128, at the same
+# step time). The filler costs 64 rows per batch on average, about 2% of MiniLM's batch of 64 x length 32 (2,700
+# tokens).
 CPU_ROUND_ROWS = 128
 
 

@@ -2,6 +2,11 @@
 and (--fast_linear) in training, falling back to F.linear everywhere else."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -268,10 +273,6 @@ def test_fast_linear_flag_trains_the_encoder_through_onednn_with_the_same_gradie
 def _onednn_creations(argv: list[str], capacity: str | None = None) -> dict[str, int]:
     """Run `python argv` with ONEDNN_VERBOSE=2 (and ONEDNN_PRIMITIVE_CACHE_CAPACITY=capacity, else unset): how many
     primitives oneDNN made anew (cache misses) and took from its cache (hits)."""
-    import os
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if k != cpu_linear.ONEDNN_CACHE_VARIABLE}
     env.update(ONEDNN_VERBOSE="2", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
     if capacity is not None:
@@ -294,8 +295,6 @@ for _ in range(3):
 
 
 def test_limit_onednn_primitive_cache_sets_zero_unless_the_variable_is_set(monkeypatch):
-    import os
-
     monkeypatch.delenv(cpu_linear.ONEDNN_CACHE_VARIABLE, raising=False)
     assert cpu_linear.limit_onednn_primitive_cache() == "0" and os.environ[cpu_linear.ONEDNN_CACHE_VARIABLE] == "0"
     monkeypatch.setenv(cpu_linear.ONEDNN_CACHE_VARIABLE, "64")  # the user's own value is kept
@@ -316,8 +315,6 @@ def test_with_the_limit_onednn_makes_each_primitive_again():
 def test_train_py_keeps_no_onednn_primitive_unless_asked(tiny_bert, tiny_corpus, tmp_path):
     """train.py (the real CLI) sets the limit before the model is built: a CPU training run reuses no oneDNN primitive;
     with --onednn_primitive_cache it does; a capacity the user set is kept."""
-    from pathlib import Path
-
     script = Path(__file__).resolve().parents[2] / "train.py"
 
     def run(name: str, *flags: str, capacity: str | None = None) -> dict[str, int]:

@@ -199,7 +199,6 @@ def test_bench_train_cached_configurations(tiny_bert, tmp_path):
     assert "peak RSS (MB) of diffcse-cached (--mini_batch_size 3) by batch: 4: " in written
 
 
-
 def test_scratch_dir_is_removed_when_the_process_ends(tmp_path):
     code = ("import sys; sys.path.insert(0, 'scripts'); from bench.scratch import scratch_dir; "
             "p = scratch_dir('x_'); open(p + '/f', 'w').write('1'); print(p); raise SystemExit(sys.argv[1])")
@@ -209,6 +208,7 @@ def test_scratch_dir_is_removed_when_the_process_ends(tmp_path):
         made = proc.stdout.strip()
         assert made.startswith(str(tmp_path)) and not os.path.exists(made), (status, proc.stderr)
     assert list(tmp_path.iterdir()) == []
+
 
 @pytest.mark.parametrize("flags, message", [
     (["--rss_batches", "64,x"], "--rss_batches must be comma-separated batch sizes"),
