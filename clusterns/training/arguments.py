@@ -97,7 +97,8 @@ class ModelArguments:
         default=False,
         metadata={
             "help": "CPU: keep oneDNN's primitive cache (its default: up to 1024 kept for reuse). Without it (the default) "
-            "train.py sets ONEDNN_PRIMITIVE_CACHE_CAPACITY=0 before building the model, unless that variable is set: "
+            "train.py sets ONEDNN_PRIMITIVE_CACHE_CAPACITY=0 before building the model, unless that variable is set (it decides "
+            "either way: with this flag the run warns that the flag changes nothing): "
             "oneDNN makes each primitive again per call (0.15-0.4 ms by its own timing, at most ~1.6%% of a MiniLM step; "
             "measured step times equal within noise) and the peak RSS of MiniLM training is 130-280 MB lower "
             "(clusterns/modeling/cpu_linear.py)."

@@ -26,7 +26,7 @@ from datasets import Dataset
 from transformers import EarlyStoppingCallback, HfArgumentParser, TrainerCallback, set_seed
 
 from clusterns.modeling.backbones import max_positions
-from clusterns.modeling.cpu_linear import limit_onednn_primitive_cache, use_fast_linears
+from clusterns.modeling.cpu_linear import ONEDNN_CACHE_VARIABLE, limit_onednn_primitive_cache, use_fast_linears
 from clusterns.modeling.dropout import use_cpu_dropout
 from clusterns.modeling.encoder import EncoderConfig, SentenceEncoder
 from clusterns.modeling.packing import ATTENTION_LAYOUTS, enable_packed_linear, is_packed
@@ -422,6 +422,9 @@ def build_run(argv: list[str] | None = None, *, parsed: tuple | None = None, sen
 
     if not model_args.onednn_primitive_cache:  # before the first oneDNN call: lower peak RSS (modeling/cpu_linear.py)
         limit_onednn_primitive_cache()
+    elif os.environ.get(ONEDNN_CACHE_VARIABLE) is not None:  # the flag asks for oneDNN's default; the variable decides
+        logger.warning("--onednn_primitive_cache: %s=%s is set in the environment, and oneDNN follows it (unset it for "
+                       "oneDNN's default cache)", ONEDNN_CACHE_VARIABLE, os.environ[ONEDNN_CACHE_VARIABLE])
     set_seed(training_args.seed)
     encoder = build_encoder(model_args, data_args, objective_args, by_class.get(PromptArguments))
     objective = objective_cls(model_args, objective_args, encoder, **(objective_kwargs or {}))

@@ -270,9 +270,9 @@ def test_fast_linear_flag_trains_the_encoder_through_onednn_with_the_same_gradie
 
 
 # ---- oneDNN's primitive cache (train.py: none kept unless --onednn_primitive_cache) ------------------
-def _onednn_creations(argv: list[str], capacity: str | None = None) -> dict[str, int]:
+def _onednn_run(argv: list[str], capacity: str | None = None) -> tuple[dict[str, int], str]:
     """Run `python argv` with ONEDNN_VERBOSE=2 (and ONEDNN_PRIMITIVE_CACHE_CAPACITY=capacity, else unset): how many
-    primitives oneDNN made anew (cache misses) and took from its cache (hits)."""
+    primitives oneDNN made anew (cache misses) and took from its cache (hits), and the run's stderr."""
     env = {k: v for k, v in os.environ.items() if k != cpu_linear.ONEDNN_CACHE_VARIABLE}
     env.update(ONEDNN_VERBOSE="2", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
     if capacity is not None:
@@ -280,7 +280,8 @@ def _onednn_creations(argv: list[str], capacity: str | None = None) -> dict[str,
     proc = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("onednn_verbose")]
-    return {"miss": sum("create:cache_miss" in line for line in lines), "hit": sum("create:cache_hit" in line for line in lines)}
+    counts = {"miss": sum("create:cache_miss" in line for line in lines), "hit": sum("create:cache_hit" in line for line in lines)}
+    return counts, proc.stderr
 
 
 PROBE = """
@@ -305,27 +306,31 @@ def test_limit_onednn_primitive_cache_sets_zero_unless_the_variable_is_set(monke
 def test_with_the_limit_onednn_makes_each_primitive_again():
     """What the limit relies on in this torch build: the variable, set before oneDNN's first primitive, stops the
     reuse (three calls of one shape: three primitives made instead of one made and two reused)."""
-    limited = _onednn_creations(["-c", PROBE, "limit"])
+    limited, _ = _onednn_run(["-c", PROBE, "limit"])
     assert limited == {"miss": 3, "hit": 0}, limited
-    default = _onednn_creations(["-c", PROBE, "keep"])
+    default, _ = _onednn_run(["-c", PROBE, "keep"])
     assert default["miss"] == 1 and default["hit"] == 2, default
 
 
 @needs_onednn
 def test_train_py_keeps_no_onednn_primitive_unless_asked(tiny_bert, tiny_corpus, tmp_path):
     """train.py (the real CLI) sets the limit before the model is built: a CPU training run reuses no oneDNN primitive;
-    with --onednn_primitive_cache it does; a capacity the user set is kept."""
+    with --onednn_primitive_cache it does; a capacity the user set is kept, and the flag then says it changes nothing."""
     script = Path(__file__).resolve().parents[2] / "train.py"
 
-    def run(name: str, *flags: str, capacity: str | None = None) -> dict[str, int]:
+    def run(name: str, *flags: str, capacity: str | None = None) -> tuple[dict[str, int], str]:
         argv = [str(script), "--model_name_or_path", str(tiny_bert), "--train_file", str(tiny_corpus), "--output_dir",
                 str(tmp_path / name), "--per_device_train_batch_size", "8", "--max_steps", "2", "--use_cpu",
                 "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--dataloader_num_workers", "0",
                 "--logging_steps", "100", *flags]
-        return _onednn_creations(argv, capacity)
+        return _onednn_run(argv, capacity)
 
-    default = run("default")
+    default, _ = run("default")
     assert default["miss"] > 0 and default["hit"] == 0, default
-    kept = run("kept", "--onednn_primitive_cache")
-    assert kept["hit"] > 0, kept
-    assert run("user", capacity="1024")["hit"] > 0  # the user's variable wins over the default limit
+    kept, stderr = run("kept", "--onednn_primitive_cache")
+    assert kept["hit"] > 0 and "is set in the environment" not in stderr, kept
+    assert run("user", capacity="1024")[0]["hit"] > 0  # the user's variable wins over the default limit
+    # the flag and a variable that disagrees: oneDNN follows the variable, and the run says so
+    conflict, stderr = run("conflict", "--onednn_primitive_cache", capacity="0")
+    assert conflict["hit"] == 0
+    assert "--onednn_primitive_cache: ONEDNN_PRIMITIVE_CACHE_CAPACITY=0 is set in the environment" in stderr
